@@ -1,0 +1,858 @@
+//! The one place that reads Kite's TOML configuration.
+//!
+//! Parsing is strict: unknown keys are errors, and every error names the
+//! file, line and column and what was expected. After parsing, the whole
+//! file is checked for mistakes TOML cannot see (duplicate names, register
+//! ranges past 65535, a type that does not fit its area), and every one of
+//! them is reported, not just the first. The raw structs are the factories
+//! of the validated [`Config`] the daemon runs on; README.md documents every
+//! key and default.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::IpAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use kite_modbus::{Area, ByteOrder, DataType, DeviceSpec, PointSpec};
+use serde::de::{self, Deserializer};
+use serde::Deserialize;
+use toml::Spanned;
+
+/// Topic levels under the gateway that belong to Kite, so no device may take them.
+const RESERVED_DEVICE_NAMES: &[&str] = &["status", "events"];
+
+/// A validated configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub gateway: GatewayConfig,
+    pub mqtt: MqttConfig,
+    pub buffer: BufferConfig,
+    pub devices: Vec<DeviceSpec>,
+    /// Things that work but deserve a second look (plaintext MQTT off the host, say).
+    pub warnings: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct GatewayConfig {
+    pub id: String,
+    pub data_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct MqttConfig {
+    pub host: String,
+    pub port: u16,
+    pub tls: Option<TlsFiles>,
+    pub client_id: String,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub topic_prefix: String,
+    pub keep_alive: Duration,
+    pub max_inflight: u16,
+    pub flush_timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TlsFiles {
+    /// Trust anchors; the system's roots when absent.
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate and key, for mutual TLS.
+    pub client_auth: Option<(PathBuf, PathBuf)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// WAL with synchronous=NORMAL: survives a crash of the process; a power
+    /// cut may lose the last commits but never corrupts the buffer.
+    Normal,
+    /// WAL with synchronous=FULL: every commit is fsynced.
+    Full,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BufferConfig {
+    pub max_bytes: u64,
+    pub durability: Durability,
+}
+
+/// Every problem found in one config file.
+#[derive(Debug)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub problems: Vec<Problem>,
+}
+
+#[derive(Debug)]
+pub struct Problem {
+    /// 1-based; 0 when the problem is not tied to one place (an unreadable file).
+    pub line: usize,
+    pub column: usize,
+    pub message: String,
+    pub source_line: Option<String>,
+}
+
+impl std::error::Error for ConfigError {}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, problem) in self.problems.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(
+                f,
+                "{}:{}:{}: {}",
+                self.file.display(),
+                problem.line,
+                problem.column,
+                problem.message
+            )?;
+            if let Some(text) = &problem.source_line {
+                let gutter = problem.line.to_string().len();
+                write!(
+                    f,
+                    "\n{:gutter$} |\n{} | {}\n{:gutter$} | {:>col$}",
+                    "",
+                    problem.line,
+                    text,
+                    "",
+                    "^",
+                    col = problem.column.max(1)
+                )?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Reads and validates the config file at `path`.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        file: path.to_path_buf(),
+        problems: vec![Problem {
+            line: 0,
+            column: 0,
+            message: format!("cannot read the file: {e}"),
+            source_line: None,
+        }],
+    })?;
+    parse(&text, path)
+}
+
+/// Parses and validates config text; `path` names it in errors and anchors
+/// relative paths (password_file, TLS files).
+pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+    let mut report = Report {
+        text,
+        problems: Vec::new(),
+    };
+    let raw: RawConfig = match toml::from_str(text) {
+        Ok(raw) => raw,
+        Err(e) => {
+            report.push(e.span().unwrap_or(0..0), e.message().trim_end().to_string());
+            return Err(report.into_error(path));
+        }
+    };
+    let base = path.parent().unwrap_or(Path::new("."));
+    let config = raw.build(&mut report, base);
+    if report.problems.is_empty() {
+        Ok(config)
+    } else {
+        Err(report.into_error(path))
+    }
+}
+
+struct Report<'a> {
+    text: &'a str,
+    problems: Vec<Problem>,
+}
+
+impl Report<'_> {
+    fn push(&mut self, span: Range<usize>, message: String) {
+        let start = span.start.min(self.text.len());
+        let before = &self.text[..start];
+        let line = before.matches('\n').count() + 1;
+        let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+        let column = before[line_start..].chars().count() + 1;
+        let source_line = self.text[line_start..].lines().next().map(str::to_string);
+        self.problems.push(Problem {
+            line,
+            column,
+            message,
+            source_line,
+        });
+    }
+
+    fn into_error(self, path: &Path) -> ConfigError {
+        ConfigError {
+            file: path.to_path_buf(),
+            problems: self.problems,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    gateway: RawGateway,
+    mqtt: RawMqtt,
+    #[serde(default)]
+    buffer: RawBuffer,
+    #[serde(default)]
+    devices: Vec<RawDevice>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGateway {
+    id: Spanned<String>,
+    data_dir: PathBuf,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMqtt {
+    url: Spanned<String>,
+    client_id: Option<Spanned<String>>,
+    username: Option<String>,
+    password_file: Option<Spanned<PathBuf>>,
+    ca_file: Option<Spanned<PathBuf>>,
+    cert_file: Option<Spanned<PathBuf>>,
+    key_file: Option<Spanned<PathBuf>>,
+    #[serde(default = "default_topic_prefix")]
+    topic_prefix: Spanned<String>,
+    #[serde(default = "default_keep_alive")]
+    keep_alive: Spanned<Interval>,
+    #[serde(default = "default_max_inflight")]
+    max_inflight: Spanned<u16>,
+    #[serde(default = "default_flush_timeout")]
+    flush_timeout: Interval,
+}
+
+fn default_topic_prefix() -> Spanned<String> {
+    Spanned::new(0..0, "kite".to_string())
+}
+
+fn default_keep_alive() -> Spanned<Interval> {
+    Spanned::new(0..0, Interval(Duration::from_secs(30)))
+}
+
+fn default_max_inflight() -> Spanned<u16> {
+    Spanned::new(0..0, 64)
+}
+
+fn default_flush_timeout() -> Interval {
+    Interval(Duration::from_secs(5))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBuffer {
+    #[serde(default = "default_max_bytes")]
+    max_bytes: Spanned<ByteSize>,
+    #[serde(default = "default_durability")]
+    durability: Durability,
+}
+
+impl Default for RawBuffer {
+    fn default() -> Self {
+        Self {
+            max_bytes: default_max_bytes(),
+            durability: default_durability(),
+        }
+    }
+}
+
+fn default_max_bytes() -> Spanned<ByteSize> {
+    Spanned::new(0..0, ByteSize(256 << 20))
+}
+
+fn default_durability() -> Durability {
+    Durability::Normal
+}
+
+#[derive(Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+enum Protocol {
+    ModbusTcp,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDevice {
+    name: Spanned<String>,
+    #[allow(dead_code)] // one protocol for now; the key is required so that configs stay explicit
+    protocol: Protocol,
+    address: Spanned<String>,
+    #[serde(default = "default_unit_id")]
+    unit_id: u8,
+    #[serde(default = "default_poll_interval")]
+    poll_interval: Spanned<Interval>,
+    #[serde(default = "default_timeout")]
+    timeout: Spanned<Interval>,
+    #[serde(default)]
+    max_gap: u16,
+    #[serde(default)]
+    points: Vec<RawPoint>,
+}
+
+fn default_unit_id() -> u8 {
+    1
+}
+
+fn default_poll_interval() -> Spanned<Interval> {
+    Spanned::new(0..0, Interval(Duration::from_secs(1)))
+}
+
+fn default_timeout() -> Spanned<Interval> {
+    Spanned::new(0..0, Interval(Duration::from_secs(1)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPoint {
+    name: Spanned<String>,
+    #[serde(default = "default_area")]
+    area: Area,
+    address: Spanned<u16>,
+    #[serde(rename = "type", default = "default_type")]
+    data_type: DataType,
+    #[serde(default)]
+    order: ByteOrder,
+    #[serde(default = "default_scale")]
+    scale: f64,
+    #[serde(default)]
+    offset: f64,
+    unit: Option<String>,
+    #[serde(default)]
+    writable: bool,
+    bit: Option<u8>,
+    length: Option<u16>,
+}
+
+fn default_area() -> Area {
+    Area::Holding
+}
+
+fn default_type() -> DataType {
+    DataType::U16
+}
+
+fn default_scale() -> f64 {
+    1.0
+}
+
+impl RawConfig {
+    fn build(self, report: &mut Report<'_>, base: &Path) -> Config {
+        let mut warnings = Vec::new();
+        check_topic_level(report, &self.gateway.id, "gateway.id");
+        let mqtt = self
+            .mqtt
+            .build(report, base, &self.gateway.id, &mut warnings);
+        if self.buffer.max_bytes.get_ref().0 < 64 << 10 {
+            report.push(
+                self.buffer.max_bytes.span(),
+                "buffer.max_bytes must be at least 64KiB".into(),
+            );
+        }
+        let mut device_names = HashSet::new();
+        let devices = self
+            .devices
+            .into_iter()
+            .map(|device| {
+                if !device_names.insert(device.name.get_ref().clone()) {
+                    report.push(
+                        device.name.span(),
+                        format!("duplicate device name {:?}", device.name.get_ref()),
+                    );
+                }
+                device.build(report)
+            })
+            .collect();
+        Config {
+            gateway: GatewayConfig {
+                id: self.gateway.id.into_inner(),
+                data_dir: self.gateway.data_dir,
+            },
+            mqtt,
+            buffer: BufferConfig {
+                max_bytes: self.buffer.max_bytes.into_inner().0,
+                durability: self.buffer.durability,
+            },
+            devices,
+            warnings,
+        }
+    }
+}
+
+/// Names that become MQTT topic levels must be one non-empty level without wildcards.
+fn check_topic_level(report: &mut Report<'_>, name: &Spanned<String>, what: &str) {
+    let value = name.get_ref();
+    if value.is_empty() || value.contains(['/', '+', '#', '\0']) {
+        report.push(
+            name.span(),
+            format!("{what} {value:?} must be a non-empty name without '/', '+' or '#' (it is a topic level)"),
+        );
+    }
+}
+
+impl RawMqtt {
+    fn build(
+        self,
+        report: &mut Report<'_>,
+        base: &Path,
+        gateway_id: &Spanned<String>,
+        warnings: &mut Vec<String>,
+    ) -> MqttConfig {
+        let (tls, host, port) = match parse_url(self.url.get_ref()) {
+            Ok(parts) => parts,
+            Err(message) => {
+                report.push(self.url.span(), message);
+                (false, String::new(), 0)
+            }
+        };
+        let is_loopback =
+            host == "localhost" || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback());
+        if !tls && !host.is_empty() && !is_loopback {
+            warnings.push(format!(
+                "mqtt.url sends telemetry and credentials in plaintext to {host}; use mqtts:// for anything off this host"
+            ));
+        }
+        let mut existing_file = |file: Option<Spanned<PathBuf>>, key: &str| {
+            let file = file?;
+            let resolved = base.join(file.get_ref());
+            if !resolved.is_file() {
+                report.push(
+                    file.span(),
+                    format!("mqtt.{key}: no such file {}", resolved.display()),
+                );
+            }
+            Some(resolved)
+        };
+        let password_path = existing_file(self.password_file, "password_file");
+        let ca_file = existing_file(self.ca_file, "ca_file");
+        let cert_span = self.cert_file.as_ref().map(Spanned::span);
+        let key_span = self.key_file.as_ref().map(Spanned::span);
+        let cert_file = existing_file(self.cert_file, "cert_file");
+        let key_file = existing_file(self.key_file, "key_file");
+        let client_auth = match (cert_file, key_file) {
+            (Some(cert), Some(key)) => Some((cert, key)),
+            (None, None) => None,
+            _ => {
+                let span = cert_span.or(key_span).unwrap_or(0..0);
+                report.push(
+                    span,
+                    "mqtt.cert_file and mqtt.key_file go together: give both or neither".into(),
+                );
+                None
+            }
+        };
+        if !tls && (ca_file.is_some() || client_auth.is_some()) {
+            report.push(
+                self.url.span(),
+                "TLS files are set but the url is not mqtts://".into(),
+            );
+        }
+        let password = password_path.and_then(|path| match std::fs::read_to_string(&path) {
+            Ok(text) => Some(text.trim_end_matches(['\r', '\n']).to_string()),
+            Err(e) => {
+                report.push(0..0, format!("mqtt.password_file {}: {e}", path.display()));
+                None
+            }
+        });
+        if password.is_some() && self.username.is_none() {
+            report.push(
+                self.url.span(),
+                "mqtt.password_file needs mqtt.username".into(),
+            );
+        }
+        let topic_prefix = self.topic_prefix;
+        let prefix = topic_prefix.get_ref();
+        if prefix.is_empty()
+            || prefix.contains(['+', '#', '\0'])
+            || prefix.starts_with('/')
+            || prefix.ends_with('/')
+        {
+            report.push(
+                topic_prefix.span(),
+                format!("mqtt.topic_prefix {prefix:?} must be non-empty, without wildcards or a leading or trailing '/'"),
+            );
+        }
+        let client_id = self.client_id.unwrap_or_else(|| gateway_id.clone());
+        if client_id.get_ref().is_empty() || client_id.get_ref().len() > 256 {
+            report.push(
+                client_id.span(),
+                "mqtt.client_id must be 1 to 256 characters".into(),
+            );
+        }
+        let keep_alive = self.keep_alive.get_ref().0;
+        if keep_alive < Duration::from_secs(5) {
+            report.push(
+                self.keep_alive.span(),
+                "mqtt.keep_alive must be at least 5s".into(),
+            );
+        }
+        let max_inflight = *self.max_inflight.get_ref();
+        if !(1..=1000).contains(&max_inflight) {
+            report.push(
+                self.max_inflight.span(),
+                "mqtt.max_inflight must be 1 to 1000".into(),
+            );
+        }
+        MqttConfig {
+            host,
+            port,
+            tls: tls.then_some(TlsFiles {
+                ca_file,
+                client_auth,
+            }),
+            client_id: client_id.into_inner(),
+            username: self.username,
+            password,
+            topic_prefix: topic_prefix.into_inner(),
+            keep_alive,
+            max_inflight,
+            flush_timeout: self.flush_timeout.0,
+        }
+    }
+}
+
+/// `mqtt://host[:port]` or `mqtts://host[:port]`, IPv6 hosts in brackets.
+fn parse_url(url: &str) -> Result<(bool, String, u16), String> {
+    let expected = "expected mqtt://host[:port] or mqtts://host[:port]";
+    let (tls, rest) = if let Some(rest) = url.strip_prefix("mqtts://") {
+        (true, rest)
+    } else if let Some(rest) = url.strip_prefix("mqtt://") {
+        (false, rest)
+    } else {
+        return Err(format!("unsupported url {url:?}: {expected}"));
+    };
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    let default_port = if tls { 8883 } else { 1883 };
+    let (host, port) = if let Some(bracketed) = rest.strip_prefix('[') {
+        let (host, after) = bracketed
+            .split_once(']')
+            .ok_or_else(|| format!("unclosed '[' in {url:?}: {expected}"))?;
+        (host, after.strip_prefix(':'))
+    } else {
+        match rest.rsplit_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (rest, None),
+        }
+    };
+    if host.is_empty() || host.contains(['/', '@', '?']) {
+        return Err(format!("bad host in {url:?}: {expected}"));
+    }
+    let port = match port {
+        None => default_port,
+        Some(port) => port
+            .parse::<u16>()
+            .ok()
+            .filter(|&p| p != 0)
+            .ok_or_else(|| format!("bad port in {url:?}: {expected}"))?,
+    };
+    Ok((tls, host.to_string(), port))
+}
+
+impl RawDevice {
+    fn build(self, report: &mut Report<'_>) -> DeviceSpec {
+        check_topic_level(report, &self.name, "device name");
+        if RESERVED_DEVICE_NAMES.contains(&self.name.get_ref().as_str()) {
+            report.push(
+                self.name.span(),
+                format!(
+                    "device name {:?} is reserved for Kite's own topics",
+                    self.name.get_ref()
+                ),
+            );
+        }
+        if !self.address.get_ref().contains(':') {
+            report.push(
+                self.address.span(),
+                format!(
+                    "address {:?}: expected host:port, like \"10.0.0.5:502\"",
+                    self.address.get_ref()
+                ),
+            );
+        }
+        let poll_interval = self.poll_interval.get_ref().0;
+        if poll_interval < Duration::from_millis(10) {
+            report.push(
+                self.poll_interval.span(),
+                "poll_interval must be at least 10ms".into(),
+            );
+        }
+        let timeout = self.timeout.get_ref().0;
+        if timeout < Duration::from_millis(10) {
+            report.push(self.timeout.span(), "timeout must be at least 10ms".into());
+        }
+        let mut point_names = HashSet::new();
+        let points = self
+            .points
+            .into_iter()
+            .map(|point| {
+                if point.name.get_ref().is_empty() {
+                    report.push(point.name.span(), "point name must not be empty".into());
+                }
+                if !point_names.insert(point.name.get_ref().clone()) {
+                    report.push(
+                        point.name.span(),
+                        format!(
+                            "duplicate point name {:?} in device {:?}",
+                            point.name.get_ref(),
+                            self.name.get_ref()
+                        ),
+                    );
+                }
+                let address_span = point.address.span();
+                let spec = PointSpec {
+                    name: Arc::from(point.name.get_ref().as_str()),
+                    area: point.area,
+                    address: point.address.into_inner(),
+                    data_type: point.data_type,
+                    order: point.order,
+                    scale: point.scale,
+                    offset: point.offset,
+                    unit: point.unit.map(Arc::from),
+                    writable: point.writable,
+                    bit: point.bit,
+                    length: point.length,
+                };
+                for problem in spec.validate() {
+                    report.push(
+                        address_span.clone(),
+                        format!("point {:?}: {problem}", point.name.get_ref()),
+                    );
+                }
+                spec
+            })
+            .collect();
+        DeviceSpec {
+            name: Arc::from(self.name.into_inner()),
+            address: self.address.into_inner(),
+            unit_id: self.unit_id,
+            poll_interval,
+            timeout,
+            max_gap: self.max_gap,
+            points,
+        }
+    }
+}
+
+/// A duration written as a number and a unit: `500ms`, `1s`, `5m`, `1h`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Interval(Duration);
+
+impl<'de> Deserialize<'de> for Interval {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        parse_duration(&text)
+            .map(Interval)
+            .map_err(de::Error::custom)
+    }
+}
+
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let expected = || {
+        format!("invalid duration {text:?}: expected a number and a unit (ms, s, m, h), like \"500ms\" or \"1s\"")
+    };
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .ok_or_else(expected)?;
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number.parse().map_err(|_| expected())?;
+    let seconds = match unit.trim() {
+        "ms" => number / 1000.0,
+        "s" => number,
+        "m" => number * 60.0,
+        "h" => number * 3600.0,
+        _ => return Err(expected()),
+    };
+    Duration::try_from_secs_f64(seconds).map_err(|_| expected())
+}
+
+/// A size: bytes as an integer, or a string with a unit `B`, `KiB`, `MiB`, `GiB`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct ByteSize(u64);
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Either {
+            Bytes(u64),
+            Text(String),
+        }
+        match Either::deserialize(deserializer)? {
+            Either::Bytes(n) => Ok(ByteSize(n)),
+            Either::Text(text) => parse_size(&text).map(ByteSize).map_err(de::Error::custom),
+        }
+    }
+}
+
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let expected = || {
+        format!("invalid size {text:?}: expected a number and a unit (B, KiB, MiB, GiB), like \"256MiB\"")
+    };
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number.parse().map_err(|_| expected())?;
+    let factor: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        _ => return Err(expected()),
+    };
+    number.checked_mul(factor).ok_or_else(expected)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = "[gateway]\nid = \"gw\"\ndata_dir = \"/tmp/kite\"\n[mqtt]\nurl = \"mqtt://127.0.0.1:1883\"\n";
+
+    #[test]
+    fn minimal_config_takes_documented_defaults() {
+        let config = parse(MINIMAL, Path::new("kite.toml")).unwrap();
+        assert_eq!(config.mqtt.client_id, "gw");
+        assert_eq!(config.mqtt.topic_prefix, "kite");
+        assert_eq!(config.mqtt.port, 1883);
+        assert_eq!(config.buffer.max_bytes, 256 << 20);
+        assert_eq!(config.buffer.durability, Durability::Normal);
+        assert!(config.warnings.is_empty());
+    }
+
+    #[test]
+    fn units_parse() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert!(parse_duration("10").is_err());
+        assert!(parse_duration("1d").is_err());
+        assert_eq!(parse_size("256MiB"), Ok(256 << 20));
+        assert_eq!(parse_size("64KiB"), Ok(64 << 10));
+        assert!(parse_size("1TB").is_err());
+    }
+
+    #[test]
+    fn urls_parse() {
+        assert_eq!(
+            parse_url("mqtts://broker.example"),
+            Ok((true, "broker.example".into(), 8883))
+        );
+        assert_eq!(
+            parse_url("mqtt://[::1]:1884"),
+            Ok((false, "::1".into(), 1884))
+        );
+        assert!(parse_url("http://x").is_err());
+        assert!(parse_url("mqtt://x:0").is_err());
+    }
+
+    /// Each broken config must fail with a message that contains `expected`
+    /// at `line:column`.
+    fn check_error(body: &str, line: usize, expected: &str) {
+        let text = format!("{MINIMAL}{body}");
+        let error = parse(&text, Path::new("kite.toml")).expect_err(body);
+        let rendered = error.to_string();
+        assert!(
+            error
+                .problems
+                .iter()
+                .any(|p| p.line == line && p.message.contains(expected)),
+            "wanted line {line} with {expected:?}, got:\n{rendered}"
+        );
+        assert!(rendered.starts_with("kite.toml:"), "{rendered}");
+    }
+
+    #[test]
+    fn mistakes_are_named_with_their_line() {
+        let device =
+            "[[devices]]\nname = \"d\"\nprotocol = \"modbus-tcp\"\naddress = \"127.0.0.1:502\"\n";
+        check_error(
+            "[buffer]\nmax_byte = \"1MiB\"\n",
+            7,
+            "unknown field `max_byte`",
+        );
+        check_error("[buffer]\nmax_bytes = \"1 TB\"\n", 7, "invalid size");
+        check_error(
+            "[buffer]\ndurability = \"sometimes\"\n",
+            7,
+            "unknown variant `sometimes`",
+        );
+        check_error(
+            &format!("{device}poll_interval = \"fast\"\n"),
+            10,
+            "invalid duration",
+        );
+        check_error(
+            &format!("{device}protocol2 = 1\n"),
+            10,
+            "unknown field `protocol2`",
+        );
+        check_error(&format!("{device}{device}"), 11, "duplicate device name");
+        check_error(
+            &format!("{device}[[devices.points]]\nname = \"a\"\naddress = 0\n[[devices.points]]\nname = \"a\"\naddress = 1\n"),
+            14,
+            "duplicate point name",
+        );
+        check_error(
+            &format!("{device}[[devices.points]]\nname = \"a\"\naddress = 65535\ntype = \"f32\"\n"),
+            12,
+            "past the last Modbus address",
+        );
+        check_error(
+            &format!("{device}[[devices.points]]\nname = \"a\"\narea = \"coil\"\naddress = 1\ntype = \"f32\"\n"),
+            13,
+            "does not fit in a coil",
+        );
+        check_error(
+            &format!("{device}[[devices.points]]\nname = \"a\"\narea = \"input\"\naddress = 1\nwritable = true\n"),
+            13,
+            "read-only",
+        );
+        check_error(
+            &format!("{device}[[devices.points]]\nname = \"a\"\naddress = 70000\n"),
+            12,
+            "",
+        );
+        check_error(
+            "[[devices]]\nname = \"status\"\nprotocol = \"modbus-tcp\"\naddress = \"h:1\"\n",
+            7,
+            "reserved",
+        );
+        check_error(
+            "[[devices]]\nname = \"a/b\"\nprotocol = \"modbus-tcp\"\naddress = \"h:1\"\n",
+            7,
+            "topic level",
+        );
+        check_error(
+            "[[devices]]\nname = \"a\"\nprotocol = \"bacnet\"\naddress = \"h:1\"\n",
+            8,
+            "unknown variant `bacnet`",
+        );
+    }
+
+    #[test]
+    fn missing_sections_and_syntax_errors_have_positions() {
+        let error = parse("[gateway]\nid = \"gw\"\n", Path::new("k.toml")).unwrap_err();
+        assert!(error.to_string().contains("missing field"), "{error}");
+        let error = parse("[gateway\n", Path::new("k.toml")).unwrap_err();
+        assert_eq!(error.problems[0].line, 1);
+    }
+
+    #[test]
+    fn plaintext_off_host_warns() {
+        let text = MINIMAL.replace("127.0.0.1", "broker.example");
+        let config = parse(&text, Path::new("kite.toml")).unwrap();
+        assert_eq!(config.warnings.len(), 1);
+    }
+}

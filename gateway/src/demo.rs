@@ -1,0 +1,195 @@
+//! `kite demo`: the real pipeline and buffer on one machine with nothing
+//! installed. Three simulated Modbus TCP devices serve on loopback, an
+//! embedded MQTT broker (rumqttd) listens on 127.0.0.1, and a subscriber
+//! prints every message the gateway delivers. Halfway through the first
+//! minute the demo sends a write from the "cloud" to show the command path.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use kite_modbus::simulator::{self, SimBank};
+use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, QoS};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::{config, pipeline};
+
+const GATEWAY_ID: &str = "demo-gw";
+const DEVICES: [&str; 3] = ["boiler-1", "boiler-2", "chiller-1"];
+
+/// The demo's gateway config; `{port_N}`, `{mqtt_port}` and `{data_dir}` are filled in.
+const DEMO_CONFIG: &str = include_str!("../../config/demo.toml");
+
+pub async fn run(
+    mqtt_port: u16,
+    data_dir: Option<PathBuf>,
+    duration: Option<Duration>,
+    stop: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let shutdown = CancellationToken::new();
+    let temp_dir;
+    let data_dir = match data_dir {
+        Some(dir) => dir,
+        None => {
+            temp_dir = tempdir()?;
+            temp_dir.0.clone()
+        }
+    };
+
+    let broker_addr = start_broker(mqtt_port)?;
+
+    let mut ports = HashMap::new();
+    for (i, name) in DEVICES.iter().enumerate() {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        ports.insert(*name, listener.local_addr()?.port());
+        let bank = Arc::new(SimBank::default());
+        bank.set_holding(10, &[650]); // setpoint, tenths of degC
+        tokio::spawn(bank.clone().animate(
+            Duration::from_millis(200),
+            i as f64 * 1.7,
+            shutdown.clone(),
+        ));
+        tokio::spawn(simulator::serve(listener, bank, shutdown.clone()));
+    }
+    let text = DEMO_CONFIG
+        .replace("{mqtt_port}", &broker_addr.port().to_string())
+        .replace("{data_dir}", &data_dir.display().to_string())
+        .replace("{port_1}", &ports["boiler-1"].to_string())
+        .replace("{port_2}", &ports["boiler-2"].to_string())
+        .replace("{port_3}", &ports["chiller-1"].to_string());
+    let config = config::parse(&text, std::path::Path::new("config/demo.toml"))?;
+
+    println!("kite demo: embedded MQTT broker on mqtt://{broker_addr}");
+    println!(
+        "  watch it:  mosquitto_sub -h 127.0.0.1 -p {} -t 'kite/#' -v",
+        broker_addr.port()
+    );
+    println!("  buffer:    {}", data_dir.join("buffer.sqlite3").display());
+    println!("  stop:      Ctrl-C");
+    tokio::spawn(watch(broker_addr, shutdown.clone()));
+
+    let stop_all = {
+        let shutdown = shutdown.clone();
+        async move {
+            match duration {
+                Some(limit) => {
+                    tokio::select! { _ = stop => {}, _ = tokio::time::sleep(limit) => {} }
+                }
+                None => stop.await,
+            }
+            shutdown.cancel();
+        }
+    };
+    let result = pipeline::run(config, stop_all).await;
+    shutdown.cancel();
+    result
+}
+
+/// Starts rumqttd on 127.0.0.1:`port` in threads of its own.
+fn start_broker(port: u16) -> anyhow::Result<SocketAddr> {
+    let listen: SocketAddr = ([127, 0, 0, 1], port).into();
+    // rumqttd reports a busy port only in its log: check first.
+    std::net::TcpListener::bind(listen)
+        .with_context(|| format!("port {port} is taken; pick another with --mqtt-port"))?;
+    let server = rumqttd::ServerSettings {
+        name: "demo".into(),
+        listen,
+        tls: None,
+        next_connection_delay_ms: 1,
+        connections: rumqttd::ConnectionSettings {
+            connection_timeout_ms: 60_000,
+            max_payload_size: 1 << 20,
+            max_inflight_count: 200,
+            auth: None,
+            external_auth: None,
+            dynamic_filters: true,
+        },
+    };
+    let config = rumqttd::Config {
+        id: 0,
+        router: rumqttd::RouterConfig {
+            max_connections: 64,
+            max_outgoing_packet_count: 200,
+            max_segment_size: 1 << 20,
+            max_segment_count: 10,
+            custom_segment: None,
+            initialized_filters: None,
+            shared_subscriptions_strategy: Default::default(),
+        },
+        v4: Some(HashMap::from([("demo".to_string(), server)])),
+        v5: None,
+        ws: None,
+        cluster: None,
+        console: None,
+        bridge: None,
+        prometheus: None,
+        metrics: None,
+    };
+    std::thread::Builder::new()
+        .name("demo-broker".into())
+        .spawn(move || {
+            if let Err(e) = rumqttd::Broker::new(config).start() {
+                tracing::error!(error = %e, "embedded broker stopped");
+            }
+        })?;
+    Ok(listen)
+}
+
+/// Prints what reaches the broker, and sends one write after a few messages.
+async fn watch(broker: SocketAddr, shutdown: CancellationToken) {
+    let mut options = MqttOptions::new("kite-demo-watch", broker.ip().to_string(), broker.port());
+    options.set_keep_alive(Duration::from_secs(30));
+    let (client, mut eventloop) = AsyncClient::new(options, 16);
+    let _ = client
+        .subscribe(format!("kite/{GATEWAY_ID}/#"), QoS::AtLeastOnce)
+        .await;
+    let mut seen = 0u64;
+    loop {
+        let event = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            event = eventloop.poll() => event,
+        };
+        match event {
+            Ok(Event::Incoming(Incoming::Publish(publish))) => {
+                println!(
+                    "{} {}",
+                    publish.topic,
+                    String::from_utf8_lossy(&publish.payload)
+                );
+                seen += 1;
+                if seen == 15 {
+                    let topic = format!("kite/{GATEWAY_ID}/boiler-1/set");
+                    let request = r#"{"id":"demo-1","point":"setpoint","value":72.5}"#;
+                    println!("-> {topic} {request}");
+                    let _ = client
+                        .publish(topic, QoS::AtLeastOnce, false, request)
+                        .await;
+                }
+            }
+            Ok(_) => {}
+            Err(_) => {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+}
+
+/// A temporary directory removed on drop.
+struct TempDir(PathBuf);
+
+fn tempdir() -> anyhow::Result<TempDir> {
+    let path = std::env::temp_dir().join(format!("kite-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&path)?;
+    Ok(TempDir(path))
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}

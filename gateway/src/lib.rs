@@ -1,0 +1,14 @@
+//! Kite's gateway: configuration, the store-and-forward buffer, the MQTT
+//! uplink and the wiring between them and the field-bus crates.
+//!
+//! - [`config`]: the only place that reads TOML; strict, with positions.
+//! - [`buffer`]: SQLite store-and-forward; the source of truth for delivery.
+//! - [`uplink`]: MQTT (rumqttc): telemetry, status, writes from the cloud.
+//! - [`pipeline`]: pollers -> ingest -> buffer -> uplink, and ordered shutdown.
+//! - [`demo`]: the whole pipeline with simulated devices and an embedded broker.
+
+pub mod buffer;
+pub mod config;
+pub mod demo;
+pub mod pipeline;
+pub mod uplink;

@@ -1,0 +1,600 @@
+//! The MQTT uplink: delivers buffered messages, publishes the gateway's
+//! status, and takes write requests back down to devices.
+//!
+//! Each connection is a fresh rumqttc client and event loop with a clean
+//! session, so no state of a lost connection survives into the next: after
+//! every (re)connect, delivery restarts from the oldest row still in the
+//! buffer. The buffer is the source of truth; a row is deleted only when a
+//! PUBACK arrives whose packet id was assigned to that row's publish on the
+//! current connection. Duplicates after a reconnect are possible (consumers
+//! drop them by `seq`); loss is not.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use kite_core::Backoff;
+use kite_modbus::{WriteError, WriteRequest};
+use rumqttc::{
+    AsyncClient, ConnectionError, Event, EventLoop, Incoming, LastWill, MqttOptions, Outgoing, QoS,
+    TlsConfiguration, Transport,
+};
+use serde::Deserialize;
+use serde_json::json;
+use tokio::sync::{mpsc, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::buffer::{BufferHandle, Record};
+use crate::config::{MqttConfig, TlsFiles};
+
+/// How long a write waits for its device before the result says so.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Writes in progress at once; more get a "busy" result at once.
+const MAX_CONCURRENT_WRITES: usize = 32;
+/// The retained status is refreshed this often, so buffer depth and drops stay visible.
+const STATUS_INTERVAL: Duration = Duration::from_secs(30);
+
+/// Where each device's write requests go.
+pub type WriteRoutes = HashMap<String, mpsc::Sender<WriteRequest>>;
+
+/// Counters an operator (and the status message) can read.
+#[derive(Debug, Default)]
+pub struct UplinkCounters {
+    pub published: AtomicU64,
+    pub acknowledged: AtomicU64,
+    pub reconnects: AtomicU64,
+    pub writes_rejected: AtomicU64,
+}
+
+pub struct Uplink {
+    config: MqttConfig,
+    gateway_id: String,
+    buffer: BufferHandle,
+    routes: Arc<WriteRoutes>,
+    counters: Arc<UplinkCounters>,
+}
+
+/// The topics of one gateway.
+struct Topics {
+    base: String,
+}
+
+impl Topics {
+    fn telemetry(&self, device: &str) -> String {
+        format!("{}/{device}", self.base)
+    }
+    fn status(&self) -> String {
+        format!("{}/status", self.base)
+    }
+    fn set_filter(&self) -> String {
+        format!("{}/+/set", self.base)
+    }
+    /// The device a `.../{device}/set` topic addresses.
+    fn set_device<'t>(&self, topic: &'t str) -> Option<&'t str> {
+        topic
+            .strip_prefix(&self.base)?
+            .strip_prefix('/')?
+            .strip_suffix("/set")
+            .filter(|device| !device.contains('/'))
+    }
+}
+
+/// What ended a connection.
+enum Ended {
+    Shutdown,
+    Lost { was_connected: bool, error: String },
+}
+
+/// A write request as the cloud sends it.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SetRequest {
+    #[serde(default)]
+    id: serde_json::Value,
+    point: String,
+    value: serde_json::Value,
+}
+
+/// A result on its way to `.../set/result`.
+struct SetResult {
+    device: String,
+    payload: String,
+}
+
+/// Per-connection delivery state.
+struct Delivery {
+    /// One entry per publish handed to rumqttc, in order: the row's seq for
+    /// telemetry, `None` for status and results. rumqttc reports each
+    /// publish's packet id in the same order.
+    awaiting_pkid: VecDeque<Option<i64>>,
+    /// Packet id to seq, for telemetry in flight.
+    inflight: HashMap<u16, i64>,
+    /// Highest seq handed to rumqttc on this connection.
+    sent_up_to: i64,
+}
+
+impl Uplink {
+    pub fn new(
+        config: MqttConfig,
+        gateway_id: String,
+        buffer: BufferHandle,
+        routes: WriteRoutes,
+        counters: Arc<UplinkCounters>,
+    ) -> Self {
+        Self {
+            config,
+            gateway_id,
+            buffer,
+            routes: Arc::new(routes),
+            counters,
+        }
+    }
+
+    fn topics(&self) -> Topics {
+        Topics {
+            base: format!("{}/{}", self.config.topic_prefix, self.gateway_id),
+        }
+    }
+
+    fn options(&self) -> anyhow::Result<MqttOptions> {
+        let config = &self.config;
+        let mut options = MqttOptions::new(&config.client_id, &config.host, config.port);
+        options
+            .set_keep_alive(config.keep_alive)
+            .set_clean_session(true)
+            .set_inflight(config.max_inflight.saturating_add(16))
+            .set_request_channel_capacity(usize::from(config.max_inflight) + 64)
+            .set_max_packet_size(256 << 10, 64 << 20)
+            .set_last_will(LastWill::new(
+                self.topics().status(),
+                json!({"state": "offline"}).to_string(),
+                QoS::AtLeastOnce,
+                true,
+            ));
+        if let Some(username) = &config.username {
+            options.set_credentials(username, config.password.clone().unwrap_or_default());
+        }
+        if let Some(tls) = &config.tls {
+            options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
+                Arc::new(tls_config(tls)?),
+            )));
+        }
+        Ok(options)
+    }
+
+    /// Runs until `shutdown`; then delivers what it can within the flush
+    /// timeout, marks the gateway offline and disconnects.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let options = self.options()?;
+        let (results_tx, mut results_rx) = mpsc::channel(64);
+        let writes = Arc::new(Semaphore::new(MAX_CONCURRENT_WRITES));
+        let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(10));
+        loop {
+            let (client, eventloop) =
+                AsyncClient::new(options.clone(), usize::from(self.config.max_inflight) + 64);
+            match self
+                .connection(
+                    client,
+                    eventloop,
+                    &shutdown,
+                    &results_tx,
+                    &mut results_rx,
+                    &writes,
+                )
+                .await
+            {
+                Ended::Shutdown => return Ok(()),
+                Ended::Lost {
+                    was_connected,
+                    error,
+                } => {
+                    if was_connected {
+                        backoff.reset();
+                        self.counters.reconnects.fetch_add(1, Ordering::Relaxed);
+                    }
+                    let delay = backoff.next_delay();
+                    warn!(broker = %format!("{}:{}", self.config.host, self.config.port), %error, retry_in = ?delay, "uplink down; buffering");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return Ok(()),
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    async fn connection(
+        &self,
+        client: AsyncClient,
+        mut eventloop: EventLoop,
+        shutdown: &CancellationToken,
+        results_tx: &mpsc::Sender<SetResult>,
+        results_rx: &mut mpsc::Receiver<SetResult>,
+        writes: &Arc<Semaphore>,
+    ) -> Ended {
+        let topics = self.topics();
+        let window = usize::from(self.config.max_inflight);
+        let mut last_seq = self.buffer.last_seq();
+        let mut delivery = Delivery {
+            awaiting_pkid: VecDeque::new(),
+            inflight: HashMap::new(),
+            sent_up_to: 0,
+        };
+        let mut connected = false;
+        let mut flush_deadline: Option<tokio::time::Instant> = None;
+        let mut status_tick = tokio::time::interval(STATUS_INTERVAL);
+        status_tick.reset();
+        loop {
+            let newest = *last_seq.borrow();
+            let room =
+                window.saturating_sub(delivery.inflight.len() + pending_telemetry(&delivery));
+            let has_new = newest > delivery.sent_up_to;
+            if let Some(deadline) = flush_deadline {
+                let drained =
+                    !has_new && delivery.inflight.is_empty() && pending_telemetry(&delivery) == 0;
+                if drained || tokio::time::Instant::now() >= deadline {
+                    self.go_offline(&client, &mut eventloop, drained).await;
+                    return Ended::Shutdown;
+                }
+            }
+            tokio::select! {
+                _ = shutdown.cancelled(), if flush_deadline.is_none() => {
+                    if !connected {
+                        return Ended::Shutdown;
+                    }
+                    flush_deadline = Some(tokio::time::Instant::now() + self.config.flush_timeout);
+                    info!(timeout = ?self.config.flush_timeout, "delivering buffered messages before stopping");
+                }
+                _ = tokio::time::sleep_until(flush_deadline.unwrap_or_else(tokio::time::Instant::now)), if flush_deadline.is_some() => {}
+                event = eventloop.poll() => match event {
+                    Ok(Event::Incoming(Incoming::ConnAck(_))) => {
+                        connected = true;
+                        info!(broker = %format!("{}:{}", self.config.host, self.config.port), "uplink connected");
+                        if let Err(e) = client.try_subscribe(topics.set_filter(), QoS::AtLeastOnce) {
+                            return lost(connected, e);
+                        }
+                        if let Err(e) = self.publish_status(&client, &topics, &mut delivery).await {
+                            return lost(connected, e);
+                        }
+                    }
+                    Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
+                        if let Some(Some(seq)) = delivery.awaiting_pkid.pop_front() {
+                            delivery.inflight.insert(pkid, seq);
+                        }
+                    }
+                    Ok(Event::Incoming(Incoming::PubAck(ack))) => {
+                        if let Some(seq) = delivery.inflight.remove(&ack.pkid) {
+                            self.counters.acknowledged.fetch_add(1, Ordering::Relaxed);
+                            if self.buffer.ack(vec![seq]).await.is_err() {
+                                return lost(connected, "the buffer has stopped");
+                            }
+                        }
+                    }
+                    Ok(Event::Incoming(Incoming::Publish(publish))) => {
+                        self.on_set(&topics, &publish.topic, &publish.payload, results_tx, writes);
+                    }
+                    Ok(_) => {}
+                    Err(e) => return lost(connected, connection_error(e)),
+                },
+                records = self.buffer.read_after(delivery.sent_up_to, room), if connected && has_new && room > 0 => {
+                    match records {
+                        Ok(records) => {
+                            let exhausted = records.len() < room;
+                            for record in records {
+                                let payload = message(&record);
+                                if let Err(e) = client.try_publish(topics.telemetry(&record.device), QoS::AtLeastOnce, false, payload) {
+                                    return lost(connected, e);
+                                }
+                                self.counters.published.fetch_add(1, Ordering::Relaxed);
+                                delivery.awaiting_pkid.push_back(Some(record.seq));
+                                delivery.sent_up_to = record.seq;
+                            }
+                            if exhausted {
+                                // Rows up to `newest` that were not returned are gone (dropped by the limit).
+                                delivery.sent_up_to = delivery.sent_up_to.max(newest);
+                            }
+                        }
+                        Err(e) => return lost(connected, e),
+                    }
+                }
+                changed = last_seq.changed(), if connected && !has_new => {
+                    if changed.is_err() {
+                        return lost(connected, "the buffer has stopped");
+                    }
+                }
+                Some(result) = results_rx.recv(), if connected => {
+                    let topic = format!("{}/result", topics.set_topic(&result.device));
+                    if let Err(e) = client.try_publish(topic, QoS::AtLeastOnce, false, result.payload) {
+                        return lost(connected, e);
+                    }
+                    delivery.awaiting_pkid.push_back(None);
+                }
+                _ = status_tick.tick(), if connected => {
+                    if let Err(e) = self.publish_status(&client, &topics, &mut delivery).await {
+                        return lost(connected, e);
+                    }
+                }
+            }
+        }
+    }
+
+    async fn publish_status(
+        &self,
+        client: &AsyncClient,
+        topics: &Topics,
+        delivery: &mut Delivery,
+    ) -> Result<(), String> {
+        let stats = self.buffer.stats().await.map_err(|e| e.to_string())?;
+        let payload = json!({
+            "state": "online",
+            "ts": kite_core::now_ms(),
+            "version": env!("CARGO_PKG_VERSION"),
+            "buffer": {
+                "rows": stats.rows,
+                "bytes": stats.bytes,
+                "dropped": stats.dropped,
+                "oldest_ts": stats.oldest_ts_ms,
+            },
+            "uplink": {
+                "published": self.counters.published.load(Ordering::Relaxed),
+                "acknowledged": self.counters.acknowledged.load(Ordering::Relaxed),
+                "reconnects": self.counters.reconnects.load(Ordering::Relaxed),
+            },
+        });
+        client
+            .try_publish(topics.status(), QoS::AtLeastOnce, true, payload.to_string())
+            .map_err(|e| e.to_string())?;
+        delivery.awaiting_pkid.push_back(None);
+        Ok(())
+    }
+
+    /// Marks the gateway offline (the will is not sent on a clean disconnect) and disconnects.
+    async fn go_offline(&self, client: &AsyncClient, eventloop: &mut EventLoop, drained: bool) {
+        if drained {
+            info!("buffer delivered");
+        } else {
+            warn!("stopping with messages still buffered; they are delivered after the next start");
+        }
+        let offline = json!({"state": "offline"}).to_string();
+        if client
+            .try_publish(self.topics().status(), QoS::AtLeastOnce, true, offline)
+            .is_err()
+        {
+            return;
+        }
+        let _ = client.try_disconnect();
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            loop {
+                match eventloop.poll().await {
+                    Ok(Event::Outgoing(Outgoing::Disconnect)) | Err(_) => break,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+    }
+
+    /// Checks a write request and hands it to its device; the result is
+    /// published whatever happens, so every request gets an answer.
+    fn on_set(
+        &self,
+        topics: &Topics,
+        topic: &str,
+        payload: &[u8],
+        results: &mpsc::Sender<SetResult>,
+        writes: &Arc<Semaphore>,
+    ) {
+        let Some(device) = topics.set_device(topic) else {
+            return;
+        };
+        let device = device.to_string();
+        let request: SetRequest = match serde_json::from_slice(payload) {
+            Ok(request) => request,
+            Err(e) => {
+                let id = serde_json::from_slice::<serde_json::Value>(payload)
+                    .ok()
+                    .and_then(|v| v.get("id").cloned())
+                    .unwrap_or_default();
+                self.reject(
+                    results,
+                    device,
+                    id,
+                    None,
+                    format!("bad request: {e}; expected {{\"id\", \"point\", \"value\"}}"),
+                );
+                return;
+            }
+        };
+        let Some(route) = self.routes.get(&device).cloned() else {
+            self.reject(
+                results,
+                device.clone(),
+                request.id,
+                Some(request.point),
+                format!("no device named {device:?}"),
+            );
+            return;
+        };
+        let Ok(permit) = writes.clone().try_acquire_owned() else {
+            self.reject(
+                results,
+                device,
+                request.id,
+                Some(request.point),
+                "busy: too many writes in progress".into(),
+            );
+            return;
+        };
+        let results = results.clone();
+        let counters = self.counters.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let (reply, response) = tokio::sync::oneshot::channel();
+            let write = WriteRequest {
+                point: request.point.clone(),
+                value: request.value,
+                reply,
+            };
+            let outcome = match route.try_send(write) {
+                Err(_) => Err("busy: the device has too many writes queued".to_string()),
+                Ok(()) => match tokio::time::timeout(WRITE_TIMEOUT, response).await {
+                    Err(_) => Err(format!(
+                        "no answer from the device within {WRITE_TIMEOUT:?}"
+                    )),
+                    Ok(Err(_)) => Err(WriteError::ShuttingDown.to_string()),
+                    Ok(Ok(result)) => result.map_err(|e| e.to_string()),
+                },
+            };
+            let payload = match &outcome {
+                Ok(()) => json!({"id": request.id, "point": request.point, "ok": true}),
+                Err(error) => {
+                    counters.writes_rejected.fetch_add(1, Ordering::Relaxed);
+                    warn!(device = %device, point = %request.point, %error, "write failed");
+                    json!({"id": request.id, "point": request.point, "ok": false, "error": error})
+                }
+            };
+            if outcome.is_ok() {
+                info!(device = %device, point = %request.point, "write done");
+            }
+            let _ = results
+                .send(SetResult {
+                    device,
+                    payload: payload.to_string(),
+                })
+                .await;
+        });
+    }
+
+    fn reject(
+        &self,
+        results: &mpsc::Sender<SetResult>,
+        device: String,
+        id: serde_json::Value,
+        point: Option<String>,
+        error: String,
+    ) {
+        self.counters
+            .writes_rejected
+            .fetch_add(1, Ordering::Relaxed);
+        warn!(device = %device, %error, "write rejected");
+        let payload = json!({"id": id, "point": point, "ok": false, "error": error}).to_string();
+        if results.try_send(SetResult { device, payload }).is_err() {
+            warn!("write results are backing up; a result was not sent");
+        }
+    }
+}
+
+impl Topics {
+    fn set_topic(&self, device: &str) -> String {
+        format!("{}/{device}/set", self.base)
+    }
+}
+
+fn pending_telemetry(delivery: &Delivery) -> usize {
+    delivery
+        .awaiting_pkid
+        .iter()
+        .filter(|entry| entry.is_some())
+        .count()
+}
+
+fn lost(was_connected: bool, error: impl ToString) -> Ended {
+    Ended::Lost {
+        was_connected,
+        error: error.to_string(),
+    }
+}
+
+fn connection_error(error: ConnectionError) -> String {
+    debug!(?error, "connection error");
+    error.to_string()
+}
+
+/// The telemetry message of one buffered row.
+pub fn message(record: &Record) -> String {
+    let device = serde_json::to_string(&record.device).expect("a string serializes");
+    format!(
+        r#"{{"seq":{},"ts":{},"device":{},"points":{}}}"#,
+        record.seq, record.ts_ms, device, record.body
+    )
+}
+
+fn tls_config(files: &TlsFiles) -> anyhow::Result<rustls::ClientConfig> {
+    use anyhow::Context as _;
+    let mut roots = rustls::RootCertStore::empty();
+    match &files.ca_file {
+        Some(path) => {
+            let pem =
+                std::fs::read(path).with_context(|| format!("mqtt.ca_file {}", path.display()))?;
+            for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+                roots
+                    .add(cert.with_context(|| format!("mqtt.ca_file {}", path.display()))?)
+                    .with_context(|| format!("mqtt.ca_file {}", path.display()))?;
+            }
+        }
+        None => {
+            let native = rustls_native_certs::load_native_certs();
+            for cert in native.certs {
+                let _ = roots.add(cert);
+            }
+        }
+    }
+    if roots.is_empty() {
+        anyhow::bail!("no trusted CA certificates for mqtts://: set mqtt.ca_file");
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots);
+    Ok(match &files.client_auth {
+        None => builder.with_no_client_auth(),
+        Some((cert_path, key_path)) => {
+            let cert_pem = std::fs::read(cert_path)
+                .with_context(|| format!("mqtt.cert_file {}", cert_path.display()))?;
+            let certs = rustls_pemfile::certs(&mut cert_pem.as_slice())
+                .collect::<Result<Vec<_>, _>>()
+                .with_context(|| format!("mqtt.cert_file {}", cert_path.display()))?;
+            let key_pem = std::fs::read(key_path)
+                .with_context(|| format!("mqtt.key_file {}", key_path.display()))?;
+            let key = rustls_pemfile::private_key(&mut key_pem.as_slice())
+                .with_context(|| format!("mqtt.key_file {}", key_path.display()))?
+                .with_context(|| {
+                    format!("mqtt.key_file {}: no private key found", key_path.display())
+                })?;
+            builder.with_client_auth_cert(certs, key)?
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn set_topics_name_exactly_one_device() {
+        let topics = Topics {
+            base: "kite/gw".into(),
+        };
+        assert_eq!(topics.set_device("kite/gw/boiler-1/set"), Some("boiler-1"));
+        assert_eq!(topics.set_device("kite/gw/a/b/set"), None);
+        assert_eq!(topics.set_device("kite/gw2/boiler-1/set"), None);
+        assert_eq!(topics.set_device("kite/gw/boiler-1/set/result"), None);
+    }
+
+    #[test]
+    fn message_wraps_the_stored_points() {
+        let record = Record {
+            seq: 7,
+            ts_ms: 1000,
+            device: "b\"1".into(),
+            body: r#"{"t":{"value":1,"quality":"good"}}"#.into(),
+        };
+        let parsed: serde_json::Value = serde_json::from_str(&message(&record)).unwrap();
+        assert_eq!(parsed["seq"], 7);
+        assert_eq!(parsed["ts"], 1000);
+        assert_eq!(parsed["device"], "b\"1");
+        assert_eq!(parsed["points"]["t"]["value"], 1);
+    }
+}

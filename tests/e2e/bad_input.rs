@@ -1,0 +1,204 @@
+//! Bad input: broken configs are refused with their line and column, and
+//! devices that fail in every way a device can fail do not disturb the others.
+
+use std::process::Command;
+
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+use crate::support::*;
+
+const HEAD: &str = "[gateway]\nid = \"gw\"\ndata_dir = \"/tmp/kite-check\"\n\n[mqtt]\nurl = \"mqtt://127.0.0.1:1883\"\n";
+const DEVICE: &str =
+    "[[devices]]\nname = \"d\"\nprotocol = \"modbus-tcp\"\naddress = \"127.0.0.1:502\"\n";
+
+/// Runs `kite check` on `text`; it must fail and name `file:line:column` and `expected`.
+fn check_rejects(text: &str, line: usize, column: usize, expected: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kite.toml");
+    std::fs::write(&path, text).unwrap();
+    let output = Command::new(kite_bin())
+        .arg("check")
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "accepted:\n{text}");
+    let location = format!("{}:{line}:{column}: ", path.display());
+    assert!(
+        stderr
+            .lines()
+            .any(|l| l.starts_with(&location) && l.contains(expected)),
+        "wanted {location}...{expected}, got:\n{stderr}"
+    );
+}
+
+#[test]
+fn kite_check_names_every_kind_of_mistake() {
+    let point = |body: &str| format!("{HEAD}{DEVICE}[[devices.points]]\nname = \"p\"\n{body}");
+    let cases: Vec<(String, usize, usize, &str)> = vec![
+        (format!("{HEAD}[gateway.extra]\n"), 7, 10, "unknown field `extra`"),
+        (HEAD.replace("id =", "idd ="), 2, 1, "unknown field `idd`"),
+        (HEAD.replace("mqtt://", "http://"), 6, 7, "unsupported url"),
+        (format!("{HEAD}[buffer]\nmax_bytes = \"lots\"\n"), 8, 13, "invalid size"),
+        (format!("{HEAD}[buffer]\ndurability = \"maybe\"\n"), 8, 14, "unknown variant `maybe`"),
+        (format!("{HEAD}{DEVICE}poll_interval = 5\n"), 11, 17, "invalid type"),
+        (format!("{HEAD}{DEVICE}timeout = \"5 parsecs\"\n"), 11, 11, "invalid duration"),
+        (format!("{HEAD}{DEVICE}{DEVICE}"), 12, 8, "duplicate device name"),
+        (format!("{HEAD}{DEVICE}[[devices.points]]\nname = \"p\"\naddress = 1\n[[devices.points]]\nname = \"p\"\naddress = 2\n"), 15, 8, "duplicate point name"),
+        (point("address = 65534\ntype = \"u64\"\n"), 13, 11, "past the last Modbus address"),
+        (point("address = 70000\n"), 13, 11, "expected u16"),
+        (point("address = 1\ntype = \"f64\"\narea = \"coil\"\n"), 13, 11, "does not fit in a coil"),
+        (point("address = 1\ntype = \"string\"\n"), 13, 11, "needs `length`"),
+        (point("address = 1\ntype = \"u128\"\n"), 14, 8, "unknown variant `u128`"),
+        (point("address = 1\narea = \"discrete\"\ntype = \"bool\"\nwritable = true\n"), 13, 11, "read-only"),
+        (point("adress = 1\n"), 13, 1, "unknown field `adress`"),
+        ("[gateway\nid = 1".to_string(), 1, 9, ""),
+    ];
+    for (text, line, column, expected) in cases {
+        check_rejects(&text, line, column, expected);
+    }
+}
+
+#[test]
+fn example_configs_pass_kite_check() {
+    let dir = repo_root().join("config");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "toml") {
+            continue;
+        }
+        // The demo's config has placeholders the demo fills in.
+        let text = std::fs::read_to_string(&path)
+            .unwrap()
+            .replace("{mqtt_port}", "1883")
+            .replace("{data_dir}", "/tmp/kite-example")
+            .replace("{port_1}", "1502")
+            .replace("{port_2}", "1503")
+            .replace("{port_3}", "1504");
+        let copy = tempfile::tempdir().unwrap();
+        let target = copy.path().join(path.file_name().unwrap());
+        std::fs::write(&target, text).unwrap();
+        let output = Command::new(kite_bin())
+            .arg("check")
+            .arg("--config")
+            .arg(&target)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}: {}",
+            path.display(),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        checked += 1;
+    }
+    assert!(
+        checked >= 2,
+        "expected the example configs in {}",
+        dir.display()
+    );
+}
+
+/// A device that answers every request with `reply` (or closes, or stays silent).
+async fn broken_device(reply: Option<&'static [u8]>, close: bool) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut socket, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let mut request = [0u8; 260];
+                loop {
+                    if close || matches!(socket.read(&mut request).await, Ok(0) | Err(_)) {
+                        return;
+                    }
+                    if let Some(reply) = reply {
+                        if socket.write_all(reply).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn failing_devices_are_reported_and_do_not_disturb_the_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start(dir.path(), false).await;
+    let (_good, good_port) = modbus_device(json!({"size": 20, "holding": {"0": [42]}})).await;
+    // pymodbus answers reads past its 20 registers with an exception.
+    let (_small, small_port) = modbus_device(json!({"size": 20, "holding": {"0": [7]}})).await;
+    let garbage = broken_device(Some(b"\xde\xad\xbe\xef garbage \x00\x01\x02"), false).await;
+    let closing = broken_device(None, true).await;
+    let silent = broken_device(None, false).await;
+    let refused = free_port();
+
+    let device = |name: &str, port: u16, address: u16| {
+        format!(
+            "[[devices]]\nname = \"{name}\"\nprotocol = \"modbus-tcp\"\naddress = \"127.0.0.1:{port}\"\npoll_interval = \"100ms\"\ntimeout = \"300ms\"\n[[devices.points]]\nname = \"value\"\naddress = {address}\n"
+        )
+    };
+    let mut devices = device("good", good_port, 0);
+    devices += &device("exception", small_port, 0);
+    devices += "[[devices.points]]\nname = \"missing\"\naddress = 50\n";
+    devices += &device("garbage", garbage, 0);
+    devices += &device("closing", closing, 0);
+    devices += &device("silent", silent, 0);
+    devices += &device("refused", refused, 0);
+    let mut sub = Subscriber::connect(broker.port, "kite/gw-bad/#", "bad-test", false).await;
+    let kite = Kite::start(
+        dir.path(),
+        &kite_config(dir.path(), "gw-bad", broker.port, &devices),
+    );
+
+    // An exception costs only the points it covers; the connection stays.
+    let exception = sub.next_on("kite/gw-bad/exception", |_| true).await;
+    assert_eq!(exception["points"]["value"]["value"], 7);
+    assert_eq!(exception["points"]["missing"]["quality"], "bad");
+    assert!(
+        exception["points"]["missing"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("exception"),
+        "{exception}"
+    );
+
+    for (name, reason) in [
+        ("garbage", ""),
+        ("closing", ""),
+        ("silent", "no response within"),
+        ("refused", "connect"),
+    ] {
+        let message = sub.next_on(&format!("kite/gw-bad/{name}"), |_| true).await;
+        let point = &message["points"]["value"];
+        assert_eq!(point["quality"], "bad", "{name}: {message}");
+        assert!(point.get("value").is_none(), "{name}: {message}");
+        let error = point["error"].as_str().unwrap();
+        assert!(
+            !error.is_empty() && error.contains(reason),
+            "{name}: {error}"
+        );
+    }
+    // Meanwhile the good device keeps delivering good values.
+    let mut good = 0;
+    while good < 20 {
+        let message = sub.next_on("kite/gw-bad/good", |_| true).await;
+        assert_eq!(
+            message["points"]["value"],
+            json!({"value": 42, "quality": "good"}),
+            "{message}"
+        );
+        good += 1;
+    }
+    // Failing devices recover on their own: the daemon is still alive and well.
+    assert!(!kite.log().contains("panicked"), "{}", kite.log());
+}

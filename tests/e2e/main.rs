@@ -1,0 +1,7 @@
+//! End-to-end tests of the `kite` binary against real peers: Mosquitto
+//! brokers and pymodbus devices started on free loopback ports.
+
+mod bad_input;
+mod delivery;
+mod modbus;
+mod support;

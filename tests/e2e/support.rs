@@ -1,0 +1,459 @@
+//! Real peers for the end-to-end tests: Mosquitto, pymodbus devices, the
+//! `kite` binary, an MQTT subscriber, and a TCP proxy that can cut a link.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::Duration;
+
+use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, QoS};
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
+
+/// Generous upper bound for anything the tests wait for; reaching it is a failure.
+pub const PATIENCE: Duration = Duration::from_secs(60);
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+pub fn kite_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_kite")
+}
+
+fn python() -> PathBuf {
+    let python = std::env::var_os("KITE_TEST_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join(".venv-peers/bin/python"));
+    assert!(
+        python.exists(),
+        "{} not found: install the test peers with `.ci/install-peers` (or set KITE_TEST_PYTHON)",
+        python.display()
+    );
+    python
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Polls `condition` until it holds; panics with `what` after [`PATIENCE`].
+pub async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while !condition() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting until {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn wait_for_port(port: u16, what: &str) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what} did not start listening on {port}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn signal(child: &Child, name: &str) {
+    let status = Command::new("kill")
+        .args([&format!("-{name}"), &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -{name} failed");
+}
+
+/// A child process killed when dropped.
+pub struct Peer(Child);
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A Mosquitto broker on a loopback port, with a config of its own.
+pub struct Mosquitto {
+    pub port: u16,
+    dir: PathBuf,
+    child: Option<Peer>,
+}
+
+impl Mosquitto {
+    /// `persistent`: sessions and queued messages survive a restart, so a
+    /// subscriber with a persistent session misses nothing while it reconnects.
+    pub async fn start(dir: &Path, persistent: bool) -> Self {
+        Self::start_on(dir, free_port(), persistent).await
+    }
+
+    /// A broker on a port chosen before it starts (a gateway was configured with it).
+    pub async fn start_on(dir: &Path, port: u16, persistent: bool) -> Self {
+        let dir = dir.join(format!("mosquitto-{port}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let conf = format!(
+            "listener {port} 127.0.0.1\nuser root\nallow_anonymous true\npersistence {persistent}\npersistence_location {}/\nmax_queued_messages 0\nmax_inflight_messages 0\n",
+            dir.display()
+        );
+        std::fs::write(dir.join("mosquitto.conf"), conf).unwrap();
+        let mut broker = Self {
+            port,
+            dir,
+            child: None,
+        };
+        broker.resume().await;
+        broker
+    }
+
+    pub async fn resume(&mut self) {
+        assert!(self.child.is_none());
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("log"))
+            .unwrap();
+        let child = Command::new(mosquitto_bin())
+            .arg("-c")
+            .arg(self.dir.join("mosquitto.conf"))
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start mosquitto");
+        self.child = Some(Peer(child));
+        wait_for_port(self.port, "mosquitto").await;
+    }
+
+    /// Stops the broker the way an operator would (SIGTERM), saving its state if persistent.
+    pub async fn stop(&mut self) {
+        let mut peer = self.child.take().expect("broker running");
+        signal(&peer.0, "TERM");
+        let _ = tokio::task::spawn_blocking(move || {
+            let _ = peer.0.wait();
+            drop(peer);
+        })
+        .await;
+    }
+}
+
+fn mosquitto_bin() -> &'static str {
+    for candidate in [
+        "/usr/sbin/mosquitto",
+        "/usr/bin/mosquitto",
+        "/usr/local/sbin/mosquitto",
+    ] {
+        if Path::new(candidate).exists() {
+            return candidate;
+        }
+    }
+    panic!("mosquitto not found: install the test peers with `.ci/install-peers`")
+}
+
+/// A pymodbus device; `spec` is described in tests/peers/modbus_server.py.
+pub async fn modbus_device(spec: Value) -> (Peer, u16) {
+    let port = free_port();
+    let child = Command::new(python())
+        .arg(repo_root().join("tests/peers/modbus_server.py"))
+        .arg(port.to_string())
+        .arg(spec.to_string())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start pymodbus");
+    let peer = Peer(child);
+    wait_for_port(port, "pymodbus").await;
+    (peer, port)
+}
+
+/// The `kite` daemon, run from its binary with a config written to `dir`.
+pub struct Kite {
+    pub dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl Kite {
+    pub fn config_path(dir: &Path) -> PathBuf {
+        dir.join("kite.toml")
+    }
+
+    pub fn start(dir: &Path, config: &str) -> Self {
+        std::fs::write(Self::config_path(dir), config).unwrap();
+        let mut kite = Self {
+            dir: dir.to_path_buf(),
+            child: None,
+        };
+        kite.restart();
+        kite
+    }
+
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none());
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("kite.log"))
+            .unwrap();
+        let child = Command::new(kite_bin())
+            .args(["run", "--config"])
+            .arg(Self::config_path(&self.dir))
+            .env("KITE_LOG", "info")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start kite");
+        self.child = Some(child);
+    }
+
+    pub fn kill9(&mut self) {
+        let mut child = self.child.take().expect("kite running");
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    pub async fn terminate(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("kite running");
+        signal(&child, "TERM");
+        tokio::task::spawn_blocking(move || child.wait().unwrap())
+            .await
+            .unwrap()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("kite.log")).unwrap_or_default()
+    }
+
+    /// The buffer as seen beside the running daemon.
+    pub fn buffer(&self) -> BufferCounts {
+        let path = self.dir.join("data/buffer.sqlite3");
+        let Ok(conn) = rusqlite::Connection::open_with_flags(
+            &path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        ) else {
+            return BufferCounts::default();
+        };
+        let (rows, newest): (i64, i64) = conn
+            .query_row(
+                "SELECT count(*), coalesce(max(seq), 0) FROM messages",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap_or((0, 0));
+        let dropped: i64 = conn
+            .query_row("SELECT value FROM meta WHERE key = 'dropped'", [], |r| {
+                r.get(0)
+            })
+            .unwrap_or(0);
+        BufferCounts {
+            rows: rows as u64,
+            dropped: dropped as u64,
+            newest: newest as u64,
+        }
+    }
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+pub struct BufferCounts {
+    pub rows: u64,
+    pub dropped: u64,
+    /// The highest seq still buffered.
+    pub newest: u64,
+}
+
+impl Drop for Kite {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!("--- kite log ---\n{}", self.log());
+        }
+    }
+}
+
+/// A gateway config for `dir`, with `devices` (TOML) appended.
+pub fn kite_config(dir: &Path, gateway_id: &str, mqtt_port: u16, extra: &str) -> String {
+    format!(
+        "[gateway]\nid = \"{gateway_id}\"\ndata_dir = \"{}\"\n\n[mqtt]\nurl = \"mqtt://127.0.0.1:{mqtt_port}\"\nclient_id = \"kite-{gateway_id}-{mqtt_port}\"\nflush_timeout = \"2s\"\n\n{extra}",
+        dir.join("data").display()
+    )
+}
+
+/// An MQTT subscriber that collects everything under a filter.
+pub struct Subscriber {
+    client: AsyncClient,
+    messages: mpsc::UnboundedReceiver<(String, Value)>,
+}
+
+impl Subscriber {
+    /// Connects and returns once the subscription is acknowledged. With
+    /// `persistent`, the broker keeps the session across reconnects.
+    pub async fn connect(port: u16, filter: &str, client_id: &str, persistent: bool) -> Self {
+        let mut options = MqttOptions::new(client_id, "127.0.0.1", port);
+        options
+            .set_keep_alive(Duration::from_secs(5))
+            .set_clean_session(!persistent)
+            .set_max_packet_size(16 << 20, 1 << 20);
+        let (client, mut eventloop) = AsyncClient::new(options, 64);
+        client.subscribe(filter, QoS::AtLeastOnce).await.unwrap();
+        let (tx, messages) = mpsc::unbounded_channel();
+        let (subscribed_tx, mut subscribed) = watch::channel(false);
+        tokio::spawn(async move {
+            loop {
+                match eventloop.poll().await {
+                    Ok(Event::Incoming(Incoming::SubAck(_))) => {
+                        let _ = subscribed_tx.send(true);
+                    }
+                    Ok(Event::Incoming(Incoming::Publish(publish))) => {
+                        let payload =
+                            serde_json::from_slice(&publish.payload).unwrap_or_else(|_| {
+                                Value::String(String::from_utf8_lossy(&publish.payload).into())
+                            });
+                        if tx.send((publish.topic.to_string(), payload)).is_err() {
+                            return;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                }
+            }
+        });
+        tokio::time::timeout(PATIENCE, subscribed.wait_for(|done| *done))
+            .await
+            .expect("subscription acknowledged")
+            .unwrap();
+        Self { client, messages }
+    }
+
+    /// The next message whose topic is `topic` and that satisfies `accept`.
+    pub async fn next_on(&mut self, topic: &str, mut accept: impl FnMut(&Value) -> bool) -> Value {
+        let found = tokio::time::timeout(PATIENCE, async {
+            loop {
+                let (got, payload) = self.messages.recv().await.expect("subscriber running");
+                if got == topic && accept(&payload) {
+                    return payload;
+                }
+            }
+        })
+        .await;
+        found.unwrap_or_else(|_| panic!("no matching message on {topic} within {PATIENCE:?}"))
+    }
+
+    pub async fn publish(&self, topic: &str, payload: &str) {
+        self.client
+            .publish(topic, QoS::AtLeastOnce, false, payload)
+            .await
+            .unwrap();
+    }
+
+    /// Reads telemetry on `topic` until a message with `seq >= last` arrives;
+    /// returns every seq in arrival order.
+    pub async fn seqs_until(&mut self, topic: &str, last: u64) -> Vec<u64> {
+        let mut seqs = Vec::new();
+        loop {
+            let message = self.next_on(topic, |_| true).await;
+            let seq = message["seq"].as_u64().expect("seq");
+            seqs.push(seq);
+            if seq >= last {
+                return seqs;
+            }
+        }
+    }
+}
+
+/// Checks that the seqs, read in arrival order, cover `first..=last` with no
+/// gap, each new seq arriving right after the highest seen so far (a
+/// resend may repeat older ones).
+pub fn assert_complete_in_order(seqs: &[u64], first: u64, last: u64) {
+    let mut highest = first - 1;
+    for &seq in seqs {
+        if seq > highest {
+            assert_eq!(
+                seq,
+                highest + 1,
+                "gap: {seq} arrived after {highest} (seqs: {seqs:?})"
+            );
+            highest = seq;
+        }
+    }
+    assert!(highest >= last, "stopped at {highest}, wanted {last}");
+}
+
+/// A TCP proxy between the gateway and the broker, whose link can be cut
+/// or slowed down.
+pub struct Proxy {
+    pub port: u16,
+    up: watch::Sender<bool>,
+}
+
+impl Proxy {
+    pub async fn start(target: u16) -> Self {
+        Self::start_throttled(target, None).await
+    }
+
+    /// With `upstream_bytes_per_10ms`, the gateway-to-broker direction
+    /// carries at most that many bytes every 10 ms: a slow uplink.
+    pub async fn start_throttled(target: u16, upstream_bytes_per_10ms: Option<usize>) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (up, up_rx) = watch::channel(true);
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else {
+                    return;
+                };
+                let mut up = up_rx.clone();
+                if !*up.borrow() {
+                    let _ = inbound.shutdown().await;
+                    continue;
+                }
+                tokio::spawn(async move {
+                    let Ok(outbound) = TcpStream::connect(("127.0.0.1", target)).await else {
+                        return;
+                    };
+                    let (mut from_gateway, mut to_gateway) = inbound.into_split();
+                    let (mut from_broker, mut to_broker) = outbound.into_split();
+                    let upstream = async {
+                        let mut chunk = vec![0; upstream_bytes_per_10ms.unwrap_or(64 << 10)];
+                        loop {
+                            let n = from_gateway.read(&mut chunk).await?;
+                            if n == 0 {
+                                return Ok::<_, std::io::Error>(());
+                            }
+                            to_broker.write_all(&chunk[..n]).await?;
+                            if upstream_bytes_per_10ms.is_some() {
+                                tokio::time::sleep(Duration::from_millis(10)).await;
+                            }
+                        }
+                    };
+                    tokio::select! {
+                        _ = upstream => {}
+                        _ = tokio::io::copy(&mut from_broker, &mut to_gateway) => {}
+                        _ = up.wait_for(|up| !*up) => {}
+                    }
+                });
+            }
+        });
+        Self { port, up }
+    }
+
+    /// Closes every connection through the proxy and refuses new ones.
+    pub fn cut(&self) {
+        self.up.send_replace(false);
+    }
+
+    pub fn restore(&self) {
+        self.up.send_replace(true);
+    }
+}
