@@ -1,1 +1,384 @@
-fn main() {}
+//! Kite's end-to-end benchmark: many simulated Modbus TCP devices on
+//! loopback, the release `kite` binary, a Mosquitto broker, and a subscriber
+//! that measures what arrives.
+//!
+//! `kite-bench load` reports points per second delivered, CPU seconds per
+//! million points, peak RSS, and sample-to-broker latency (p50/p99, from the
+//! sample's `ts` to its arrival at the subscriber). It also runs a reference
+//! in the same go: the same messages published straight to the same broker
+//! by one rumqttc client, so that results taken on a busy machine can be
+//! compared as ratios. `kite-bench idle` reports the RSS of an idle gateway.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use kite_modbus::simulator::{self, SimBank};
+use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, QoS};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+struct Cli {
+    #[command(subcommand)]
+    command: Mode,
+    /// The kite binary to measure.
+    #[arg(long, global = true, default_value = "target/release/kite")]
+    kite: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum Mode {
+    /// Sustained load: devices x points polled every interval.
+    Load {
+        #[arg(long, default_value_t = 100)]
+        devices: usize,
+        /// Points per device (u16 registers, read in one request).
+        #[arg(long, default_value_t = 100)]
+        points: usize,
+        #[arg(long, default_value_t = 100)]
+        interval_ms: u64,
+        /// Seconds measured, after 5 s of warm-up.
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
+    },
+    /// RSS of a running gateway with one device polled once a minute.
+    Idle,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    if !cli.kite.exists() {
+        bail!(
+            "{} not found: build it with `cargo build --release -p kite-gateway`",
+            cli.kite.display()
+        );
+    }
+    match cli.command {
+        Mode::Load {
+            devices,
+            points,
+            interval_ms,
+            seconds,
+        } => load(&cli.kite, devices, points, interval_ms, seconds).await,
+        Mode::Idle => idle(&cli.kite).await,
+    }
+}
+
+struct Broker {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+async fn start_broker(dir: &Path) -> anyhow::Result<Broker> {
+    let port = free_port()?;
+    let conf = dir.join("mosquitto.conf");
+    std::fs::write(
+        &conf,
+        format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 0\nmax_inflight_messages 0\n"),
+    )?;
+    let child = Command::new("mosquitto")
+        .arg("-c")
+        .arg(&conf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("start mosquitto")?;
+    let broker = Broker { child, port };
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            return Ok(broker);
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    bail!("mosquitto did not start")
+}
+
+/// Serves `count` simulated devices; returns their ports.
+async fn start_devices(count: usize, shutdown: &CancellationToken) -> anyhow::Result<Vec<u16>> {
+    let bank = Arc::new(SimBank::default());
+    bank.set_holding(0, &(0..125).collect::<Vec<u16>>());
+    let mut ports = Vec::with_capacity(count);
+    for _ in 0..count {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        ports.push(listener.local_addr()?.port());
+        tokio::spawn(simulator::serve(listener, bank.clone(), shutdown.clone()));
+    }
+    Ok(ports)
+}
+
+fn kite_config(dir: &Path, broker: u16, ports: &[u16], points: usize, interval_ms: u64) -> String {
+    let mut text = format!(
+        "[gateway]\nid = \"bench\"\ndata_dir = \"{}\"\n[mqtt]\nurl = \"mqtt://127.0.0.1:{broker}\"\nmax_inflight = 256\n[buffer]\nmax_bytes = \"1GiB\"\n",
+        dir.join("data").display()
+    );
+    for (i, port) in ports.iter().enumerate() {
+        text += &format!(
+            "[[devices]]\nname = \"dev{i}\"\nprotocol = \"modbus-tcp\"\naddress = \"127.0.0.1:{port}\"\npoll_interval = \"{interval_ms}ms\"\ntimeout = \"1s\"\n"
+        );
+        for p in 0..points {
+            text += &format!("[[devices.points]]\nname = \"p{p}\"\naddress = {p}\n");
+        }
+    }
+    text
+}
+
+/// What the subscriber saw.
+#[derive(Default)]
+struct Received {
+    messages: AtomicU64,
+    latencies_ms: Mutex<Vec<i64>>,
+}
+
+async fn subscribe(port: u16, filter: &str, received: Arc<Received>) -> anyhow::Result<()> {
+    let mut options = MqttOptions::new(format!("bench-sub-{port}"), "127.0.0.1", port);
+    options
+        .set_max_packet_size(16 << 20, 1 << 20)
+        .set_keep_alive(Duration::from_secs(30));
+    let (client, mut eventloop) = AsyncClient::new(options, 64);
+    client.subscribe(filter, QoS::AtLeastOnce).await?;
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let mut ready = Some(ready_tx);
+        let _client = client;
+        while let Ok(event) = eventloop.poll().await {
+            match event {
+                Event::Incoming(Incoming::SubAck(_)) => {
+                    if let Some(ready) = ready.take() {
+                        let _ = ready.send(());
+                    }
+                }
+                Event::Incoming(Incoming::Publish(publish)) => {
+                    let now = now_ms();
+                    if let Some(ts) = field(&publish.payload, b"\"ts\":") {
+                        received.latencies_ms.lock().unwrap().push(now - ts);
+                    }
+                    received.messages.fetch_add(1, Ordering::Relaxed);
+                }
+                _ => {}
+            }
+        }
+    });
+    ready_rx.await.context("subscription")?;
+    Ok(())
+}
+
+/// The integer after `key` in a JSON payload, without parsing all of it.
+fn field(payload: &[u8], key: &[u8]) -> Option<i64> {
+    let at = payload.windows(key.len()).position(|w| w == key)? + key.len();
+    let digits = payload[at..]
+        .iter()
+        .take_while(|b| b.is_ascii_digit())
+        .count();
+    std::str::from_utf8(&payload[at..at + digits])
+        .ok()?
+        .parse()
+        .ok()
+}
+
+fn now_ms() -> i64 {
+    kite_core::now_ms()
+}
+
+/// utime + stime of a process, in seconds.
+fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let after = stat.rsplit_once(')').context("stat format")?.1;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks: f64 = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
+    Ok(ticks / 100.0)
+}
+
+/// A `/proc/<pid>/status` value in kB.
+fn status_kb(pid: u32, key: &str) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let line = status
+        .lines()
+        .find(|l| l.starts_with(key))
+        .context("status key")?;
+    Ok(line
+        .split_whitespace()
+        .nth(1)
+        .context("status value")?
+        .parse()?)
+}
+
+fn percentile(sorted: &[i64], p: f64) -> i64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+struct KiteProcess(Child);
+
+impl Drop for KiteProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_kite(kite: &Path, dir: &Path, config: &str) -> anyhow::Result<KiteProcess> {
+    let path = dir.join("kite.toml");
+    std::fs::write(&path, config)?;
+    let log = std::fs::File::create(dir.join("kite.log"))?;
+    let child = Command::new(kite)
+        .args(["run", "--config"])
+        .arg(&path)
+        .env("KITE_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .context("start kite")?;
+    Ok(KiteProcess(child))
+}
+
+async fn load(
+    kite: &Path,
+    devices: usize,
+    points: usize,
+    interval_ms: u64,
+    seconds: u64,
+) -> anyhow::Result<()> {
+    let dir = std::env::temp_dir().join(format!("kite-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let shutdown = CancellationToken::new();
+    let broker = start_broker(&dir).await?;
+    let ports = start_devices(devices, &shutdown).await?;
+    let received = Arc::new(Received::default());
+    subscribe(broker.port, "kite/bench/+", received.clone()).await?;
+    let process = start_kite(
+        kite,
+        &dir,
+        &kite_config(&dir, broker.port, &ports, points, interval_ms),
+    )?;
+    let pid = process.0.id();
+
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let start_messages = received.messages.load(Ordering::Relaxed);
+    received.latencies_ms.lock().unwrap().clear();
+    let start_cpu = cpu_seconds(pid)?;
+    let started = Instant::now();
+    let mut peak_rss_kb = 0;
+    while started.elapsed() < Duration::from_secs(seconds) {
+        peak_rss_kb = peak_rss_kb.max(status_kb(pid, "VmRSS:")?);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let cpu = cpu_seconds(pid)? - start_cpu;
+    let messages = received.messages.load(Ordering::Relaxed) - start_messages;
+    let mut latencies = std::mem::take(&mut *received.latencies_ms.lock().unwrap());
+    latencies.sort_unstable();
+    drop(process);
+    let total_points = messages as f64 * points as f64;
+    let points_per_s = total_points / elapsed;
+    let offered = (devices * points) as f64 * 1000.0 / interval_ms as f64;
+
+    let reference = reference_rate(broker.port, points, seconds.min(10)).await?;
+    shutdown.cancel();
+    let _ = std::fs::remove_dir_all(&dir);
+
+    println!(
+        "devices={devices} points={points} interval={interval_ms}ms offered={offered:.0}/s | delivered={points_per_s:.0} points/s ({:.0} msg/s) | cpu={:.2} s per 1M points ({:.0}% of one core) | peak_rss={:.1} MB | latency p50={} ms p99={} ms | reference direct-publish={reference:.0} points/s | kite/reference={:.2}",
+        messages as f64 / elapsed,
+        cpu / total_points * 1e6,
+        cpu / elapsed * 100.0,
+        peak_rss_kb as f64 / 1024.0,
+        percentile(&latencies, 0.5),
+        percentile(&latencies, 0.99),
+        points_per_s / reference,
+    );
+    Ok(())
+}
+
+/// Points per second that one rumqttc client publishing Kite-shaped
+/// messages at QoS 1 gets through the same broker to the same subscriber.
+async fn reference_rate(port: u16, points: usize, seconds: u64) -> anyhow::Result<f64> {
+    let received = Arc::new(Received::default());
+    subscribe(port, "reference/+", received.clone()).await?;
+    let body: String = (0..points)
+        .map(|p| format!("\"p{p}\":{{\"value\":{p},\"quality\":\"good\"}}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut options = MqttOptions::new("bench-reference", "127.0.0.1", port);
+    options
+        .set_max_packet_size(1 << 20, 16 << 20)
+        .set_inflight(256);
+    let (client, mut eventloop) = AsyncClient::new(options, 512);
+    let stop = CancellationToken::new();
+    let publisher = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut seq = 0u64;
+            while !stop.is_cancelled() {
+                seq += 1;
+                let payload = format!(
+                    "{{\"seq\":{seq},\"ts\":{},\"device\":\"ref\",\"points\":{{{body}}}}}",
+                    now_ms()
+                );
+                if client
+                    .publish("reference/ref", QoS::AtLeastOnce, false, payload)
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        })
+    };
+    let poller = tokio::spawn(async move { while eventloop.poll().await.is_ok() {} });
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let start = received.messages.load(Ordering::Relaxed);
+    let started = Instant::now();
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    let rate = (received.messages.load(Ordering::Relaxed) - start) as f64 * points as f64
+        / started.elapsed().as_secs_f64();
+    stop.cancel();
+    poller.abort();
+    let _ = publisher.await;
+    Ok(rate)
+}
+
+async fn idle(kite: &Path) -> anyhow::Result<()> {
+    let dir = std::env::temp_dir().join(format!("kite-bench-idle-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let shutdown = CancellationToken::new();
+    let broker = start_broker(&dir).await?;
+    let ports = start_devices(1, &shutdown).await?;
+    let config = kite_config(&dir, broker.port, &ports, 10, 60_000);
+    let process = start_kite(kite, &dir, &config)?;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let rss = status_kb(process.0.id(), "VmRSS:")?;
+    let hwm = status_kb(process.0.id(), "VmHWM:")?;
+    drop(process);
+    shutdown.cancel();
+    let _ = std::fs::remove_dir_all(&dir);
+    println!(
+        "idle: rss={:.1} MB peak={:.1} MB",
+        rss as f64 / 1024.0,
+        hwm as f64 / 1024.0
+    );
+    Ok(())
+}

@@ -17,8 +17,8 @@ use std::time::Duration;
 use kite_core::Backoff;
 use kite_modbus::{WriteError, WriteRequest};
 use rumqttc::{
-    AsyncClient, ConnectionError, Event, EventLoop, Incoming, LastWill, MqttOptions, Outgoing, QoS,
-    TlsConfiguration, Transport,
+    AsyncClient, ConnectionError, Event, EventLoop, Incoming, LastWill, MqttOptions, Outgoing,
+    Publish, QoS, TlsConfiguration, Transport,
 };
 use serde::Deserialize;
 use serde_json::json;
@@ -26,7 +26,7 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::buffer::{BufferHandle, Record};
+use crate::buffer::{BufferError, BufferHandle, Record};
 use crate::config::{MqttConfig, TlsFiles};
 
 /// How long a write waits for its device before the result says so.
@@ -103,16 +103,49 @@ struct SetResult {
     payload: String,
 }
 
-/// Per-connection delivery state.
+/// Which buffered row each publish of one connection carries. Pure state:
+/// the connection loop feeds it rumqttc's events.
+#[derive(Debug, Default)]
 struct Delivery {
     /// One entry per publish handed to rumqttc, in order: the row's seq for
     /// telemetry, `None` for status and results. rumqttc reports each
     /// publish's packet id in the same order.
     awaiting_pkid: VecDeque<Option<i64>>,
-    /// Packet id to seq, for telemetry in flight.
+    /// Telemetry entries in `awaiting_pkid`.
+    unassigned: usize,
+    /// Packet id to seq, for telemetry on the wire.
     inflight: HashMap<u16, i64>,
     /// Highest seq handed to rumqttc on this connection.
     sent_up_to: i64,
+}
+
+impl Delivery {
+    /// A publish was handed to rumqttc; `seq` when it carries a row.
+    fn sent(&mut self, seq: Option<i64>) {
+        self.awaiting_pkid.push_back(seq);
+        if let Some(seq) = seq {
+            self.unassigned += 1;
+            self.sent_up_to = self.sent_up_to.max(seq);
+        }
+    }
+
+    /// rumqttc wrote the next publish with packet id `pkid`.
+    fn assigned(&mut self, pkid: u16) {
+        if let Some(Some(seq)) = self.awaiting_pkid.pop_front() {
+            self.unassigned -= 1;
+            self.inflight.insert(pkid, seq);
+        }
+    }
+
+    /// The broker acknowledged `pkid`: the seq of the row it carried, if any.
+    fn acknowledged(&mut self, pkid: u16) -> Option<i64> {
+        self.inflight.remove(&pkid)
+    }
+
+    /// Rows handed to rumqttc and not yet acknowledged.
+    fn unacknowledged(&self) -> usize {
+        self.inflight.len() + self.unassigned
+    }
 }
 
 impl Uplink {
@@ -217,27 +250,32 @@ impl Uplink {
         let topics = self.topics();
         let window = usize::from(self.config.max_inflight);
         let mut last_seq = self.buffer.last_seq();
-        let mut delivery = Delivery {
-            awaiting_pkid: VecDeque::new(),
-            inflight: HashMap::new(),
-            sent_up_to: 0,
-        };
+        let mut delivery = Delivery::default();
         let mut connected = false;
         let mut flush_deadline: Option<tokio::time::Instant> = None;
         let mut status_tick = tokio::time::interval(STATUS_INTERVAL);
         status_tick.reset();
+        // A read from the buffer survives the loop's other events, so that a
+        // stream of PUBACKs never cancels it half-way; `newest` is the last
+        // stored seq when it started, `limit` how many rows it asked for.
+        let mut pending_read: Option<(i64, usize, PendingRead<'_>)> = None;
         loop {
             let newest = *last_seq.borrow();
-            let room =
-                window.saturating_sub(delivery.inflight.len() + pending_telemetry(&delivery));
+            let room = window.saturating_sub(delivery.unacknowledged());
             let has_new = newest > delivery.sent_up_to;
             if let Some(deadline) = flush_deadline {
-                let drained =
-                    !has_new && delivery.inflight.is_empty() && pending_telemetry(&delivery) == 0;
+                let drained = !has_new && delivery.unacknowledged() == 0;
                 if drained || tokio::time::Instant::now() >= deadline {
                     self.go_offline(&client, &mut eventloop, drained).await;
                     return Ended::Shutdown;
                 }
+            }
+            if pending_read.is_none() && connected && has_new && room > 0 {
+                pending_read = Some((
+                    newest,
+                    room,
+                    Box::pin(self.buffer.read_after(delivery.sent_up_to, room)),
+                ));
             }
             tokio::select! {
                 _ = shutdown.cancelled(), if flush_deadline.is_none() => {
@@ -259,13 +297,9 @@ impl Uplink {
                             return lost(connected, e);
                         }
                     }
-                    Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
-                        if let Some(Some(seq)) = delivery.awaiting_pkid.pop_front() {
-                            delivery.inflight.insert(pkid, seq);
-                        }
-                    }
+                    Ok(Event::Outgoing(Outgoing::Publish(pkid))) => delivery.assigned(pkid),
                     Ok(Event::Incoming(Incoming::PubAck(ack))) => {
-                        if let Some(seq) = delivery.inflight.remove(&ack.pkid) {
+                        if let Some(seq) = delivery.acknowledged(ack.pkid) {
                             self.counters.acknowledged.fetch_add(1, Ordering::Relaxed);
                             if self.buffer.ack(vec![seq]).await.is_err() {
                                 return lost(connected, "the buffer has stopped");
@@ -273,30 +307,29 @@ impl Uplink {
                         }
                     }
                     Ok(Event::Incoming(Incoming::Publish(publish))) => {
-                        self.on_set(&topics, &publish.topic, &publish.payload, results_tx, writes);
+                        self.on_set(&topics, &publish, results_tx, writes);
                     }
                     Ok(_) => {}
                     Err(e) => return lost(connected, connection_error(e)),
                 },
-                records = self.buffer.read_after(delivery.sent_up_to, room), if connected && has_new && room > 0 => {
-                    match records {
-                        Ok(records) => {
-                            let exhausted = records.len() < room;
-                            for record in records {
-                                let payload = message(&record);
-                                if let Err(e) = client.try_publish(topics.telemetry(&record.device), QoS::AtLeastOnce, false, payload) {
-                                    return lost(connected, e);
-                                }
-                                self.counters.published.fetch_add(1, Ordering::Relaxed);
-                                delivery.awaiting_pkid.push_back(Some(record.seq));
-                                delivery.sent_up_to = record.seq;
-                            }
-                            if exhausted {
-                                // Rows up to `newest` that were not returned are gone (dropped by the limit).
-                                delivery.sent_up_to = delivery.sent_up_to.max(newest);
-                            }
-                        }
+                records = async { pending_read.as_mut().expect("guarded by is_some").2.as_mut().await }, if pending_read.is_some() => {
+                    let (newest_at_read, limit, _) = pending_read.take().expect("guarded by is_some");
+                    let records = match records {
+                        Ok(records) => records,
                         Err(e) => return lost(connected, e),
+                    };
+                    let exhausted = records.len() < limit;
+                    for record in records {
+                        let payload = message(&record);
+                        if let Err(e) = client.try_publish(topics.telemetry(&record.device), QoS::AtLeastOnce, false, payload) {
+                            return lost(connected, e);
+                        }
+                        self.counters.published.fetch_add(1, Ordering::Relaxed);
+                        delivery.sent(Some(record.seq));
+                    }
+                    if exhausted {
+                        // Rows up to `newest_at_read` that were not returned are gone (dropped by the limit).
+                        delivery.sent_up_to = delivery.sent_up_to.max(newest_at_read);
                     }
                 }
                 changed = last_seq.changed(), if connected && !has_new => {
@@ -309,7 +342,7 @@ impl Uplink {
                     if let Err(e) = client.try_publish(topic, QoS::AtLeastOnce, false, result.payload) {
                         return lost(connected, e);
                     }
-                    delivery.awaiting_pkid.push_back(None);
+                    delivery.sent(None);
                 }
                 _ = status_tick.tick(), if connected => {
                     if let Err(e) = self.publish_status(&client, &topics, &mut delivery).await {
@@ -346,7 +379,7 @@ impl Uplink {
         client
             .try_publish(topics.status(), QoS::AtLeastOnce, true, payload.to_string())
             .map_err(|e| e.to_string())?;
-        delivery.awaiting_pkid.push_back(None);
+        delivery.sent(None);
         Ok(())
     }
 
@@ -381,26 +414,33 @@ impl Uplink {
     fn on_set(
         &self,
         topics: &Topics,
-        topic: &str,
-        payload: &[u8],
+        publish: &Publish,
         results: &mpsc::Sender<SetResult>,
         writes: &Arc<Semaphore>,
     ) {
-        let Some(device) = topics.set_device(topic) else {
+        let Some(device) = topics.set_device(&publish.topic) else {
             return;
         };
         let device = device.to_string();
+        let payload = &publish.payload[..];
+        if publish.retain {
+            // A retained command would run again on every reconnect.
+            self.reject(
+                results,
+                device,
+                request_id(payload),
+                None,
+                "retained write requests are refused: publish them without retain".into(),
+            );
+            return;
+        }
         let request: SetRequest = match serde_json::from_slice(payload) {
             Ok(request) => request,
             Err(e) => {
-                let id = serde_json::from_slice::<serde_json::Value>(payload)
-                    .ok()
-                    .and_then(|v| v.get("id").cloned())
-                    .unwrap_or_default();
                 self.reject(
                     results,
                     device,
-                    id,
+                    request_id(payload),
                     None,
                     format!("bad request: {e}; expected {{\"id\", \"point\", \"value\"}}"),
                 );
@@ -492,13 +532,17 @@ impl Topics {
     }
 }
 
-fn pending_telemetry(delivery: &Delivery) -> usize {
-    delivery
-        .awaiting_pkid
-        .iter()
-        .filter(|entry| entry.is_some())
-        .count()
+/// The `id` of a request that could not be parsed as a whole, so that its result can still be matched.
+fn request_id(payload: &[u8]) -> serde_json::Value {
+    serde_json::from_slice::<serde_json::Value>(payload)
+        .ok()
+        .and_then(|v| v.get("id").cloned())
+        .unwrap_or_default()
 }
+
+type PendingRead<'a> = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<Vec<Record>, BufferError>> + Send + 'a>,
+>;
 
 fn lost(was_connected: bool, error: impl ToString) -> Ended {
     Ended::Lost {
@@ -581,6 +625,43 @@ mod tests {
         assert_eq!(topics.set_device("kite/gw/a/b/set"), None);
         assert_eq!(topics.set_device("kite/gw2/boiler-1/set"), None);
         assert_eq!(topics.set_device("kite/gw/boiler-1/set/result"), None);
+    }
+
+    #[test]
+    fn acks_map_to_the_rows_their_publish_carried() {
+        let mut delivery = Delivery::default();
+        delivery.sent(None); // status
+        delivery.sent(Some(10));
+        delivery.sent(Some(11));
+        assert_eq!(delivery.unacknowledged(), 2);
+        for pkid in 1..=3 {
+            delivery.assigned(pkid);
+        }
+        delivery.sent(None); // a write result between telemetry
+        delivery.sent(Some(12));
+        delivery.assigned(4);
+        delivery.assigned(5);
+        assert_eq!(delivery.sent_up_to, 12);
+        assert_eq!(
+            delivery.acknowledged(1),
+            None,
+            "the status publish carries no row"
+        );
+        assert_eq!(delivery.acknowledged(5), Some(12));
+        assert_eq!(delivery.acknowledged(2), Some(10));
+        assert_eq!(
+            delivery.acknowledged(2),
+            None,
+            "a duplicate PUBACK acks nothing"
+        );
+        assert_eq!(delivery.acknowledged(4), None);
+        assert_eq!(
+            delivery.unacknowledged(),
+            1,
+            "row 11 still awaits its PUBACK"
+        );
+        assert_eq!(delivery.acknowledged(3), Some(11));
+        assert_eq!(delivery.unacknowledged(), 0);
     }
 
     #[test]

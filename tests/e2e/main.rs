@@ -4,4 +4,5 @@
 mod bad_input;
 mod delivery;
 mod modbus;
+mod security;
 mod support;

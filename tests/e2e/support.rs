@@ -102,13 +102,22 @@ impl Mosquitto {
 
     /// A broker on a port chosen before it starts (a gateway was configured with it).
     pub async fn start_on(dir: &Path, port: u16, persistent: bool) -> Self {
+        let state = dir.join(format!("mosquitto-{port}"));
+        let conf = format!(
+            "listener {port} 127.0.0.1\nallow_anonymous true\npersistence {persistent}\npersistence_location {}/\n",
+            state.display()
+        );
+        Self::with_config(dir, port, &conf).await
+    }
+
+    /// A broker with listeners and options of the caller's; `port` is the one to wait for.
+    pub async fn with_config(dir: &Path, port: u16, conf: &str) -> Self {
         let dir = dir.join(format!("mosquitto-{port}"));
         std::fs::create_dir_all(&dir).unwrap();
-        let conf = format!(
-            "listener {port} 127.0.0.1\nuser root\nallow_anonymous true\npersistence {persistent}\npersistence_location {}/\nmax_queued_messages 0\nmax_inflight_messages 0\n",
-            dir.display()
-        );
-        std::fs::write(dir.join("mosquitto.conf"), conf).unwrap();
+        // Stay root when started as root, so the broker can write its state
+        // into the test's private directory; keep every queued QoS 1 message.
+        let common = "user root\nmax_queued_messages 0\nmax_inflight_messages 0\n";
+        std::fs::write(dir.join("mosquitto.conf"), format!("{common}{conf}")).unwrap();
         let mut broker = Self {
             port,
             dir,
