@@ -30,9 +30,23 @@ pub struct Config {
     pub gateway: GatewayConfig,
     pub mqtt: MqttConfig,
     pub buffer: BufferConfig,
-    pub devices: Vec<DeviceSpec>,
+    pub devices: Vec<DeviceConfig>,
     /// Things that work but deserve a second look (plaintext MQTT off the host, say).
     pub warnings: Vec<String>,
+}
+
+/// One device, by protocol.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DeviceConfig {
+    ModbusTcp(DeviceSpec),
+}
+
+impl DeviceConfig {
+    pub fn name(&self) -> &str {
+        match self {
+            DeviceConfig::ModbusTcp(spec) => &spec.name,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -285,7 +299,6 @@ enum Protocol {
 #[serde(deny_unknown_fields)]
 struct RawDevice {
     name: Spanned<String>,
-    #[allow(dead_code)] // one protocol for now; the key is required so that configs stay explicit
     protocol: Protocol,
     address: Spanned<String>,
     #[serde(default = "default_unit_id")]
@@ -559,7 +572,7 @@ fn parse_url(url: &str) -> Result<(bool, String, u16), String> {
 }
 
 impl RawDevice {
-    fn build(self, report: &mut Report<'_>) -> DeviceSpec {
+    fn build(self, report: &mut Report<'_>) -> DeviceConfig {
         check_topic_level(report, &self.name, "device name");
         if RESERVED_DEVICE_NAMES.contains(&self.name.get_ref().as_str()) {
             report.push(
@@ -631,7 +644,7 @@ impl RawDevice {
                 spec
             })
             .collect();
-        DeviceSpec {
+        let spec = DeviceSpec {
             name: Arc::from(self.name.into_inner()),
             address: self.address.into_inner(),
             unit_id: self.unit_id,
@@ -639,6 +652,9 @@ impl RawDevice {
             timeout,
             max_gap: self.max_gap,
             points,
+        };
+        match self.protocol {
+            Protocol::ModbusTcp => DeviceConfig::ModbusTcp(spec),
         }
     }
 }

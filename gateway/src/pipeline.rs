@@ -15,7 +15,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{error, info};
 
 use crate::buffer::{Buffer, BufferHandle, NewRecord};
-use crate::config::Config;
+use crate::config::{Config, DeviceConfig};
 use crate::uplink::{Uplink, UplinkCounters};
 
 /// Samples between the pollers and the buffer; when it is full, pollers wait.
