@@ -52,13 +52,17 @@ pub async fn run(config: Config, stop: impl Future<Output = ()>) -> anyhow::Resu
     let mut routes = HashMap::new();
     for device in config.devices {
         let (writes_tx, writes_rx) = mpsc::channel(WRITE_QUEUE);
-        routes.insert(device.name.to_string(), writes_tx);
-        pollers.spawn(kite_modbus::run_device(
-            device,
-            samples_tx.clone(),
-            writes_rx,
-            polling.clone(),
-        ));
+        routes.insert(device.name().to_string(), writes_tx);
+        match device {
+            DeviceConfig::ModbusTcp(spec) => {
+                pollers.spawn(kite_modbus::run_device(
+                    spec,
+                    samples_tx.clone(),
+                    writes_rx,
+                    polling.clone(),
+                ));
+            }
+        }
     }
     pollers.close();
     drop(samples_tx);
