@@ -16,17 +16,21 @@
 //! out a value again, even after the rows are deleted or the file is reopened,
 //! so `seq` only increases across the life of the buffer.
 //!
-//! # On-disk format (`<data_dir>/buffer.sqlite3`, `PRAGMA user_version = 1`)
+//! # On-disk format (`<data_dir>/buffer.sqlite3`, `PRAGMA user_version = 2`)
 //! ```sql
 //! CREATE TABLE messages (
 //!     seq    INTEGER PRIMARY KEY AUTOINCREMENT,
 //!     ts     INTEGER NOT NULL,  -- ms since the Unix epoch, when the sample was read
-//!     device TEXT    NOT NULL,
-//!     body   TEXT    NOT NULL   -- the JSON `points` object of the message
+//!     device TEXT    NOT NULL,  -- the device, or for events the plug-in
+//!     body   TEXT    NOT NULL,  -- telemetry: the JSON `points` object;
+//!                               -- events: the event's JSON object without `seq`
+//!     kind   INTEGER NOT NULL DEFAULT 0  -- 0 telemetry, 1 event (added in version 2)
 //! );
 //! CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);  -- 'dropped'
 //! ```
-//! The published message is assembled from a row: `{"seq", "ts", "device", "points"}`.
+//! The published message is assembled from a row: `{"seq", "ts", "device",
+//! "points"}` for telemetry, the event's object with `seq` first for events.
+//! A version 1 file is upgraded in place when opened.
 //!
 //! # Size limit
 //! The size of a row is `length(device) + length(body) + ROW_OVERHEAD`; when
@@ -47,7 +51,7 @@ use crate::config::Durability;
 
 /// Bytes counted per row on top of its text, for the row header and the index.
 pub const ROW_OVERHEAD: u64 = 32;
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BufferError {
@@ -64,9 +68,27 @@ pub enum BufferError {
     Stopped,
 }
 
+/// What a row holds, and so where it is published.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Telemetry = 0,
+    Event = 1,
+}
+
+impl Kind {
+    fn from_column(value: i64) -> Self {
+        if value == Kind::Event as i64 {
+            Kind::Event
+        } else {
+            Kind::Telemetry
+        }
+    }
+}
+
 /// A message to store.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewRecord {
+    pub kind: Kind,
     pub ts_ms: i64,
     pub device: String,
     pub body: String,
@@ -76,6 +98,7 @@ pub struct NewRecord {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Record {
     pub seq: i64,
+    pub kind: Kind,
     pub ts_ms: i64,
     pub device: String,
     pub body: String,
@@ -140,7 +163,7 @@ impl Buffer {
             path: path.to_path_buf(),
             source,
         })?;
-        let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        let mut version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
         if version == 0 {
             conn.execute_batch(
                 "BEGIN;
@@ -154,7 +177,18 @@ impl Buffer {
                  PRAGMA user_version = 1;
                  COMMIT;",
             )?;
-        } else if version != SCHEMA_VERSION {
+            version = 1;
+        }
+        if version == 1 {
+            conn.execute_batch(
+                "BEGIN;
+                 ALTER TABLE messages ADD COLUMN kind INTEGER NOT NULL DEFAULT 0;
+                 PRAGMA user_version = 2;
+                 COMMIT;",
+            )?;
+            version = 2;
+        }
+        if version != SCHEMA_VERSION {
             return Err(BufferError::Version {
                 path: path.to_path_buf(),
                 found: version,
@@ -196,10 +230,16 @@ impl Buffer {
         let mut last_seq = self.last_seq;
         let mut added = 0;
         {
-            let mut insert =
-                tx.prepare_cached("INSERT INTO messages (ts, device, body) VALUES (?1, ?2, ?3)")?;
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO messages (ts, device, body, kind) VALUES (?1, ?2, ?3, ?4)",
+            )?;
             for record in records {
-                insert.execute(params![record.ts_ms, record.device, record.body])?;
+                insert.execute(params![
+                    record.ts_ms,
+                    record.device,
+                    record.body,
+                    record.kind as i64
+                ])?;
                 last_seq = tx.last_insert_rowid();
                 added += record.size();
             }
@@ -247,11 +287,12 @@ impl Buffer {
     /// Up to `limit` rows with `seq > after`, oldest first.
     pub fn read_after(&self, after: i64, limit: usize) -> Result<Vec<Record>, BufferError> {
         let mut select = self.conn.prepare_cached(
-            "SELECT seq, ts, device, body FROM messages WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+            "SELECT seq, ts, device, body, kind FROM messages WHERE seq > ?1 ORDER BY seq LIMIT ?2",
         )?;
         let rows = select.query_map(params![after, limit as i64], |r| {
             Ok(Record {
                 seq: r.get(0)?,
+                kind: Kind::from_column(r.get(4)?),
                 ts_ms: r.get(1)?,
                 device: r.get(2)?,
                 body: r.get(3)?,
@@ -435,6 +476,11 @@ mod tests {
 
     fn record(i: usize, body_len: usize) -> NewRecord {
         NewRecord {
+            kind: if i.is_multiple_of(3) {
+                Kind::Event
+            } else {
+                Kind::Telemetry
+            },
             ts_ms: i as i64,
             device: "dev".into(),
             body: "x".repeat(body_len),
@@ -533,11 +579,35 @@ mod tests {
                 prop_assert_eq!(stats.dropped, model.dropped);
                 prop_assert_eq!(stats.last_seq, model.next_seq);
                 let all = buffer.read_after(0, usize::MAX >> 1).unwrap();
-                let stored: Vec<(i64, NewRecord)> = all.into_iter().map(|r| (r.seq, NewRecord { ts_ms: r.ts_ms, device: r.device, body: r.body })).collect();
+                let stored: Vec<(i64, NewRecord)> = all.into_iter().map(|r| (r.seq, NewRecord { kind: r.kind, ts_ms: r.ts_ms, device: r.device, body: r.body })).collect();
                 let expected: Vec<(i64, NewRecord)> = model.rows.iter().map(|(s, r)| (*s, r.clone())).collect();
                 prop_assert_eq!(stored, expected);
             }
         }
+    }
+
+    #[test]
+    fn a_version_1_buffer_is_upgraded_with_its_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("b.sqlite3");
+        let v1 = Connection::open(&path).unwrap();
+        v1.execute_batch(
+            "CREATE TABLE messages (seq INTEGER PRIMARY KEY AUTOINCREMENT, ts INTEGER NOT NULL, device TEXT NOT NULL, body TEXT NOT NULL);
+             CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+             INSERT INTO meta VALUES ('dropped', 3);
+             INSERT INTO messages (ts, device, body) VALUES (5, 'd', '{}');
+             PRAGMA user_version = 1;",
+        )
+        .unwrap();
+        drop(v1);
+        let buffer = Buffer::open(&path, Durability::Normal, 1 << 20).unwrap();
+        let rows = buffer.read_after(0, 10).unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(
+            (rows[0].seq, rows[0].kind, rows[0].ts_ms),
+            (1, Kind::Telemetry, 5)
+        );
+        assert_eq!(buffer.stats().unwrap().dropped, 3);
     }
 
     #[test]

@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kite_modbus::{Area, ByteOrder, DataType, DeviceSpec, PointSpec};
+use kite_plugins::{Limits, Pattern};
 use serde::de::{self, Deserializer};
 use serde::Deserialize;
 use toml::Spanned;
@@ -31,8 +32,20 @@ pub struct Config {
     pub mqtt: MqttConfig,
     pub buffer: BufferConfig,
     pub devices: Vec<DeviceConfig>,
+    pub plugins: Vec<PluginConfig>,
     /// Things that work but deserve a second look (plaintext MQTT off the host, say).
     pub warnings: Vec<String>,
+}
+
+/// One WASM plug-in.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PluginConfig {
+    pub name: String,
+    pub path: PathBuf,
+    pub inputs: Vec<Pattern>,
+    pub limits: Limits,
+    /// The `config` table, as JSON for the plug-in's `init`.
+    pub config_json: String,
 }
 
 /// One device, by protocol.
@@ -218,6 +231,36 @@ struct RawConfig {
     buffer: RawBuffer,
     #[serde(default)]
     devices: Vec<RawDevice>,
+    #[serde(default)]
+    plugins: Vec<RawPlugin>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPlugin {
+    name: Spanned<String>,
+    path: Spanned<PathBuf>,
+    inputs: Spanned<Vec<Spanned<String>>>,
+    #[serde(default = "default_memory_limit")]
+    memory_limit: Spanned<ByteSize>,
+    #[serde(default = "default_time_limit")]
+    time_limit: Spanned<Interval>,
+    #[serde(default = "default_state_limit")]
+    state_limit: Spanned<ByteSize>,
+    #[serde(default)]
+    config: toml::Table,
+}
+
+fn default_memory_limit() -> Spanned<ByteSize> {
+    Spanned::new(0..0, ByteSize(Limits::default().memory_bytes as u64))
+}
+
+fn default_time_limit() -> Spanned<Interval> {
+    Spanned::new(0..0, Interval(Limits::default().time))
+}
+
+fn default_state_limit() -> Spanned<ByteSize> {
+    Spanned::new(0..0, ByteSize(Limits::default().state_bytes))
 }
 
 #[derive(Deserialize)]
@@ -386,7 +429,22 @@ impl RawConfig {
                 device.build(report)
             })
             .collect();
+        let plugins = self
+            .plugins
+            .into_iter()
+            .map(|plugin| plugin.build(report, base, &device_names))
+            .collect::<Vec<_>>();
+        let mut plugin_names = HashSet::new();
+        for (plugin, name_span) in &plugins {
+            if !plugin_names.insert(plugin.name.clone()) {
+                report.push(
+                    name_span.clone(),
+                    format!("duplicate plug-in name {:?}", plugin.name),
+                );
+            }
+        }
         Config {
+            plugins: plugins.into_iter().map(|(plugin, _)| plugin).collect(),
             gateway: GatewayConfig {
                 id: self.gateway.id.into_inner(),
                 data_dir: self.gateway.data_dir,
@@ -569,6 +627,85 @@ fn parse_url(url: &str) -> Result<(bool, String, u16), String> {
             .ok_or_else(|| format!("bad port in {url:?}: {expected}"))?,
     };
     Ok((tls, host.to_string(), port))
+}
+
+impl RawPlugin {
+    /// The plug-in and the span of its name (for duplicate names).
+    fn build(
+        self,
+        report: &mut Report<'_>,
+        base: &Path,
+        device_names: &HashSet<String>,
+    ) -> (PluginConfig, Range<usize>) {
+        check_topic_level(report, &self.name, "plug-in name");
+        let name = self.name.get_ref();
+        if RESERVED_DEVICE_NAMES.contains(&name.as_str()) || device_names.contains(name) {
+            report.push(
+                self.name.span(),
+                format!("plug-in name {name:?} is taken: its derived readings are published as a device of that name"),
+            );
+        }
+        let path = base.join(self.path.get_ref());
+        if !path.is_file() {
+            report.push(
+                self.path.span(),
+                format!("no such plug-in file {}", path.display()),
+            );
+        }
+        if self.inputs.get_ref().is_empty() {
+            report.push(
+                self.inputs.span(),
+                "inputs must name at least one device/point pattern".into(),
+            );
+        }
+        let inputs = self
+            .inputs
+            .into_inner()
+            .into_iter()
+            .filter_map(|input| match Pattern::parse(input.get_ref()) {
+                Ok(pattern) => Some(pattern),
+                Err(e) => {
+                    report.push(input.span(), e.to_string());
+                    None
+                }
+            })
+            .collect();
+        let memory = self.memory_limit.get_ref().0;
+        if !((1 << 20)..=(4 << 30)).contains(&memory) {
+            report.push(
+                self.memory_limit.span(),
+                "memory_limit must be 1MiB to 4GiB".into(),
+            );
+        }
+        let time = self.time_limit.get_ref().0;
+        if time < Duration::from_millis(1) || time > Duration::from_secs(10) {
+            report.push(
+                self.time_limit.span(),
+                "time_limit must be 1ms to 10s".into(),
+            );
+        }
+        let state = self.state_limit.get_ref().0;
+        if state > 16 << 20 {
+            report.push(
+                self.state_limit.span(),
+                "state_limit must be at most 16MiB".into(),
+            );
+        }
+        let config_json =
+            serde_json::to_string(&self.config).expect("a TOML table serializes to JSON");
+        let plugin = PluginConfig {
+            name: name.clone(),
+            path,
+            inputs,
+            limits: Limits {
+                memory_bytes: memory.min(usize::MAX as u64) as usize,
+                time,
+                state_bytes: state,
+            },
+            config_json,
+        };
+        (plugin, self.name.span())
+    }
 }
 
 impl RawDevice {

@@ -1,7 +1,9 @@
 //! Wiring of the daemon: device pollers feed a bounded channel, the ingest
-//! task commits samples to the buffer in batches, and the uplink delivers
-//! from the buffer. Shutdown runs in that order too: stop polling, commit
-//! what was read, deliver what the flush timeout allows, close the buffer.
+//! task commits samples to the buffer in batches and only then offers them
+//! to the plug-ins, whose outputs come back to the ingest task to be
+//! committed like any sample; the uplink delivers from the buffer. Shutdown
+//! runs in that order too: stop polling, commit what was read, deliver what
+//! the flush timeout allows, close the buffer.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -14,8 +16,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info};
 
-use crate::buffer::{Buffer, BufferHandle, NewRecord};
-use crate::config::{Config, DeviceConfig};
+use kite_plugins::{PluginHandle, PluginOutput, PluginSpec, Sandbox};
+
+use crate::buffer::{Buffer, BufferHandle, Kind, NewRecord};
+use crate::config::{Config, DeviceConfig, PluginConfig};
 use crate::uplink::{Uplink, UplinkCounters};
 
 /// Samples between the pollers and the buffer; when it is full, pollers wait.
@@ -24,6 +28,8 @@ const SAMPLE_CHANNEL: usize = 1024;
 const MAX_BATCH: usize = 512;
 /// Write requests queued per device.
 const WRITE_QUEUE: usize = 16;
+/// Plug-in outputs waiting to be committed; plug-in threads wait when it is full.
+const PLUGIN_OUTPUTS: usize = 64;
 
 /// Runs the gateway until `stop` completes, then shuts down cleanly.
 pub async fn run(config: Config, stop: impl Future<Output = ()>) -> anyhow::Result<()> {
@@ -66,7 +72,13 @@ pub async fn run(config: Config, stop: impl Future<Output = ()>) -> anyhow::Resu
     }
     pollers.close();
     drop(samples_tx);
-    let ingest = tokio::spawn(ingest(samples_rx, buffer.clone()));
+    let (outputs_tx, outputs_rx) = mpsc::channel(PLUGIN_OUTPUTS);
+    let plugins = start_plugins(&config.plugins, &config.gateway.data_dir, outputs_tx)?;
+    let plugin_counters = plugins
+        .iter()
+        .map(|p| (p.spec.name.clone(), p.counters.clone()))
+        .collect();
+    let ingest = tokio::spawn(ingest(samples_rx, outputs_rx, plugins, buffer.clone()));
 
     let uplink_stop = CancellationToken::new();
     let counters = Arc::new(UplinkCounters::default());
@@ -76,6 +88,7 @@ pub async fn run(config: Config, stop: impl Future<Output = ()>) -> anyhow::Resu
         buffer.clone(),
         routes,
         counters,
+        plugin_counters,
     );
     let mut uplink = tokio::spawn(uplink.run(uplink_stop.clone()));
     info!(gateway = %config.gateway.id, devices = pollers.len(), "kite running");
@@ -100,22 +113,94 @@ pub async fn run(config: Config, stop: impl Future<Output = ()>) -> anyhow::Resu
     uplink_result
 }
 
-/// Commits samples to the buffer in batches: whatever is waiting, up to
-/// `MAX_BATCH`, goes in one transaction.
-async fn ingest(mut samples: mpsc::Receiver<Sample>, buffer: BufferHandle) {
+/// Compiles and starts every configured plug-in. One that cannot be loaded
+/// stops the start: a gateway should not run with half its analytics
+/// silently missing.
+fn start_plugins(
+    plugins: &[PluginConfig],
+    data_dir: &std::path::Path,
+    outputs: mpsc::Sender<PluginOutput>,
+) -> anyhow::Result<Vec<PluginHandle>> {
+    if plugins.is_empty() {
+        return Ok(Vec::new());
+    }
+    let sandbox = Arc::new(Sandbox::new(Some(&data_dir.join("plugin-cache")))?);
+    plugins
+        .iter()
+        .map(|plugin| {
+            let spec = PluginSpec {
+                name: plugin.name.clone(),
+                wasm: plugin.path.clone(),
+                inputs: plugin.inputs.clone(),
+                limits: plugin.limits,
+                config_json: plugin.config_json.clone(),
+                state_path: data_dir.join("plugins.sqlite3"),
+            };
+            let handle =
+                kite_plugins::spawn(sandbox.clone(), spec, outputs.clone()).with_context(|| {
+                    format!("plug-in {:?} ({})", plugin.name, plugin.path.display())
+                })?;
+            info!(plugin = %plugin.name, path = %plugin.path.display(), "plug-in loaded");
+            Ok(handle)
+        })
+        .collect()
+}
+
+/// Commits samples to the buffer in batches (whatever is waiting, up to
+/// `MAX_BATCH`, in one transaction), then offers them to the plug-ins;
+/// commits plug-in outputs the same way. Raw samples never wait for a plug-in.
+async fn ingest(
+    mut samples: mpsc::Receiver<Sample>,
+    mut outputs: mpsc::Receiver<PluginOutput>,
+    plugins: Vec<PluginHandle>,
+    buffer: BufferHandle,
+) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
-    while samples.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        let records: Vec<NewRecord> = batch
-            .drain(..)
-            .map(|sample| NewRecord {
-                ts_ms: sample.ts_ms,
-                device: sample.device.to_string(),
-                body: sample.points_json(),
-            })
-            .collect();
-        let count = records.len();
-        if let Err(e) = buffer.append(records).await {
-            error!(error = %e, samples = count, "samples could not be stored and are lost");
+    loop {
+        tokio::select! {
+            received = samples.recv_many(&mut batch, MAX_BATCH) => {
+                if received == 0 {
+                    break;
+                }
+                let records = batch.iter().map(telemetry).collect();
+                if store(&buffer, records).await {
+                    for plugin in &plugins {
+                        plugin.offer(&batch);
+                    }
+                }
+                batch.clear();
+            }
+            Some(output) = outputs.recv() => {
+                let mut records: Vec<NewRecord> = output.samples.iter().map(telemetry).collect();
+                records.extend(output.events.iter().map(|event| NewRecord {
+                    kind: Kind::Event,
+                    ts_ms: event.ts,
+                    device: output.plugin.to_string(),
+                    body: serde_json::to_string(event).expect("an event serializes"),
+                }));
+                store(&buffer, records).await;
+            }
+        }
+    }
+}
+
+fn telemetry(sample: &Sample) -> NewRecord {
+    NewRecord {
+        kind: Kind::Telemetry,
+        ts_ms: sample.ts_ms,
+        device: sample.device.to_string(),
+        body: sample.points_json(),
+    }
+}
+
+/// Appends `records`; false (and a loud log line) when they could not be stored.
+async fn store(buffer: &BufferHandle, records: Vec<NewRecord>) -> bool {
+    let count = records.len();
+    match buffer.append(records).await {
+        Ok(_) => true,
+        Err(e) => {
+            error!(error = %e, messages = count, "messages could not be stored and are lost");
+            false
         }
     }
 }

@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use kite_core::Backoff;
 use kite_modbus::{WriteError, WriteRequest};
+use kite_plugins::PluginCounters;
 use rumqttc::{
     AsyncClient, ConnectionError, Event, EventLoop, Incoming, LastWill, MqttOptions, Outgoing,
     Publish, QoS, TlsConfiguration, Transport,
@@ -26,7 +27,7 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::buffer::{BufferError, BufferHandle, Record};
+use crate::buffer::{BufferError, BufferHandle, Kind, Record};
 use crate::config::{MqttConfig, TlsFiles};
 
 /// How long a write waits for its device before the result says so.
@@ -54,6 +55,7 @@ pub struct Uplink {
     buffer: BufferHandle,
     routes: Arc<WriteRoutes>,
     counters: Arc<UplinkCounters>,
+    plugins: Vec<(String, Arc<PluginCounters>)>,
 }
 
 /// The topics of one gateway.
@@ -62,8 +64,12 @@ struct Topics {
 }
 
 impl Topics {
-    fn telemetry(&self, device: &str) -> String {
-        format!("{}/{device}", self.base)
+    /// Where a buffered row is published.
+    fn for_record(&self, record: &Record) -> String {
+        match record.kind {
+            Kind::Telemetry => format!("{}/{}", self.base, record.device),
+            Kind::Event => format!("{}/events", self.base),
+        }
     }
     fn status(&self) -> String {
         format!("{}/status", self.base)
@@ -155,6 +161,7 @@ impl Uplink {
         buffer: BufferHandle,
         routes: WriteRoutes,
         counters: Arc<UplinkCounters>,
+        plugins: Vec<(String, Arc<PluginCounters>)>,
     ) -> Self {
         Self {
             config,
@@ -162,6 +169,7 @@ impl Uplink {
             buffer,
             routes: Arc::new(routes),
             counters,
+            plugins,
         }
     }
 
@@ -321,7 +329,7 @@ impl Uplink {
                     let exhausted = records.len() < limit;
                     for record in records {
                         let payload = message(&record);
-                        if let Err(e) = client.try_publish(topics.telemetry(&record.device), QoS::AtLeastOnce, false, payload) {
+                        if let Err(e) = client.try_publish(topics.for_record(&record), QoS::AtLeastOnce, false, payload) {
                             return lost(connected, e);
                         }
                         self.counters.published.fetch_add(1, Ordering::Relaxed);
@@ -360,7 +368,13 @@ impl Uplink {
         delivery: &mut Delivery,
     ) -> Result<(), String> {
         let stats = self.buffer.stats().await.map_err(|e| e.to_string())?;
+        let plugins: serde_json::Map<String, serde_json::Value> = self
+            .plugins
+            .iter()
+            .map(|(name, counters)| (name.clone(), counters.to_json()))
+            .collect();
         let payload = json!({
+            "plugins": plugins,
             "state": "online",
             "ts": kite_core::now_ms(),
             "version": env!("CARGO_PKG_VERSION"),
@@ -556,13 +570,25 @@ fn connection_error(error: ConnectionError) -> String {
     error.to_string()
 }
 
-/// The telemetry message of one buffered row.
+/// The message of one buffered row.
 pub fn message(record: &Record) -> String {
-    let device = serde_json::to_string(&record.device).expect("a string serializes");
-    format!(
-        r#"{{"seq":{},"ts":{},"device":{},"points":{}}}"#,
-        record.seq, record.ts_ms, device, record.body
-    )
+    match record.kind {
+        Kind::Telemetry => {
+            let device = serde_json::to_string(&record.device).expect("a string serializes");
+            format!(
+                r#"{{"seq":{},"ts":{},"device":{},"points":{}}}"#,
+                record.seq, record.ts_ms, device, record.body
+            )
+        }
+        // The body is the event's own object; `seq` goes first.
+        Kind::Event => match record.body.strip_prefix('{') {
+            Some(rest) if rest.trim_start().starts_with('}') => {
+                format!(r#"{{"seq":{}}}"#, record.seq)
+            }
+            Some(rest) => format!(r#"{{"seq":{},{rest}"#, record.seq),
+            None => format!(r#"{{"seq":{}}}"#, record.seq),
+        },
+    }
 }
 
 fn tls_config(files: &TlsFiles) -> anyhow::Result<rustls::ClientConfig> {
@@ -668,6 +694,7 @@ mod tests {
     fn message_wraps_the_stored_points() {
         let record = Record {
             seq: 7,
+            kind: Kind::Telemetry,
             ts_ms: 1000,
             device: "b\"1".into(),
             body: r#"{"t":{"value":1,"quality":"good"}}"#.into(),
@@ -677,5 +704,19 @@ mod tests {
         assert_eq!(parsed["ts"], 1000);
         assert_eq!(parsed["device"], "b\"1");
         assert_eq!(parsed["points"]["t"]["value"], 1);
+        let event = Record {
+            seq: 8,
+            kind: Kind::Event,
+            ts_ms: 1000,
+            device: "overheat".into(),
+            body: r#"{"ts":1000,"plugin":"overheat","severity":"critical","message":"hot"}"#.into(),
+        };
+        let parsed: serde_json::Value = serde_json::from_str(&message(&event)).unwrap();
+        assert_eq!(parsed["seq"], 8);
+        assert_eq!(parsed["severity"], "critical");
+        assert_eq!(
+            Topics { base: "k/g".into() }.for_record(&event),
+            "k/g/events"
+        );
     }
 }

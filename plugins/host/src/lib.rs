@@ -1,0 +1,31 @@
+//! Kite's plug-in host: third-party edge analytics as WebAssembly
+//! components, sandboxed in wasmtime.
+//!
+//! - `plugins/wit/plugin.wit` is the contract; [`bindings`] is generated from it.
+//! - [`sandbox`]: the engine, the locked-down linker, and one instance with
+//!   its memory limit, time limit and host functions.
+//! - [`state`]: the small key-value store each plug-in may keep, in SQLite.
+//! - [`runner`]: one thread per plug-in that feeds it batches, turns its
+//!   failures into counts, re-instantiates it with back-off and disables it
+//!   after repeated failures.
+//! - [`pattern`]: which readings a plug-in subscribed to.
+//!
+//! Nothing here knows about MQTT or the buffer: outputs leave as
+//! [`runner::PluginOutput`] on a bounded channel.
+
+pub mod bindings {
+    //! Generated from `plugins/wit/plugin.wit`.
+    wasmtime::component::bindgen!({
+        world: "plugin",
+        path: "../wit",
+    });
+}
+
+pub mod pattern;
+pub mod runner;
+pub mod sandbox;
+pub mod state;
+
+pub use pattern::Pattern;
+pub use runner::{spawn, PluginCounters, PluginHandle, PluginOutput, PluginSpec, RunState};
+pub use sandbox::{Limits, PluginError, Sandbox};

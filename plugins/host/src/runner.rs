@@ -1,0 +1,436 @@
+//! One thread per plug-in: it takes batches from a bounded channel, calls
+//! the plug-in, and sends what it produced on. A failed call loses that
+//! batch's outputs (counted) and the instance; the next batch after a
+//! back-off gets a fresh one. After [`MAX_CONSECUTIVE_FAILURES`] the plug-in
+//! is disabled, loudly. Nothing a plug-in does reaches the raw data flow:
+//! the gateway buffers readings before they get here, and offers batches
+//! with `try_send`, so a slow plug-in skips batches (counted) instead of
+//! holding anything up.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use kite_core::{Backoff, PointSample, Reading as SampleReading, Sample, Value as SampleValue};
+use tracing::{error, info, warn};
+
+use crate::bindings::kite::plugin::types::{Derived, Output, Reading, Severity, Value};
+use crate::pattern::Pattern;
+use crate::sandbox::{Limits, PluginError, Sandbox};
+use crate::state::StateStore;
+
+pub const MAX_CONSECUTIVE_FAILURES: u64 = 5;
+/// Most derived readings plus events one batch may produce.
+pub const MAX_OUTPUTS_PER_BATCH: usize = 10_000;
+/// Batches waiting for one plug-in; more are skipped and counted.
+pub const BATCH_QUEUE: usize = 16;
+
+/// A configured plug-in.
+#[derive(Debug, Clone)]
+pub struct PluginSpec {
+    pub name: String,
+    pub wasm: PathBuf,
+    pub inputs: Vec<Pattern>,
+    pub limits: Limits,
+    /// The `config` table, as JSON.
+    pub config_json: String,
+    /// Where plug-in state lives (`plugins.sqlite3`).
+    pub state_path: PathBuf,
+}
+
+impl PluginSpec {
+    pub fn wants(&self, device: &str, point: &str) -> bool {
+        self.inputs.iter().any(|p| p.matches(device, point))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum RunState {
+    Starting = 0,
+    Running = 1,
+    BackingOff = 2,
+    Disabled = 3,
+}
+
+impl RunState {
+    pub fn name(self) -> &'static str {
+        match self {
+            RunState::Starting => "starting",
+            RunState::Running => "running",
+            RunState::BackingOff => "backing-off",
+            RunState::Disabled => "disabled",
+        }
+    }
+}
+
+/// What an operator can read about one plug-in.
+#[derive(Debug, Default)]
+pub struct PluginCounters {
+    state: AtomicU8,
+    pub calls: AtomicU64,
+    pub failures: AtomicU64,
+    pub timeouts: AtomicU64,
+    pub traps: AtomicU64,
+    /// Batches whose outputs were lost because the call failed.
+    pub lost_batches: AtomicU64,
+    /// Batches not offered to the plug-in: it was busy, backing off or disabled.
+    pub skipped_batches: AtomicU64,
+    pub readings_in: AtomicU64,
+    pub outputs: AtomicU64,
+    pub busy_nanos: AtomicU64,
+}
+
+impl PluginCounters {
+    pub fn state(&self) -> RunState {
+        match self.state.load(Ordering::Relaxed) {
+            0 => RunState::Starting,
+            1 => RunState::Running,
+            2 => RunState::BackingOff,
+            _ => RunState::Disabled,
+        }
+    }
+
+    fn set_state(&self, state: RunState) {
+        self.state.store(state as u8, Ordering::Relaxed);
+    }
+
+    pub fn to_json(&self) -> serde_json::Value {
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        serde_json::json!({
+            "state": self.state().name(),
+            "calls": load(&self.calls),
+            "failures": load(&self.failures),
+            "timeouts": load(&self.timeouts),
+            "traps": load(&self.traps),
+            "lost_batches": load(&self.lost_batches),
+            "skipped_batches": load(&self.skipped_batches),
+            "readings_in": load(&self.readings_in),
+            "outputs": load(&self.outputs),
+            "busy_ms": load(&self.busy_nanos) / 1_000_000,
+        })
+    }
+}
+
+/// What one batch produced, ready for the buffer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PluginOutput {
+    pub plugin: Arc<str>,
+    /// Derived readings, as samples of a device named after the plug-in.
+    pub samples: Vec<Sample>,
+    pub events: Vec<PluginEvent>,
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct PluginEvent {
+    pub ts: i64,
+    pub plugin: String,
+    pub severity: &'static str,
+    pub message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub point: Option<String>,
+}
+
+/// The gateway's side of a running plug-in.
+pub struct PluginHandle {
+    pub spec: Arc<PluginSpec>,
+    pub counters: Arc<PluginCounters>,
+    batches: std::sync::mpsc::SyncSender<Vec<Reading>>,
+}
+
+impl PluginHandle {
+    /// Offers the readings of `samples` that the plug-in subscribed to, as one batch.
+    pub fn offer(&self, samples: &[Sample]) {
+        let batch = readings_for(&self.spec, samples);
+        if batch.is_empty() {
+            return;
+        }
+        let state = self.counters.state();
+        if state == RunState::Disabled || self.batches.try_send(batch).is_err() {
+            self.counters
+                .skipped_batches
+                .fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Loads and starts a plug-in on a thread of its own. A plug-in that cannot
+/// be compiled is refused here, with the reason.
+pub fn spawn(
+    sandbox: Arc<Sandbox>,
+    spec: PluginSpec,
+    outputs: tokio::sync::mpsc::Sender<PluginOutput>,
+) -> Result<PluginHandle, PluginError> {
+    let bytes = std::fs::read(&spec.wasm)
+        .map_err(|e| PluginError::Load(format!("{}: {e}", spec.wasm.display())))?;
+    let component = sandbox.compile(&bytes)?;
+    let spec = Arc::new(spec);
+    let counters = Arc::new(PluginCounters::default());
+    let (batches, receiver) = std::sync::mpsc::sync_channel(BATCH_QUEUE);
+    let worker = Worker {
+        sandbox,
+        component,
+        spec: spec.clone(),
+        counters: counters.clone(),
+        outputs,
+    };
+    thread::Builder::new()
+        .name(format!("kite-plugin-{}", spec.name))
+        .spawn(move || worker.run(receiver))
+        .map_err(|e| PluginError::Load(e.to_string()))?;
+    Ok(PluginHandle {
+        spec,
+        counters,
+        batches,
+    })
+}
+
+struct Worker {
+    sandbox: Arc<Sandbox>,
+    component: wasmtime::component::Component,
+    spec: Arc<PluginSpec>,
+    counters: Arc<PluginCounters>,
+    outputs: tokio::sync::mpsc::Sender<PluginOutput>,
+}
+
+impl Worker {
+    fn start(&self) -> Result<crate::sandbox::Instance, PluginError> {
+        let state = StateStore::open(
+            &self.spec.state_path,
+            &self.spec.name,
+            self.spec.limits.state_bytes,
+        )
+        .map_err(|e| PluginError::State(e.to_string()))?;
+        let mut instance =
+            self.sandbox
+                .instantiate(&self.component, &self.spec.name, self.spec.limits, state)?;
+        instance.init(&self.spec.config_json)?;
+        Ok(instance)
+    }
+
+    fn run(self, batches: std::sync::mpsc::Receiver<Vec<Reading>>) {
+        let name = self.spec.name.as_str();
+        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
+        let mut retry_at = Instant::now();
+        let mut instance = None;
+        let mut consecutive = 0u64;
+        while let Ok(batch) = batches.recv() {
+            if self.counters.state() == RunState::Disabled {
+                self.counters
+                    .skipped_batches
+                    .fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            if instance.is_none() {
+                if Instant::now() < retry_at {
+                    self.counters
+                        .skipped_batches
+                        .fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                match self.start() {
+                    Ok(started) => {
+                        info!(plugin = name, "plug-in started");
+                        instance = Some(started);
+                    }
+                    Err(e) => {
+                        self.counters.lost_batches.fetch_add(1, Ordering::Relaxed);
+                        if self.fail(&e, &mut consecutive, &mut backoff, &mut retry_at) {
+                            return self.disable(&e);
+                        }
+                        continue;
+                    }
+                }
+            }
+            let running = instance.as_mut().expect("started above");
+            self.counters.set_state(RunState::Running);
+            self.counters.calls.fetch_add(1, Ordering::Relaxed);
+            self.counters
+                .readings_in
+                .fetch_add(batch.len() as u64, Ordering::Relaxed);
+            let started = Instant::now();
+            let result = running
+                .process(&batch)
+                .and_then(|output| self.convert(output, &batch));
+            self.counters
+                .busy_nanos
+                .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+            match result {
+                Ok(output) => {
+                    consecutive = 0;
+                    backoff.reset();
+                    let produced = output.samples.iter().map(|s| s.points.len()).sum::<usize>()
+                        + output.events.len();
+                    self.counters
+                        .outputs
+                        .fetch_add(produced as u64, Ordering::Relaxed);
+                    if produced > 0 && self.outputs.blocking_send(output).is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    // The instance may be in any state after a trap: start afresh.
+                    instance = None;
+                    self.counters.lost_batches.fetch_add(1, Ordering::Relaxed);
+                    if self.fail(&e, &mut consecutive, &mut backoff, &mut retry_at) {
+                        return self.disable(&e);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Counts a failure and schedules the retry; true when the plug-in must be disabled.
+    fn fail(
+        &self,
+        error: &PluginError,
+        consecutive: &mut u64,
+        backoff: &mut Backoff,
+        retry_at: &mut Instant,
+    ) -> bool {
+        self.counters.failures.fetch_add(1, Ordering::Relaxed);
+        match error {
+            PluginError::Timeout(_) => self.counters.timeouts.fetch_add(1, Ordering::Relaxed),
+            _ => self.counters.traps.fetch_add(1, Ordering::Relaxed),
+        };
+        *consecutive += 1;
+        if *consecutive >= MAX_CONSECUTIVE_FAILURES
+            || matches!(error, PluginError::Import(_) | PluginError::Init(_))
+        {
+            return true;
+        }
+        let delay = backoff.next_delay();
+        *retry_at = Instant::now() + delay;
+        self.counters.set_state(RunState::BackingOff);
+        warn!(plugin = %self.spec.name, %error, retry_in = ?delay, "plug-in failed; its outputs for this batch are lost");
+        false
+    }
+
+    fn disable(&self, error: &PluginError) {
+        self.counters.set_state(RunState::Disabled);
+        error!(
+            plugin = %self.spec.name,
+            %error,
+            failures = self.counters.failures.load(Ordering::Relaxed),
+            "plug-in DISABLED: it keeps failing; raw data flows on without it"
+        );
+        // Keep draining so that offers never block and skipped batches are counted.
+    }
+
+    /// Checks the output's size and turns it into samples and events.
+    fn convert(&self, output: Output, batch: &[Reading]) -> Result<PluginOutput, PluginError> {
+        let count = output.readings.len() + output.events.len();
+        if count > MAX_OUTPUTS_PER_BATCH {
+            return Err(PluginError::OutputTooLarge(format!(
+                "{count} outputs from one batch, at most {MAX_OUTPUTS_PER_BATCH}"
+            )));
+        }
+        let newest = batch
+            .iter()
+            .map(|r| r.timestamp)
+            .max()
+            .unwrap_or_else(kite_core::now_ms);
+        let plugin: Arc<str> = Arc::from(self.spec.name.as_str());
+        // One sample per timestamp; a point repeated at one timestamp keeps its last value.
+        let mut by_time: BTreeMap<i64, BTreeMap<String, Derived>> = BTreeMap::new();
+        for derived in output.readings {
+            if derived.point.is_empty() {
+                return Err(PluginError::OutputTooLarge(
+                    "a derived reading without a point name".into(),
+                ));
+            }
+            by_time
+                .entry(derived.timestamp.unwrap_or(newest))
+                .or_default()
+                .insert(derived.point.clone(), derived);
+        }
+        let samples = by_time
+            .into_iter()
+            .map(|(ts_ms, points)| Sample {
+                device: plugin.clone(),
+                ts_ms,
+                points: points
+                    .into_values()
+                    .map(|d| PointSample {
+                        name: Arc::from(d.point.as_str()),
+                        unit: d.unit.map(|u| Arc::from(u.as_str())),
+                        reading: to_sample_reading(d.value),
+                    })
+                    .collect(),
+            })
+            .collect();
+        let events = output
+            .events
+            .into_iter()
+            .map(|e| PluginEvent {
+                ts: e.timestamp.unwrap_or(newest),
+                plugin: self.spec.name.clone(),
+                severity: match e.severity {
+                    Severity::Info => "info",
+                    Severity::Warning => "warning",
+                    Severity::Critical => "critical",
+                },
+                message: e.message,
+                device: e.device,
+                point: e.point,
+            })
+            .collect();
+        Ok(PluginOutput {
+            plugin,
+            samples,
+            events,
+        })
+    }
+}
+
+fn to_sample_reading(value: Value) -> SampleReading {
+    match value {
+        Value::Boolean(b) => SampleReading::Good(SampleValue::Bool(b)),
+        Value::Integer(i) => SampleReading::Good(SampleValue::Int(i)),
+        Value::Unsigned(u) => SampleReading::Good(SampleValue::UInt(u)),
+        Value::Float(f) if f.is_finite() => SampleReading::Good(SampleValue::Float(f)),
+        Value::Float(f) => {
+            SampleReading::Bad(format!("plug-in produced a non-finite number ({f})"))
+        }
+        Value::Text(t) => SampleReading::Good(SampleValue::Text(t)),
+    }
+}
+
+/// The readings of `samples` that `spec` subscribed to.
+pub fn readings_for(spec: &PluginSpec, samples: &[Sample]) -> Vec<Reading> {
+    let mut batch = Vec::new();
+    for sample in samples {
+        for point in &sample.points {
+            if !spec.wants(&sample.device, &point.name) {
+                continue;
+            }
+            let (value, error) = match &point.reading {
+                SampleReading::Good(v) => (
+                    Some(match v {
+                        SampleValue::Bool(b) => Value::Boolean(*b),
+                        SampleValue::Int(i) => Value::Integer(*i),
+                        SampleValue::UInt(u) => Value::Unsigned(*u),
+                        SampleValue::Float(f) => Value::Float(*f),
+                        SampleValue::Text(t) => Value::Text(t.clone()),
+                    }),
+                    None,
+                ),
+                SampleReading::Bad(reason) => (None, Some(reason.clone())),
+            };
+            batch.push(Reading {
+                device: sample.device.to_string(),
+                point: point.name.to_string(),
+                value,
+                error,
+                timestamp: sample.ts_ms,
+                unit: point.unit.as_deref().map(str::to_string),
+            });
+        }
+    }
+    batch
+}

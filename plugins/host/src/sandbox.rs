@@ -1,0 +1,326 @@
+//! The sandbox: one wasmtime engine for all plug-ins, a linker that offers
+//! only Kite's host interface and a locked-down WASI (no files, no
+//! environment, no sockets), and instances that each run under a memory
+//! cap and a time limit per call.
+//!
+//! Time is bounded with epoch interruption: a ticker thread advances the
+//! engine's epoch every [`EPOCH_TICK`] while any plug-in call is running, and
+//! each call traps once its deadline in ticks has passed. (Fuel would count
+//! instructions instead; it costs more per instruction and does not bound
+//! time spent in host calls. The benchmark in bench/RESULTS.md measures both.)
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
+
+use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
+use wasmtime::{Config, Engine, Store, StoreLimits, StoreLimitsBuilder, Trap};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use crate::bindings::kite::plugin::host;
+use crate::bindings::kite::plugin::types::{Output, Reading};
+use crate::bindings::Plugin;
+use crate::state::StateStore;
+
+/// Granularity of the time limit.
+pub const EPOCH_TICK: Duration = Duration::from_millis(1);
+/// Wasm stack per call; deeper recursion is a stack overflow, an ordinary error.
+const MAX_WASM_STACK: usize = 256 << 10;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PluginError {
+    #[error("cannot load the plug-in: {0}")]
+    Load(String),
+    #[error("the plug-in needs an import Kite does not grant: {0}")]
+    Import(String),
+    #[error("init refused the configuration: {0}")]
+    Init(String),
+    #[error("exceeded its time limit of {0:?}")]
+    Timeout(Duration),
+    #[error("exceeded its memory limit of {0} bytes")]
+    OutOfMemory(usize),
+    #[error("stack overflow")]
+    StackOverflow,
+    #[error("trapped: {0}")]
+    Trap(String),
+    #[error("output too large: {0}")]
+    OutputTooLarge(String),
+    #[error("state store: {0}")]
+    State(String),
+}
+
+/// What each instance may use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub memory_bytes: usize,
+    /// Per call of `init` or `process`.
+    pub time: Duration,
+    /// Keys plus values in the plug-in's state.
+    pub state_bytes: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            memory_bytes: 16 << 20,
+            time: Duration::from_millis(5),
+            state_bytes: 64 << 10,
+        }
+    }
+}
+
+/// The engine and linker shared by every plug-in.
+pub struct Sandbox {
+    engine: Engine,
+    linker: Linker<HostState>,
+    ticker: Arc<Ticker>,
+}
+
+struct Ticker {
+    active_calls: AtomicUsize,
+    stopped: AtomicBool,
+    thread: thread::Thread,
+}
+
+impl Sandbox {
+    /// `cache_dir` keeps compiled code between runs, keyed by the hash of the
+    /// plug-in file and the engine's settings, so a changed file is compiled
+    /// again and an unchanged one is not.
+    pub fn new(cache_dir: Option<&Path>) -> Result<Self, PluginError> {
+        let mut config = Config::new();
+        config
+            .epoch_interruption(true)
+            .max_wasm_stack(MAX_WASM_STACK);
+        if let Some(dir) = cache_dir {
+            let mut cache = wasmtime::CacheConfig::new();
+            cache.with_directory(dir);
+            let cache = wasmtime::Cache::new(cache)
+                .map_err(|e| PluginError::Load(format!("compile cache: {e}")))?;
+            config.cache(Some(cache));
+        }
+        let engine = Engine::new(&config).map_err(|e| PluginError::Load(e.to_string()))?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
+            .map_err(|e| PluginError::Load(e.to_string()))?;
+        Plugin::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)
+            .map_err(|e| PluginError::Load(e.to_string()))?;
+        let ticker_engine = engine.clone();
+        let ticker = Arc::new_cyclic(|weak: &std::sync::Weak<Ticker>| {
+            let weak = weak.clone();
+            let handle = thread::Builder::new()
+                .name("kite-plugin-epoch".into())
+                .spawn(move || tick(weak, ticker_engine))
+                .expect("spawn the epoch ticker");
+            Ticker {
+                active_calls: AtomicUsize::new(0),
+                stopped: AtomicBool::new(false),
+                thread: handle.thread().clone(),
+            }
+        });
+        Ok(Self {
+            engine,
+            linker,
+            ticker,
+        })
+    }
+
+    /// Compiles (or loads from the cache) a component.
+    pub fn compile(&self, bytes: &[u8]) -> Result<Component, PluginError> {
+        Component::new(&self.engine, bytes).map_err(|e| PluginError::Load(format!("{e:#}")))
+    }
+
+    /// Instantiates `component` for the plug-in `name` with its own store.
+    pub fn instantiate(
+        &self,
+        component: &Component,
+        name: &str,
+        limits: Limits,
+        state: StateStore,
+    ) -> Result<Instance, PluginError> {
+        let host = HostState {
+            wasi: WasiCtx::builder()
+                .allow_tcp(false)
+                .allow_udp(false)
+                .allow_ip_name_lookup(false)
+                .build(),
+            table: ResourceTable::new(),
+            limits: StoreLimitsBuilder::new()
+                .memory_size(limits.memory_bytes)
+                .instances(16)
+                .tables(16)
+                .table_elements(100_000)
+                .trap_on_grow_failure(true)
+                .build(),
+            name: name.to_string(),
+            state,
+        };
+        let mut store = Store::new(&self.engine, host);
+        store.limiter(|host| &mut host.limits);
+        store.set_epoch_deadline(u64::MAX / 2);
+        let bindings = Plugin::instantiate(&mut store, component, &self.linker).map_err(|e| {
+            let message = format!("{e:#}");
+            if message.contains("import") {
+                PluginError::Import(message)
+            } else {
+                classify(e, limits)
+            }
+        })?;
+        Ok(Instance {
+            store,
+            bindings,
+            limits,
+            ticker: self.ticker.clone(),
+        })
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        self.ticker.stopped.store(true, Ordering::Release);
+        self.ticker.thread.unpark();
+    }
+}
+
+fn tick(ticker: std::sync::Weak<Ticker>, engine: Engine) {
+    loop {
+        let Some(state) = ticker.upgrade() else {
+            return;
+        };
+        if state.stopped.load(Ordering::Acquire) {
+            return;
+        }
+        let busy = state.active_calls.load(Ordering::Acquire) > 0;
+        drop(state);
+        if busy {
+            thread::sleep(EPOCH_TICK);
+            engine.increment_epoch();
+        } else {
+            // Idle gateways do not wake every millisecond.
+            thread::park_timeout(Duration::from_secs(1));
+        }
+    }
+}
+
+/// Turns a wasmtime error into what happened, in the plug-in's terms.
+fn classify(error: wasmtime::Error, limits: Limits) -> PluginError {
+    match error.downcast_ref::<Trap>() {
+        Some(Trap::Interrupt) => PluginError::Timeout(limits.time),
+        Some(Trap::StackOverflow) => PluginError::StackOverflow,
+        Some(trap) => PluginError::Trap(trap.to_string()),
+        None => {
+            let message = format!("{error:#}");
+            if message.contains("growing memory") || message.contains("memory growth failure") {
+                PluginError::OutOfMemory(limits.memory_bytes)
+            } else {
+                PluginError::Trap(message)
+            }
+        }
+    }
+}
+
+/// One running plug-in: its store and its exports.
+pub struct Instance {
+    store: Store<HostState>,
+    bindings: Plugin,
+    limits: Limits,
+    ticker: Arc<Ticker>,
+}
+
+impl Instance {
+    /// Runs `call` under the time limit.
+    fn bounded<T>(
+        &mut self,
+        call: impl FnOnce(&Plugin, &mut Store<HostState>) -> wasmtime::Result<T>,
+    ) -> Result<T, PluginError> {
+        let ticks = self
+            .limits
+            .time
+            .as_nanos()
+            .div_ceil(EPOCH_TICK.as_nanos())
+            .max(1) as u64;
+        self.store.set_epoch_deadline(ticks);
+        self.ticker.active_calls.fetch_add(1, Ordering::AcqRel);
+        self.ticker.thread.unpark();
+        let result = call(&self.bindings, &mut self.store);
+        self.ticker.active_calls.fetch_sub(1, Ordering::AcqRel);
+        self.store.set_epoch_deadline(u64::MAX / 2);
+        result.map_err(|e| classify(e, self.limits))
+    }
+
+    pub fn init(&mut self, config_json: &str) -> Result<(), PluginError> {
+        self.bounded(|plugin, store| plugin.call_init(store, config_json))?
+            .map_err(PluginError::Init)
+    }
+
+    pub fn process(&mut self, batch: &[Reading]) -> Result<Output, PluginError> {
+        self.bounded(|plugin, store| plugin.call_process(store, batch))
+    }
+}
+
+/// What the host functions see: the WASI context (with nothing granted),
+/// the limits, and the plug-in's state.
+pub struct HostState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limits: StoreLimits,
+    name: String,
+    state: StateStore,
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl crate::bindings::kite::plugin::types::Host for HostState {}
+
+/// Longest log line a plug-in may write; the rest is cut.
+const MAX_LOG_LINE: usize = 1024;
+
+impl host::Host for HostState {
+    fn log(&mut self, level: host::Level, message: String) {
+        let mut message = message;
+        if message.len() > MAX_LOG_LINE {
+            let mut end = MAX_LOG_LINE;
+            while !message.is_char_boundary(end) {
+                end -= 1;
+            }
+            message.truncate(end);
+        }
+        let plugin = self.name.as_str();
+        match level {
+            host::Level::Trace => tracing::trace!(plugin, "{message}"),
+            host::Level::Debug => tracing::debug!(plugin, "{message}"),
+            host::Level::Info => tracing::info!(plugin, "{message}"),
+            host::Level::Warn => tracing::warn!(plugin, "{message}"),
+            host::Level::Error => tracing::error!(plugin, "{message}"),
+        }
+    }
+
+    fn now_ms(&mut self) -> i64 {
+        kite_core::now_ms()
+    }
+
+    fn state_get(&mut self, key: String) -> Option<Vec<u8>> {
+        self.state.get(&key).unwrap_or_else(|e| {
+            tracing::error!(plugin = %self.name, error = %e, "plug-in state read failed");
+            None
+        })
+    }
+
+    fn state_set(&mut self, key: String, value: Vec<u8>) -> Result<(), String> {
+        self.state.set(&key, &value)
+    }
+
+    fn state_delete(&mut self, key: String) {
+        if let Err(e) = self.state.delete(&key) {
+            tracing::error!(plugin = %self.name, error = %e, "plug-in state delete failed");
+        }
+    }
+}

@@ -1,0 +1,219 @@
+//! The example plug-ins, built from source for wasm32-wasip2, fed real
+//! readings through the real host.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use kite_plugins::bindings::kite::plugin::types::{Output, Reading, Severity, Value};
+use kite_plugins::sandbox::{Instance, Limits, Sandbox};
+use kite_plugins::state::StateStore;
+
+/// Builds the examples once per test run; returns the directory of the `.wasm` files.
+pub fn examples() -> &'static Path {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/Cargo.toml");
+        let status = Command::new(env!("CARGO"))
+            .args([
+                "build",
+                "--release",
+                "--quiet",
+                "--target",
+                "wasm32-wasip2",
+                "--manifest-path",
+            ])
+            .arg(&manifest)
+            .status()
+            .expect("run cargo");
+        assert!(
+            status.success(),
+            "building the examples failed (is `rustup target add wasm32-wasip2` done?)"
+        );
+        manifest
+            .parent()
+            .unwrap()
+            .join("target/wasm32-wasip2/release")
+    })
+}
+
+fn start(sandbox: &Sandbox, dir: &Path, example: &str, config: &str) -> Instance {
+    let bytes = std::fs::read(examples().join(format!("kite_example_{example}.wasm"))).unwrap();
+    let component = sandbox.compile(&bytes).unwrap();
+    let limits = Limits {
+        time: Duration::from_secs(1),
+        ..Limits::default()
+    };
+    let state =
+        StateStore::open(&dir.join("plugins.sqlite3"), example, limits.state_bytes).unwrap();
+    let mut instance = sandbox
+        .instantiate(&component, example, limits, state)
+        .unwrap();
+    instance.init(config).unwrap();
+    instance
+}
+
+fn reading(device: &str, point: &str, x: f64, ts: i64) -> Reading {
+    Reading {
+        device: device.into(),
+        point: point.into(),
+        value: Some(Value::Float(x)),
+        error: None,
+        timestamp: ts,
+        unit: Some("degC".into()),
+    }
+}
+
+fn series(values: &[f64]) -> Vec<Reading> {
+    values
+        .iter()
+        .enumerate()
+        .map(|(i, &x)| reading("boiler-1", "temperature", x, 1000 * i as i64))
+        .collect()
+}
+
+fn floats(output: &Output) -> Vec<(String, f64)> {
+    output
+        .readings
+        .iter()
+        .map(|d| match d.value {
+            Value::Float(x) => (d.point.clone(), x),
+            ref other => panic!("float expected, got {other:?}"),
+        })
+        .collect()
+}
+
+#[test]
+fn threshold_alarms_with_hysteresis_and_remembers_across_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let sandbox = Sandbox::new(None).unwrap();
+    let config = r#"{"threshold": 90.0, "hysteresis": 5.0, "severity": "critical"}"#;
+    let mut plugin = start(&sandbox, dir.path(), "threshold", config);
+    let output = plugin.process(&series(&[80.0, 91.0, 95.0, 88.0])).unwrap();
+    assert_eq!(
+        output.events.len(),
+        1,
+        "one alarm, no repeat while active, no clear within hysteresis"
+    );
+    assert_eq!(output.events[0].severity, Severity::Critical);
+    assert_eq!(output.events[0].device.as_deref(), Some("boiler-1"));
+    assert!(
+        output.events[0].message.contains("above 90"),
+        "{}",
+        output.events[0].message
+    );
+    drop(plugin);
+    // A new instance (a restart) knows the alarm is active.
+    let mut plugin = start(&sandbox, dir.path(), "threshold", config);
+    let output = plugin.process(&series(&[96.0, 84.0])).unwrap();
+    assert_eq!(output.events.len(), 1);
+    assert_eq!(output.events[0].severity, Severity::Info);
+    assert!(output.events[0].message.contains("back below 85"));
+    // A config without the threshold is refused with the plug-in's reason.
+    let component = sandbox
+        .compile(&std::fs::read(examples().join("kite_example_threshold.wasm")).unwrap())
+        .unwrap();
+    let state = StateStore::open(&dir.path().join("plugins.sqlite3"), "t2", 1024).unwrap();
+    let mut refused = sandbox
+        .instantiate(&component, "t2", Limits::default(), state)
+        .unwrap();
+    let error = refused.init("{}").unwrap_err();
+    assert!(
+        error.to_string().contains("threshold is required"),
+        "{error}"
+    );
+}
+
+#[test]
+fn average_downsamples_a_moving_mean() {
+    let dir = tempfile::tempdir().unwrap();
+    let sandbox = Sandbox::new(None).unwrap();
+    let mut plugin = start(
+        &sandbox,
+        dir.path(),
+        "average",
+        r#"{"window": 4, "every": 2}"#,
+    );
+    let output = plugin
+        .process(&series(&[1.0, 3.0, 5.0, 7.0, 9.0, 11.0]))
+        .unwrap();
+    assert_eq!(
+        floats(&output),
+        vec![
+            ("boiler-1.temperature.avg".into(), 2.0),
+            ("boiler-1.temperature.avg".into(), 4.0),
+            ("boiler-1.temperature.avg".into(), 8.0),
+        ]
+    );
+    assert_eq!(output.readings[0].unit.as_deref(), Some("degC"));
+}
+
+#[test]
+fn convert_changes_units() {
+    let dir = tempfile::tempdir().unwrap();
+    let sandbox = Sandbox::new(None).unwrap();
+    let mut plugin = start(
+        &sandbox,
+        dir.path(),
+        "convert",
+        r#"{"from": "degC", "to": "degF"}"#,
+    );
+    let output = plugin.process(&series(&[100.0, -40.0])).unwrap();
+    assert_eq!(
+        floats(&output),
+        vec![
+            ("boiler-1.temperature".into(), 212.0),
+            ("boiler-1.temperature".into(), -40.0)
+        ]
+    );
+    assert_eq!(output.readings[0].unit.as_deref(), Some("degF"));
+    let mut back = start(
+        &sandbox,
+        dir.path(),
+        "convert",
+        r#"{"from": "psi", "to": "bar"}"#,
+    );
+    let output = back.process(&series(&[14.503773773])).unwrap();
+    assert!((floats(&output)[0].1 - 1.0).abs() < 1e-9);
+}
+
+#[test]
+fn zscore_flags_outliers_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let sandbox = Sandbox::new(None).unwrap();
+    let mut plugin = start(
+        &sandbox,
+        dir.path(),
+        "zscore",
+        r#"{"window": 10, "threshold": 3.0}"#,
+    );
+    let output = plugin
+        .process(&series(&[20.0, 20.5, 19.5, 20.2, 19.8, 20.1, 45.0, 20.0]))
+        .unwrap();
+    assert_eq!(output.events.len(), 1, "{:?}", output.events);
+    assert!(
+        output.events[0].message.contains("45"),
+        "{}",
+        output.events[0].message
+    );
+    assert_eq!(output.events[0].timestamp, Some(6000));
+}
+
+#[test]
+fn deadband_filters_small_changes_and_reports_the_rate() {
+    let dir = tempfile::tempdir().unwrap();
+    let sandbox = Sandbox::new(None).unwrap();
+    let mut plugin = start(&sandbox, dir.path(), "deadband", r#"{"deadband": 1.0}"#);
+    let output = plugin
+        .process(&series(&[10.0, 10.4, 10.9, 12.0, 12.5]))
+        .unwrap();
+    assert_eq!(
+        floats(&output),
+        vec![
+            ("boiler-1.temperature".into(), 10.0),
+            ("boiler-1.temperature.rate".into(), 2.0 / 3.0),
+            ("boiler-1.temperature".into(), 12.0),
+        ]
+    );
+}

@@ -1,0 +1,244 @@
+//! The sandbox against hostile plug-ins. They are written in WAT and made
+//! into components here with wit-component, so these tests need no wasm
+//! compiler target: an infinite loop, a memory bomb, deep recursion, a trap,
+//! a flood of outputs, and a plug-in that imports what it was not granted.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use kite_core::{PointSample, Reading, Sample, Value};
+use kite_plugins::sandbox::{Limits, PluginError, Sandbox};
+use kite_plugins::state::StateStore;
+use kite_plugins::{spawn, Pattern, PluginSpec, RunState};
+use wit_component::{ComponentEncoder, StringEncoding};
+use wit_parser::Resolve;
+
+/// A core module following the canonical ABI of the `plugin` world, with
+/// `process` doing `body` (which must leave an output pointer on the stack).
+fn module(imports: &str, body: &str) -> String {
+    format!(
+        r#"(module
+  {imports}
+  (memory (export "memory") 1)
+  (global $heap (mut i32) (i32.const 4096))
+  (func (export "cabi_realloc") (param i32 i32 i32 i32) (result i32)
+    (local $ptr i32)
+    global.get $heap
+    local.get 2 i32.add i32.const 1 i32.sub
+    i32.const 0 local.get 2 i32.sub i32.and
+    local.set $ptr
+    local.get $ptr local.get 3 i32.add global.set $heap
+    (block $done
+      (loop $grow
+        global.get $heap memory.size i32.const 65536 i32.mul i32.le_u br_if $done
+        i32.const 1 memory.grow i32.const -1 i32.eq
+        if unreachable end
+        br $grow))
+    local.get $ptr)
+  ;; result<_, string> at address 0, all zero: ok.
+  (func (export "init") (param i32 i32) (result i32) i32.const 0)
+  (func $deep (param i32) (result i32) local.get 0 i32.const 1 i32.add call $deep)
+  ;; The output record lives at 16: two empty lists unless `body` writes there.
+  (func (export "process") (param i32 i32) (result i32) {body})
+)"#
+    )
+}
+
+const EXTRA_WIT: &str = r#"
+package test:hostile;
+interface network { connect: func(); }
+world hostile { include kite:plugin/plugin@0.1.0; import network; }
+"#;
+
+fn component(wat: &str, world: &str) -> Vec<u8> {
+    let mut resolve = Resolve::default();
+    let (package, _) = resolve
+        .push_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("../wit"))
+        .unwrap();
+    let world = if world == "plugin" {
+        resolve.select_world(&[package], Some("plugin")).unwrap()
+    } else {
+        let hostile = resolve.push_str("hostile.wit", EXTRA_WIT).unwrap();
+        resolve.select_world(&[hostile], Some(world)).unwrap()
+    };
+    let mut bytes = wat::parse_str(wat).unwrap();
+    wit_component::embed_component_metadata(&mut bytes, &resolve, world, StringEncoding::UTF8)
+        .unwrap();
+    ComponentEncoder::default()
+        .module(&bytes)
+        .unwrap()
+        .validate(true)
+        .encode()
+        .unwrap()
+}
+
+fn limits() -> Limits {
+    Limits {
+        memory_bytes: 4 << 20,
+        time: Duration::from_millis(20),
+        state_bytes: 1024,
+    }
+}
+
+fn reading() -> kite_plugins::bindings::kite::plugin::types::Reading {
+    kite_plugins::bindings::kite::plugin::types::Reading {
+        device: "boiler-1".into(),
+        point: "temperature".into(),
+        value: Some(kite_plugins::bindings::kite::plugin::types::Value::Float(
+            21.5,
+        )),
+        error: None,
+        timestamp: 1,
+        unit: None,
+    }
+}
+
+/// Runs one batch through a fresh instance of `wat`'s component.
+fn run_once(sandbox: &Sandbox, wat: &str, world: &str) -> Result<usize, PluginError> {
+    let dir = tempfile::tempdir().unwrap();
+    let component = sandbox.compile(&component(wat, world))?;
+    let state = StateStore::open(&dir.path().join("state.sqlite3"), "test", 1024).unwrap();
+    let mut instance = sandbox.instantiate(&component, "test", limits(), state)?;
+    instance.init("{}")?;
+    let output = instance.process(&[reading()])?;
+    Ok(output.readings.len() + output.events.len())
+}
+
+#[test]
+fn hostile_plugins_fail_as_ordinary_errors() {
+    let sandbox = Sandbox::new(None).unwrap();
+    let check = |body: &str, expected: fn(&PluginError) -> bool| {
+        let result = run_once(&sandbox, &module("", body), "plugin");
+        assert!(
+            matches!(&result, Err(e) if expected(e)),
+            "{body}: {result:?}"
+        );
+    };
+    assert_eq!(
+        run_once(&sandbox, &module("", "i32.const 16"), "plugin"),
+        Ok(0),
+        "a well-behaved plug-in"
+    );
+    check("(loop $spin (br $spin)) i32.const 16", |e| {
+        matches!(e, PluginError::Timeout(_))
+    });
+    check("unreachable", |e| matches!(e, PluginError::Trap(_)));
+    check("i32.const 0 call $deep", |e| {
+        matches!(e, PluginError::StackOverflow)
+    });
+    check(
+        "(loop $bomb i32.const 16 memory.grow drop br $bomb) i32.const 16",
+        |e| matches!(e, PluginError::OutOfMemory(_)),
+    );
+    // 20,000 derived readings of 56 bytes each at 64 KiB: more than one batch may produce.
+    let flood = "i32.const 40 memory.grow drop \
+                 i32.const 16 i32.const 65536 i32.store \
+                 i32.const 20 i32.const 20000 i32.store \
+                 i32.const 16";
+    assert_eq!(
+        run_once(&sandbox, &module("", flood), "plugin"),
+        Ok(20_000),
+        "the host sees the flood"
+    );
+    // An import nobody granted: refused at instantiation, before any code runs.
+    let hostile = module(
+        r#"(import "test:hostile/network" "connect" (func $connect))"#,
+        "call $connect i32.const 16",
+    );
+    let result = run_once(&sandbox, &hostile, "hostile");
+    assert!(matches!(&result, Err(PluginError::Import(_))), "{result:?}");
+    // After all of that, the same sandbox still runs a good plug-in.
+    assert_eq!(
+        run_once(&sandbox, &module("", "i32.const 16"), "plugin"),
+        Ok(0)
+    );
+}
+
+fn sample(value: f64) -> Sample {
+    Sample {
+        device: "boiler-1".into(),
+        ts_ms: 1,
+        points: vec![PointSample {
+            name: "temperature".into(),
+            unit: None,
+            reading: Reading::Good(Value::Float(value)),
+        }],
+    }
+}
+
+fn spec(dir: &Path, wat: &str) -> PluginSpec {
+    let wasm = dir.join("p.wasm");
+    std::fs::write(&wasm, component(wat, "plugin")).unwrap();
+    PluginSpec {
+        name: "p".into(),
+        wasm,
+        inputs: vec![Pattern::parse("boiler-*/temperature").unwrap()],
+        limits: limits(),
+        config_json: "{}".into(),
+        state_path: dir.join("plugins.sqlite3"),
+    }
+}
+
+/// Waits (bounded) until `condition` holds.
+fn eventually(what: &str, condition: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !condition() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting until {what}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn a_plugin_that_keeps_failing_is_disabled_and_outputs_are_counted_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let sandbox = Arc::new(Sandbox::new(None).unwrap());
+    let (outputs, _receiver) = tokio::sync::mpsc::channel(16);
+    let handle = spawn(
+        sandbox,
+        spec(dir.path(), &module("", "unreachable")),
+        outputs,
+    )
+    .unwrap();
+    let counters = handle.counters.clone();
+    eventually("five failures disable the plug-in", || {
+        handle.offer(&[sample(1.0)]);
+        std::thread::sleep(Duration::from_millis(20));
+        counters.state() == RunState::Disabled
+    });
+    assert_eq!(
+        counters.failures.load(std::sync::atomic::Ordering::Relaxed),
+        5
+    );
+    assert_eq!(
+        counters
+            .lost_batches
+            .load(std::sync::atomic::Ordering::Relaxed),
+        5
+    );
+    let skipped = counters
+        .skipped_batches
+        .load(std::sync::atomic::Ordering::Relaxed);
+    handle.offer(&[sample(2.0)]);
+    assert_eq!(
+        counters
+            .skipped_batches
+            .load(std::sync::atomic::Ordering::Relaxed),
+        skipped + 1
+    );
+    // Readings nobody subscribed to are not offered at all.
+    let other = Sample {
+        device: "chiller-1".into(),
+        ..sample(3.0)
+    };
+    handle.offer(&[other]);
+    assert_eq!(
+        counters
+            .skipped_batches
+            .load(std::sync::atomic::Ordering::Relaxed),
+        skipped + 1
+    );
+}
