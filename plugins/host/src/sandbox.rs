@@ -75,13 +75,27 @@ impl Default for Limits {
 pub struct Sandbox {
     engine: Engine,
     linker: Linker<HostState>,
-    ticker: Arc<Ticker>,
+    ticker: Arc<TickerHandle>,
 }
 
+#[derive(Default)]
 struct Ticker {
     active_calls: AtomicUsize,
     stopped: AtomicBool,
+}
+
+/// Held by the sandbox and every instance; the ticker thread ends when the
+/// last of them is gone.
+struct TickerHandle {
+    ticker: Arc<Ticker>,
     thread: thread::Thread,
+}
+
+impl Drop for TickerHandle {
+    fn drop(&mut self) {
+        self.ticker.stopped.store(true, Ordering::Release);
+        self.thread.unpark();
+    }
 }
 
 impl Sandbox {
@@ -106,23 +120,20 @@ impl Sandbox {
             .map_err(|e| PluginError::Load(e.to_string()))?;
         Plugin::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)
             .map_err(|e| PluginError::Load(e.to_string()))?;
-        let ticker_engine = engine.clone();
-        let ticker = Arc::new_cyclic(|weak: &std::sync::Weak<Ticker>| {
-            let weak = weak.clone();
-            let handle = thread::Builder::new()
+        let ticker = Arc::new(Ticker::default());
+        let thread = {
+            let (ticker, engine) = (ticker.clone(), engine.clone());
+            thread::Builder::new()
                 .name("kite-plugin-epoch".into())
-                .spawn(move || tick(weak, ticker_engine))
-                .expect("spawn the epoch ticker");
-            Ticker {
-                active_calls: AtomicUsize::new(0),
-                stopped: AtomicBool::new(false),
-                thread: handle.thread().clone(),
-            }
-        });
+                .spawn(move || tick(&ticker, &engine))
+                .map_err(|e| PluginError::Load(format!("epoch ticker: {e}")))?
+                .thread()
+                .clone()
+        };
         Ok(Self {
             engine,
             linker,
-            ticker,
+            ticker: Arc::new(TickerHandle { ticker, thread }),
         })
     }
 
@@ -176,28 +187,13 @@ impl Sandbox {
     }
 }
 
-impl Drop for Sandbox {
-    fn drop(&mut self) {
-        self.ticker.stopped.store(true, Ordering::Release);
-        self.ticker.thread.unpark();
-    }
-}
-
-fn tick(ticker: std::sync::Weak<Ticker>, engine: Engine) {
-    loop {
-        let Some(state) = ticker.upgrade() else {
-            return;
-        };
-        if state.stopped.load(Ordering::Acquire) {
-            return;
-        }
-        let busy = state.active_calls.load(Ordering::Acquire) > 0;
-        drop(state);
-        if busy {
+fn tick(ticker: &Ticker, engine: &Engine) {
+    while !ticker.stopped.load(Ordering::Acquire) {
+        if ticker.active_calls.load(Ordering::Acquire) > 0 {
             thread::sleep(EPOCH_TICK);
             engine.increment_epoch();
         } else {
-            // Idle gateways do not wake every millisecond.
+            // Idle gateways do not wake every millisecond; a call unparks the ticker.
             thread::park_timeout(Duration::from_secs(1));
         }
     }
@@ -225,7 +221,7 @@ pub struct Instance {
     store: Store<HostState>,
     bindings: Plugin,
     limits: Limits,
-    ticker: Arc<Ticker>,
+    ticker: Arc<TickerHandle>,
 }
 
 impl Instance {
@@ -241,10 +237,16 @@ impl Instance {
             .div_ceil(EPOCH_TICK.as_nanos())
             .max(1) as u64;
         self.store.set_epoch_deadline(ticks);
-        self.ticker.active_calls.fetch_add(1, Ordering::AcqRel);
+        self.ticker
+            .ticker
+            .active_calls
+            .fetch_add(1, Ordering::AcqRel);
         self.ticker.thread.unpark();
         let result = call(&self.bindings, &mut self.store);
-        self.ticker.active_calls.fetch_sub(1, Ordering::AcqRel);
+        self.ticker
+            .ticker
+            .active_calls
+            .fetch_sub(1, Ordering::AcqRel);
         self.store.set_epoch_deadline(u64::MAX / 2);
         result.map_err(|e| classify(e, self.limits))
     }

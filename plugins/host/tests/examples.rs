@@ -1,42 +1,15 @@
 //! The example plug-ins, built from source for wasm32-wasip2, fed real
 //! readings through the real host.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::OnceLock;
+use std::path::Path;
 use std::time::Duration;
 
 use kite_plugins::bindings::kite::plugin::types::{Output, Reading, Severity, Value};
 use kite_plugins::sandbox::{Instance, Limits, Sandbox};
 use kite_plugins::state::StateStore;
 
-/// Builds the examples once per test run; returns the directory of the `.wasm` files.
-pub fn examples() -> &'static Path {
-    static BUILT: OnceLock<PathBuf> = OnceLock::new();
-    BUILT.get_or_init(|| {
-        let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/Cargo.toml");
-        let status = Command::new(env!("CARGO"))
-            .args([
-                "build",
-                "--release",
-                "--quiet",
-                "--target",
-                "wasm32-wasip2",
-                "--manifest-path",
-            ])
-            .arg(&manifest)
-            .status()
-            .expect("run cargo");
-        assert!(
-            status.success(),
-            "building the examples failed (is `rustup target add wasm32-wasip2` done?)"
-        );
-        manifest
-            .parent()
-            .unwrap()
-            .join("target/wasm32-wasip2/release")
-    })
-}
+mod common;
+use common::examples;
 
 fn start(sandbox: &Sandbox, dir: &Path, example: &str, config: &str) -> Instance {
     let bytes = std::fs::read(examples().join(format!("kite_example_{example}.wasm"))).unwrap();

@@ -4,6 +4,9 @@
 //! a flood of outputs, and a plug-in that imports what it was not granted.
 
 use std::path::Path;
+
+mod common;
+use common::{component, module};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,67 +14,6 @@ use kite_core::{PointSample, Reading, Sample, Value};
 use kite_plugins::sandbox::{Limits, PluginError, Sandbox};
 use kite_plugins::state::StateStore;
 use kite_plugins::{spawn, Pattern, PluginSpec, RunState};
-use wit_component::{ComponentEncoder, StringEncoding};
-use wit_parser::Resolve;
-
-/// A core module following the canonical ABI of the `plugin` world, with
-/// `process` doing `body` (which must leave an output pointer on the stack).
-fn module(imports: &str, body: &str) -> String {
-    format!(
-        r#"(module
-  {imports}
-  (memory (export "memory") 1)
-  (global $heap (mut i32) (i32.const 4096))
-  (func (export "cabi_realloc") (param i32 i32 i32 i32) (result i32)
-    (local $ptr i32)
-    global.get $heap
-    local.get 2 i32.add i32.const 1 i32.sub
-    i32.const 0 local.get 2 i32.sub i32.and
-    local.set $ptr
-    local.get $ptr local.get 3 i32.add global.set $heap
-    (block $done
-      (loop $grow
-        global.get $heap memory.size i32.const 65536 i32.mul i32.le_u br_if $done
-        i32.const 1 memory.grow i32.const -1 i32.eq
-        if unreachable end
-        br $grow))
-    local.get $ptr)
-  ;; result<_, string> at address 0, all zero: ok.
-  (func (export "init") (param i32 i32) (result i32) i32.const 0)
-  (func $deep (param i32) (result i32) local.get 0 i32.const 1 i32.add call $deep)
-  ;; The output record lives at 16: two empty lists unless `body` writes there.
-  (func (export "process") (param i32 i32) (result i32) {body})
-)"#
-    )
-}
-
-const EXTRA_WIT: &str = r#"
-package test:hostile;
-interface network { connect: func(); }
-world hostile { include kite:plugin/plugin@0.1.0; import network; }
-"#;
-
-fn component(wat: &str, world: &str) -> Vec<u8> {
-    let mut resolve = Resolve::default();
-    let (package, _) = resolve
-        .push_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("../wit"))
-        .unwrap();
-    let world = if world == "plugin" {
-        resolve.select_world(&[package], Some("plugin")).unwrap()
-    } else {
-        let hostile = resolve.push_str("hostile.wit", EXTRA_WIT).unwrap();
-        resolve.select_world(&[hostile], Some(world)).unwrap()
-    };
-    let mut bytes = wat::parse_str(wat).unwrap();
-    wit_component::embed_component_metadata(&mut bytes, &resolve, world, StringEncoding::UTF8)
-        .unwrap();
-    ComponentEncoder::default()
-        .module(&bytes)
-        .unwrap()
-        .validate(true)
-        .encode()
-        .unwrap()
-}
 
 fn limits() -> Limits {
     Limits {
