@@ -56,6 +56,10 @@ fn kite_check_names_every_kind_of_mistake() {
         (point("address = 1\narea = \"discrete\"\ntype = \"bool\"\nwritable = true\n"), 13, 11, "read-only"),
         (point("adress = 1\n"), 13, 1, "unknown field `adress`"),
         ("[gateway\nid = 1".to_string(), 1, 9, ""),
+        (format!("{HEAD}[[plugins]]\nname = \"p\"\npath = \"missing.wasm\"\ninputs = [\"a/b\"]\n"), 9, 8, "no such plug-in file"),
+        (format!("{HEAD}{DEVICE}[[plugins]]\nname = \"d\"\npath = \"kite.toml\"\ninputs = [\"d/*\"]\n"), 12, 8, "is taken"),
+        (format!("{HEAD}[[plugins]]\nname = \"p\"\npath = \"kite.toml\"\ninputs = [\"nopattern\"]\n"), 10, 11, "must be device/point"),
+        (format!("{HEAD}[[plugins]]\nname = \"p\"\npath = \"kite.toml\"\ninputs = [\"a/b\"]\ntime_limit = \"1h\"\n"), 11, 14, "time_limit"),
     ];
     for (text, line, column, expected) in cases {
         check_rejects(&text, line, column, expected);

@@ -4,5 +4,8 @@
 mod bad_input;
 mod delivery;
 mod modbus;
+#[path = "../../plugins/host/tests/common/mod.rs"]
+mod plugin_builds;
+mod plugins;
 mod security;
 mod support;
