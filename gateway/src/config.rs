@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kite_modbus::{Area, ByteOrder, DataType, DeviceSpec, PointSpec};
-use kite_plugins::{Limits, Pattern};
+use kite_plugins::{Limits, Pattern, Trust};
 use serde::de::{self, Deserializer};
 use serde::Deserialize;
 use toml::Spanned;
@@ -33,6 +33,7 @@ pub struct Config {
     pub buffer: BufferConfig,
     pub devices: Vec<DeviceConfig>,
     pub plugins: Vec<PluginConfig>,
+    pub plugin_trust: Trust,
     /// Things that work but deserve a second look (plaintext MQTT off the host, say).
     pub warnings: Vec<String>,
 }
@@ -233,6 +234,46 @@ struct RawConfig {
     devices: Vec<RawDevice>,
     #[serde(default)]
     plugins: Vec<RawPlugin>,
+    #[serde(default)]
+    plugin_trust: RawTrust,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawTrust {
+    #[serde(default)]
+    require_signed: bool,
+    #[serde(default)]
+    trusted_keys: Vec<Spanned<PathBuf>>,
+}
+
+impl RawTrust {
+    fn build(self, report: &mut Report<'_>, base: &Path) -> Trust {
+        let keys: Vec<_> = self
+            .trusted_keys
+            .iter()
+            .filter_map(|path| {
+                match kite_plugins::signing::read_public_key(&base.join(path.get_ref())) {
+                    Ok(key) => Some(key),
+                    Err(e) => {
+                        report.push(path.span(), format!("plugin_trust.trusted_keys: {e}"));
+                        None
+                    }
+                }
+            })
+            .collect();
+        if self.require_signed && self.trusted_keys.is_empty() {
+            report.push(
+                0..0,
+                "plugin_trust.require_signed needs at least one of plugin_trust.trusted_keys"
+                    .into(),
+            );
+        }
+        Trust {
+            keys: keys.into(),
+            require_signed: self.require_signed,
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -445,6 +486,7 @@ impl RawConfig {
         }
         Config {
             plugins: plugins.into_iter().map(|(plugin, _)| plugin).collect(),
+            plugin_trust: self.plugin_trust.build(report, base),
             gateway: GatewayConfig {
                 id: self.gateway.id.into_inner(),
                 data_dir: self.gateway.data_dir,

@@ -9,6 +9,8 @@ use tracing_subscriber::EnvFilter;
 
 use kite_gateway::{config, demo, pipeline};
 
+mod plugin_cmd;
+
 #[derive(Parser)]
 #[command(
     name = "kite",
@@ -31,6 +33,11 @@ enum Command {
     Check {
         #[arg(long, short)]
         config: PathBuf,
+    },
+    /// Plug-ins: signing keys, signatures, and trying one out on recorded readings.
+    Plugin {
+        #[command(subcommand)]
+        command: plugin_cmd::PluginCommand,
     },
     /// Run the whole pipeline on this machine alone: simulated Modbus devices,
     /// an embedded MQTT broker, and the telemetry printed as it arrives.
@@ -84,6 +91,13 @@ fn main() -> ExitCode {
             };
             report(runtime().block_on(pipeline::run(checked, stop_signal())))
         }
+        Command::Plugin { command } => match plugin_cmd::run(command) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Demo {
             mqtt_port,
             data_dir,

@@ -16,10 +16,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info};
 
-use kite_plugins::{PluginHandle, PluginOutput, PluginSpec, Sandbox};
+use kite_plugins::{PluginCounters, PluginHandle, PluginOutput, PluginSpec, Sandbox};
 
 use crate::buffer::{Buffer, BufferHandle, Kind, NewRecord};
-use crate::config::{Config, DeviceConfig, PluginConfig};
+use crate::config::{Config, DeviceConfig};
 use crate::uplink::{Uplink, UplinkCounters};
 
 /// Samples between the pollers and the buffer; when it is full, pollers wait.
@@ -52,6 +52,8 @@ pub async fn run(config: Config, stop: impl Future<Output = ()>) -> anyhow::Resu
     );
     let (buffer, buffer_thread) = BufferHandle::spawn(buffer);
 
+    let (outputs_tx, outputs_rx) = mpsc::channel(PLUGIN_OUTPUTS);
+    let (plugins, plugin_counters) = start_plugins(&config, outputs_tx)?;
     let (samples_tx, samples_rx) = mpsc::channel(SAMPLE_CHANNEL);
     let polling = CancellationToken::new();
     let pollers = TaskTracker::new();
@@ -72,12 +74,6 @@ pub async fn run(config: Config, stop: impl Future<Output = ()>) -> anyhow::Resu
     }
     pollers.close();
     drop(samples_tx);
-    let (outputs_tx, outputs_rx) = mpsc::channel(PLUGIN_OUTPUTS);
-    let plugins = start_plugins(&config.plugins, &config.gateway.data_dir, outputs_tx)?;
-    let plugin_counters = plugins
-        .iter()
-        .map(|p| (p.spec.name.clone(), p.counters.clone()))
-        .collect();
     let ingest = tokio::spawn(ingest(samples_rx, outputs_rx, plugins, buffer.clone()));
 
     let uplink_stop = CancellationToken::new();
@@ -113,37 +109,43 @@ pub async fn run(config: Config, stop: impl Future<Output = ()>) -> anyhow::Resu
     uplink_result
 }
 
-/// Compiles and starts every configured plug-in. One that cannot be loaded
-/// stops the start: a gateway should not run with half its analytics
-/// silently missing.
+/// Compiles and starts every configured plug-in. One that cannot be read,
+/// verified or compiled is refused, loudly and in the status, and the
+/// gateway runs on without it.
 fn start_plugins(
-    plugins: &[PluginConfig],
-    data_dir: &std::path::Path,
+    config: &Config,
     outputs: mpsc::Sender<PluginOutput>,
-) -> anyhow::Result<Vec<PluginHandle>> {
-    if plugins.is_empty() {
-        return Ok(Vec::new());
+) -> anyhow::Result<(Vec<PluginHandle>, Vec<(String, Arc<PluginCounters>)>)> {
+    if config.plugins.is_empty() {
+        return Ok((Vec::new(), Vec::new()));
     }
+    let data_dir = &config.gateway.data_dir;
     let sandbox = Arc::new(Sandbox::new(Some(&data_dir.join("plugin-cache")))?);
-    plugins
-        .iter()
-        .map(|plugin| {
-            let spec = PluginSpec {
-                name: plugin.name.clone(),
-                wasm: plugin.path.clone(),
-                inputs: plugin.inputs.clone(),
-                limits: plugin.limits,
-                config_json: plugin.config_json.clone(),
-                state_path: data_dir.join("plugins.sqlite3"),
-            };
-            let handle =
-                kite_plugins::spawn(sandbox.clone(), spec, outputs.clone()).with_context(|| {
-                    format!("plug-in {:?} ({})", plugin.name, plugin.path.display())
-                })?;
-            info!(plugin = %plugin.name, path = %plugin.path.display(), "plug-in loaded");
-            Ok(handle)
-        })
-        .collect()
+    let mut handles = Vec::new();
+    let mut status = Vec::new();
+    for plugin in &config.plugins {
+        let spec = PluginSpec {
+            name: plugin.name.clone(),
+            wasm: plugin.path.clone(),
+            inputs: plugin.inputs.clone(),
+            limits: plugin.limits,
+            config_json: plugin.config_json.clone(),
+            state_path: data_dir.join("plugins.sqlite3"),
+            trust: config.plugin_trust.clone(),
+        };
+        match kite_plugins::spawn(sandbox.clone(), spec, outputs.clone()) {
+            Ok(handle) => {
+                info!(plugin = %plugin.name, path = %plugin.path.display(), "plug-in loaded");
+                status.push((plugin.name.clone(), handle.counters.clone()));
+                handles.push(handle);
+            }
+            Err(e) => {
+                error!(plugin = %plugin.name, path = %plugin.path.display(), error = %e, "plug-in REFUSED");
+                status.push((plugin.name.clone(), Arc::new(PluginCounters::refused())));
+            }
+        }
+    }
+    Ok((handles, status))
 }
 
 /// Commits samples to the buffer in batches (whatever is waiting, up to

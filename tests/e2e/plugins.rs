@@ -109,3 +109,136 @@ time_limit = "5ms"
     let log = kite.log();
     assert_eq!(log.matches("plug-in DISABLED").count(), 1, "{log}");
 }
+
+fn kite_cli(args: &[&std::ffi::OsStr]) -> std::process::Output {
+    std::process::Command::new(kite_bin())
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn kite_plugin_test_runs_a_plugin_on_recorded_readings() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("readings.jsonl");
+    std::fs::write(
+        &input,
+        "{\"device\":\"boiler-1\",\"point\":\"temperature\",\"value\":80.5,\"ts\":1}\n\
+         {\"device\":\"boiler-1\",\"point\":\"temperature\",\"value\":95,\"ts\":2}\n",
+    )
+    .unwrap();
+    let wasm = examples().join("kite_example_threshold.wasm");
+    let output = kite_cli(&[
+        "plugin".as_ref(),
+        "test".as_ref(),
+        wasm.as_os_str(),
+        "--input".as_ref(),
+        input.as_os_str(),
+        "--config".as_ref(),
+        r#"{"threshold": 90}"#.as_ref(),
+    ]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let lines: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 1, "{stdout}");
+    assert_eq!(lines[0]["event"]["ts"], 2);
+    assert_eq!(lines[0]["event"]["severity"], "warning");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unsigned_and_tampered_plugins_are_refused_and_nothing_else_stops() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let copy = |name: &str, example: &str| {
+        let path = d.join(name);
+        std::fs::copy(
+            examples().join(format!("kite_example_{example}.wasm")),
+            &path,
+        )
+        .unwrap();
+        path
+    };
+    let (good, unsigned, tampered) = (
+        copy("good.wasm", "convert"),
+        copy("unsigned.wasm", "convert"),
+        copy("tampered.wasm", "convert"),
+    );
+    let prefix = d.join("vendor");
+    assert!(
+        kite_cli(&["plugin".as_ref(), "keygen".as_ref(), prefix.as_os_str()])
+            .status
+            .success()
+    );
+    for wasm in [&good, &tampered] {
+        let signed = kite_cli(&[
+            "plugin".as_ref(),
+            "sign".as_ref(),
+            wasm.as_os_str(),
+            "--key".as_ref(),
+            d.join("vendor.key").as_os_str(),
+        ]);
+        assert!(signed.status.success());
+    }
+    let mut bytes = std::fs::read(&tampered).unwrap();
+    bytes.push(0);
+    std::fs::write(&tampered, bytes).unwrap();
+    let verify = |wasm: &std::path::Path| {
+        kite_cli(&[
+            "plugin".as_ref(),
+            "verify".as_ref(),
+            wasm.as_os_str(),
+            "--key".as_ref(),
+            d.join("vendor.pub").as_os_str(),
+        ])
+        .status
+        .success()
+    };
+    assert!(verify(&good));
+    assert!(!verify(&tampered));
+    assert!(!verify(&unsigned));
+
+    let broker = Mosquitto::start(d, false).await;
+    let (_device, port) = modbus_device(json!({"size": 10, "holding": {"0": [200]}})).await;
+    let mut sub = Subscriber::connect(broker.port, "kite/gw-sign/#", "sign-test", false).await;
+    let plugin = |name: &str, path: &std::path::Path| {
+        format!(
+            "[[plugins]]\nname = \"{name}\"\npath = \"{}\"\ninputs = [\"*/temperature\"]\nconfig = {{ from = \"degC\", to = \"K\" }}\n",
+            path.display()
+        )
+    };
+    let extra = format!(
+        "[plugin_trust]\nrequire_signed = true\ntrusted_keys = [\"vendor.pub\"]\n\n\
+         [[devices]]\nname = \"boiler-1\"\nprotocol = \"modbus-tcp\"\naddress = \"127.0.0.1:{port}\"\npoll_interval = \"100ms\"\n\
+         [[devices.points]]\nname = \"temperature\"\naddress = 0\ntype = \"i16\"\nscale = 0.1\nunit = \"degC\"\n\n{}{}{}",
+        plugin("good", &good),
+        plugin("unsigned", &unsigned),
+        plugin("tampered", &tampered),
+    );
+    let kite = Kite::start(d, &kite_config(d, "gw-sign", broker.port, &extra));
+    let status = sub
+        .next_on("kite/gw-sign/status", |s| s["state"] == "online")
+        .await;
+    assert_eq!(
+        status["plugins"]["unsigned"]["state"], "refused",
+        "{status}"
+    );
+    assert_eq!(
+        status["plugins"]["tampered"]["state"], "refused",
+        "{status}"
+    );
+    assert_ne!(status["plugins"]["good"]["state"], "refused", "{status}");
+    let derived = sub.next_on("kite/gw-sign/good", |_| true).await;
+    assert_eq!(derived["points"]["boiler-1.temperature"]["value"], 293.15);
+    let raw = sub.next_on("kite/gw-sign/boiler-1", |_| true).await;
+    assert_eq!(raw["points"]["temperature"]["value"], 20.0);
+    let log = kite.log();
+    assert!(log.contains("unsigned plug-in refused"), "{log}");
+    assert!(log.contains("does not match any trusted key"), "{log}");
+}

@@ -9,6 +9,7 @@
 //!   failures into counts, re-instantiates it with back-off and disables it
 //!   after repeated failures.
 //! - [`pattern`]: which readings a plug-in subscribed to.
+//! - [`signing`]: ed25519 signatures of plug-in files, and the trust check at load.
 //!
 //! Nothing here knows about MQTT or the buffer: outputs leave as
 //! [`runner::PluginOutput`] on a bounded channel.
@@ -24,8 +25,11 @@ pub mod bindings {
 pub mod pattern;
 pub mod runner;
 pub mod sandbox;
+pub mod signing;
 pub mod state;
 
 pub use pattern::Pattern;
-pub use runner::{spawn, PluginCounters, PluginHandle, PluginOutput, PluginSpec, RunState};
+pub use runner::{
+    load, spawn, PluginCounters, PluginHandle, PluginOutput, PluginSpec, RunState, Trust,
+};
 pub use sandbox::{Limits, PluginError, Sandbox};

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use kite_core::{Backoff, PointSample, Reading as SampleReading, Sample, Value as SampleValue};
 use tracing::{error, info, warn};
+use wasmtime::component::Component;
 
 use crate::bindings::kite::plugin::types::{Derived, Output, Reading, Severity, Value};
 use crate::pattern::Pattern;
@@ -39,6 +40,14 @@ pub struct PluginSpec {
     pub config_json: String,
     /// Where plug-in state lives (`plugins.sqlite3`).
     pub state_path: PathBuf,
+    pub trust: Trust,
+}
+
+/// Which signatures a gateway accepts.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Trust {
+    pub keys: Arc<[ed25519_dalek::VerifyingKey]>,
+    pub require_signed: bool,
 }
 
 impl PluginSpec {
@@ -54,6 +63,8 @@ pub enum RunState {
     Running = 1,
     BackingOff = 2,
     Disabled = 3,
+    /// Never loaded: its file could not be read, verified or compiled.
+    Refused = 4,
 }
 
 impl RunState {
@@ -63,6 +74,7 @@ impl RunState {
             RunState::Running => "running",
             RunState::BackingOff => "backing-off",
             RunState::Disabled => "disabled",
+            RunState::Refused => "refused",
         }
     }
 }
@@ -90,8 +102,16 @@ impl PluginCounters {
             0 => RunState::Starting,
             1 => RunState::Running,
             2 => RunState::BackingOff,
-            _ => RunState::Disabled,
+            3 => RunState::Disabled,
+            _ => RunState::Refused,
         }
+    }
+
+    /// Counters of a plug-in that was refused at load.
+    pub fn refused() -> Self {
+        let counters = Self::default();
+        counters.set_state(RunState::Refused);
+        counters
     }
 
     fn set_state(&self, state: RunState) {
@@ -159,16 +179,32 @@ impl PluginHandle {
     }
 }
 
+/// Reads the plug-in's file, checks its signature against `trust`, and
+/// compiles it (or takes it from the compile cache).
+pub fn load(
+    sandbox: &Sandbox,
+    wasm: &std::path::Path,
+    trust: &Trust,
+) -> Result<Component, PluginError> {
+    let bytes =
+        std::fs::read(wasm).map_err(|e| PluginError::Load(format!("{}: {e}", wasm.display())))?;
+    match crate::signing::verify(wasm, &bytes, &trust.keys, trust.require_signed)? {
+        crate::signing::Verified::By(key) => {
+            info!(plugin = %wasm.display(), key, "signature verified")
+        }
+        crate::signing::Verified::Unchecked => {}
+    }
+    sandbox.compile(&bytes)
+}
+
 /// Loads and starts a plug-in on a thread of its own. A plug-in that cannot
-/// be compiled is refused here, with the reason.
+/// be read, verified or compiled is refused here, with the reason.
 pub fn spawn(
     sandbox: Arc<Sandbox>,
     spec: PluginSpec,
     outputs: tokio::sync::mpsc::Sender<PluginOutput>,
 ) -> Result<PluginHandle, PluginError> {
-    let bytes = std::fs::read(&spec.wasm)
-        .map_err(|e| PluginError::Load(format!("{}: {e}", spec.wasm.display())))?;
-    let component = sandbox.compile(&bytes)?;
+    let component = load(&sandbox, &spec.wasm, &spec.trust)?;
     let spec = Arc::new(spec);
     let counters = Arc::new(PluginCounters::default());
     let (batches, receiver) = std::sync::mpsc::sync_channel(BATCH_QUEUE);
@@ -192,7 +228,7 @@ pub fn spawn(
 
 struct Worker {
     sandbox: Arc<Sandbox>,
-    component: wasmtime::component::Component,
+    component: Component,
     spec: Arc<PluginSpec>,
     counters: Arc<PluginCounters>,
     outputs: tokio::sync::mpsc::Sender<PluginOutput>,
@@ -256,7 +292,7 @@ impl Worker {
             let started = Instant::now();
             let result = running
                 .process(&batch)
-                .and_then(|output| self.convert(output, &batch));
+                .and_then(|output| convert(&self.spec.name, output, &batch));
             self.counters
                 .busy_nanos
                 .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
@@ -319,73 +355,78 @@ impl Worker {
             failures = self.counters.failures.load(Ordering::Relaxed),
             "plug-in DISABLED: it keeps failing; raw data flows on without it"
         );
-        // Keep draining so that offers never block and skipped batches are counted.
+        // The thread ends here: later offers fail at once and count as skipped.
     }
+}
 
-    /// Checks the output's size and turns it into samples and events.
-    fn convert(&self, output: Output, batch: &[Reading]) -> Result<PluginOutput, PluginError> {
-        let count = output.readings.len() + output.events.len();
-        if count > MAX_OUTPUTS_PER_BATCH {
-            return Err(PluginError::OutputTooLarge(format!(
-                "{count} outputs from one batch, at most {MAX_OUTPUTS_PER_BATCH}"
-            )));
-        }
-        let newest = batch
-            .iter()
-            .map(|r| r.timestamp)
-            .max()
-            .unwrap_or_else(kite_core::now_ms);
-        let plugin: Arc<str> = Arc::from(self.spec.name.as_str());
-        // One sample per timestamp; a point repeated at one timestamp keeps its last value.
-        let mut by_time: BTreeMap<i64, BTreeMap<String, Derived>> = BTreeMap::new();
-        for derived in output.readings {
-            if derived.point.is_empty() {
-                return Err(PluginError::OutputTooLarge(
-                    "a derived reading without a point name".into(),
-                ));
-            }
-            by_time
-                .entry(derived.timestamp.unwrap_or(newest))
-                .or_default()
-                .insert(derived.point.clone(), derived);
-        }
-        let samples = by_time
-            .into_iter()
-            .map(|(ts_ms, points)| Sample {
-                device: plugin.clone(),
-                ts_ms,
-                points: points
-                    .into_values()
-                    .map(|d| PointSample {
-                        name: Arc::from(d.point.as_str()),
-                        unit: d.unit.map(|u| Arc::from(u.as_str())),
-                        reading: to_sample_reading(d.value),
-                    })
-                    .collect(),
-            })
-            .collect();
-        let events = output
-            .events
-            .into_iter()
-            .map(|e| PluginEvent {
-                ts: e.timestamp.unwrap_or(newest),
-                plugin: self.spec.name.clone(),
-                severity: match e.severity {
-                    Severity::Info => "info",
-                    Severity::Warning => "warning",
-                    Severity::Critical => "critical",
-                },
-                message: e.message,
-                device: e.device,
-                point: e.point,
-            })
-            .collect();
-        Ok(PluginOutput {
-            plugin,
-            samples,
-            events,
-        })
+/// Checks a plug-in's output for one batch and turns it into samples (of a
+/// device named after the plug-in) and events.
+pub fn convert(
+    plugin_name: &str,
+    output: Output,
+    batch: &[Reading],
+) -> Result<PluginOutput, PluginError> {
+    let count = output.readings.len() + output.events.len();
+    if count > MAX_OUTPUTS_PER_BATCH {
+        return Err(PluginError::OutputTooLarge(format!(
+            "{count} outputs from one batch, at most {MAX_OUTPUTS_PER_BATCH}"
+        )));
     }
+    let newest = batch
+        .iter()
+        .map(|r| r.timestamp)
+        .max()
+        .unwrap_or_else(kite_core::now_ms);
+    let plugin: Arc<str> = Arc::from(plugin_name);
+    // One sample per timestamp; a point repeated at one timestamp keeps its last value.
+    let mut by_time: BTreeMap<i64, BTreeMap<String, Derived>> = BTreeMap::new();
+    for derived in output.readings {
+        if derived.point.is_empty() {
+            return Err(PluginError::OutputTooLarge(
+                "a derived reading without a point name".into(),
+            ));
+        }
+        by_time
+            .entry(derived.timestamp.unwrap_or(newest))
+            .or_default()
+            .insert(derived.point.clone(), derived);
+    }
+    let samples = by_time
+        .into_iter()
+        .map(|(ts_ms, points)| Sample {
+            device: plugin.clone(),
+            ts_ms,
+            points: points
+                .into_values()
+                .map(|d| PointSample {
+                    name: Arc::from(d.point.as_str()),
+                    unit: d.unit.map(|u| Arc::from(u.as_str())),
+                    reading: to_sample_reading(d.value),
+                })
+                .collect(),
+        })
+        .collect();
+    let events = output
+        .events
+        .into_iter()
+        .map(|e| PluginEvent {
+            ts: e.timestamp.unwrap_or(newest),
+            plugin: plugin_name.to_string(),
+            severity: match e.severity {
+                Severity::Info => "info",
+                Severity::Warning => "warning",
+                Severity::Critical => "critical",
+            },
+            message: e.message,
+            device: e.device,
+            point: e.point,
+        })
+        .collect();
+    Ok(PluginOutput {
+        plugin,
+        samples,
+        events,
+    })
 }
 
 fn to_sample_reading(value: Value) -> SampleReading {

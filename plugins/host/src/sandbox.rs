@@ -33,6 +33,8 @@ const MAX_WASM_STACK: usize = 256 << 10;
 pub enum PluginError {
     #[error("cannot load the plug-in: {0}")]
     Load(String),
+    #[error("{0}")]
+    Signature(#[from] crate::signing::SigningError),
     #[error("the plug-in needs an import Kite does not grant: {0}")]
     Import(String),
     #[error("init refused the configuration: {0}")]

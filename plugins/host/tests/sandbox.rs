@@ -119,6 +119,7 @@ fn spec(dir: &Path, wat: &str) -> PluginSpec {
         limits: limits(),
         config_json: "{}".into(),
         state_path: dir.join("plugins.sqlite3"),
+        trust: Default::default(),
     }
 }
 
