@@ -20,7 +20,7 @@ use kite_plugins::{PluginCounters, PluginHandle, PluginOutput, PluginSpec, Sandb
 
 use crate::buffer::{Buffer, BufferHandle, Kind, NewRecord};
 use crate::config::{Config, DeviceConfig};
-use crate::uplink::{Uplink, UplinkCounters};
+use crate::uplink::{PluginStatus, Uplink, UplinkCounters};
 
 /// Samples between the pollers and the buffer; when it is full, pollers wait.
 const SAMPLE_CHANNEL: usize = 1024;
@@ -115,7 +115,7 @@ pub async fn run(config: Config, stop: impl Future<Output = ()>) -> anyhow::Resu
 fn start_plugins(
     config: &Config,
     outputs: mpsc::Sender<PluginOutput>,
-) -> anyhow::Result<(Vec<PluginHandle>, Vec<(String, Arc<PluginCounters>)>)> {
+) -> anyhow::Result<(Vec<PluginHandle>, PluginStatus)> {
     if config.plugins.is_empty() {
         return Ok((Vec::new(), Vec::new()));
     }

@@ -37,6 +37,9 @@ const MAX_CONCURRENT_WRITES: usize = 32;
 /// The retained status is refreshed this often, so buffer depth and drops stay visible.
 const STATUS_INTERVAL: Duration = Duration::from_secs(30);
 
+/// Each plug-in's name and counters, for the status message.
+pub type PluginStatus = Vec<(String, Arc<PluginCounters>)>;
+
 /// Where each device's write requests go.
 pub type WriteRoutes = HashMap<String, mpsc::Sender<WriteRequest>>;
 
@@ -55,7 +58,7 @@ pub struct Uplink {
     buffer: BufferHandle,
     routes: Arc<WriteRoutes>,
     counters: Arc<UplinkCounters>,
-    plugins: Vec<(String, Arc<PluginCounters>)>,
+    plugins: PluginStatus,
 }
 
 /// The topics of one gateway.
@@ -161,7 +164,7 @@ impl Uplink {
         buffer: BufferHandle,
         routes: WriteRoutes,
         counters: Arc<UplinkCounters>,
-        plugins: Vec<(String, Arc<PluginCounters>)>,
+        plugins: PluginStatus,
     ) -> Self {
         Self {
             config,
