@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use kite_core::Sample;
@@ -74,6 +75,11 @@ pub async fn run(config: Config, stop: impl Future<Output = ()>) -> anyhow::Resu
     }
     pollers.close();
     drop(samples_tx);
+    let plugins: Arc<[PluginHandle]> = plugins.into();
+    let watching = CancellationToken::new();
+    if !plugins.is_empty() {
+        tokio::spawn(watch_plugins(plugins.clone(), watching.clone()));
+    }
     let ingest = tokio::spawn(ingest(samples_rx, outputs_rx, plugins, buffer.clone()));
 
     let uplink_stop = CancellationToken::new();
@@ -95,6 +101,7 @@ pub async fn run(config: Config, stop: impl Future<Output = ()>) -> anyhow::Resu
         result = &mut uplink => Some(result),
     };
     polling.cancel();
+    watching.cancel();
     pollers.wait().await;
     ingest.await.context("ingest task")?;
     uplink_stop.cancel();
@@ -154,7 +161,7 @@ fn start_plugins(
 async fn ingest(
     mut samples: mpsc::Receiver<Sample>,
     mut outputs: mpsc::Receiver<PluginOutput>,
-    plugins: Vec<PluginHandle>,
+    plugins: Arc<[PluginHandle]>,
     buffer: BufferHandle,
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
@@ -166,7 +173,7 @@ async fn ingest(
                 }
                 let records = batch.iter().map(telemetry).collect();
                 if store(&buffer, records).await {
-                    for plugin in &plugins {
+                    for plugin in plugins.iter() {
                         plugin.offer(&batch);
                     }
                 }
@@ -181,6 +188,60 @@ async fn ingest(
                     body: serde_json::to_string(event).expect("an event serializes"),
                 }));
                 store(&buffer, records).await;
+            }
+        }
+    }
+}
+
+/// How often plug-in files are checked for a new version.
+const PLUGIN_WATCH_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Hot swap: when a plug-in's file (or its signature) changes, or on
+/// SIGHUP, the new version is loaded beside the running one and swapped in
+/// only if it loads; polling and the buffer never notice.
+async fn watch_plugins(plugins: Arc<[PluginHandle]>, stop: CancellationToken) {
+    let fingerprint = |plugin: &PluginHandle| {
+        let stat = |path: &std::path::Path| {
+            std::fs::metadata(path)
+                .ok()
+                .map(|m| (m.len(), m.modified().ok()))
+        };
+        (
+            stat(&plugin.spec.wasm),
+            stat(&kite_plugins::signing::signature_path(&plugin.spec.wasm)),
+        )
+    };
+    let mut seen: Vec<_> = plugins.iter().map(fingerprint).collect();
+    let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(signal) => Some(signal),
+        Err(e) => {
+            error!(error = %e, "no SIGHUP handler; plug-in files are still watched");
+            None
+        }
+    };
+    let mut ticker = tokio::time::interval(PLUGIN_WATCH_INTERVAL);
+    loop {
+        let all = tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = ticker.tick() => false,
+            Some(()) = async { match hangup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => true,
+        };
+        if all {
+            info!("SIGHUP: reloading plug-ins");
+        }
+        for (index, plugin) in plugins.iter().enumerate() {
+            let now = fingerprint(plugin);
+            if !all && now == seen[index] {
+                continue;
+            }
+            seen[index] = now;
+            let (plugins, name) = (plugins.clone(), plugin.spec.name.clone());
+            match tokio::task::spawn_blocking(move || plugins[index].reload()).await {
+                Ok(Ok(())) => info!(plugin = %name, "plug-in reloaded"),
+                Ok(Err(e)) => {
+                    error!(plugin = %name, error = %e, "new version of the plug-in failed to load; the running version stays")
+                }
+                Err(e) => error!(plugin = %name, error = %e, "plug-in reload panicked"),
             }
         }
     }

@@ -242,3 +242,60 @@ async fn unsigned_and_tampered_plugins_are_refused_and_nothing_else_stops() {
     assert!(log.contains("unsigned plug-in refused"), "{log}");
     assert!(log.contains("does not match any trusted key"), "{log}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn replacing_a_plugin_file_swaps_versions_without_a_gap() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let wasm = d.join("live.wasm");
+    let install = |bytes: &[u8]| {
+        // Installed the way a package manager does: write beside, then rename over.
+        let staging = d.join("live.wasm.new");
+        std::fs::write(&staging, bytes).unwrap();
+        std::fs::rename(&staging, &wasm).unwrap();
+    };
+    install(&std::fs::read(examples().join("kite_example_convert.wasm")).unwrap());
+    let broker = Mosquitto::start(d, false).await;
+    let (_device, port) = modbus_device(json!({"size": 10, "holding": {"0": [950]}})).await;
+    let mut sub = Subscriber::connect(broker.port, "kite/gw-swap/#", "swap-test", false).await;
+    let extra = format!(
+        "[[devices]]\nname = \"boiler-1\"\nprotocol = \"modbus-tcp\"\naddress = \"127.0.0.1:{port}\"\npoll_interval = \"100ms\"\n\
+         [[devices.points]]\nname = \"temperature\"\naddress = 0\ntype = \"i16\"\nscale = 0.1\n\n\
+         [[plugins]]\nname = \"live\"\npath = \"{}\"\ninputs = [\"*/temperature\"]\nconfig = {{ from = \"degC\", to = \"degF\", window = 2 }}\n",
+        wasm.display()
+    );
+    let kite = Kite::start(d, &kite_config(d, "gw-swap", broker.port, &extra));
+    let first = sub.next_on("kite/gw-swap/boiler-1", |_| true).await["seq"]
+        .as_u64()
+        .unwrap();
+    let old = sub.next_on("kite/gw-swap/live", |_| true).await;
+    assert_eq!(old["points"]["boiler-1.temperature"]["value"], 203.0);
+
+    // A broken new version is refused and the running one stays.
+    install(b"not a component");
+    wait_until("the broken version is refused", || {
+        kite.log()
+            .contains("failed to load; the running version stays")
+    })
+    .await;
+    sub.next_on("kite/gw-swap/live", |m| {
+        m["points"]["boiler-1.temperature"]["value"] == 203.0
+    })
+    .await;
+
+    // A good new version takes over.
+    install(&std::fs::read(examples().join("kite_example_average.wasm")).unwrap());
+    let new = sub
+        .next_on("kite/gw-swap/live", |m| {
+            m["points"].get("boiler-1.temperature.avg").is_some()
+        })
+        .await;
+    assert_eq!(new["points"]["boiler-1.temperature.avg"]["value"], 95.0);
+    assert!(kite.log().contains("plug-in reloaded"));
+
+    // Polling carried on through both swaps.
+    let last = sub.next_on("kite/gw-swap/boiler-1", |_| true).await["seq"]
+        .as_u64()
+        .unwrap();
+    assert!(last > first);
+}

@@ -20,7 +20,7 @@ use wasmtime::component::Component;
 
 use crate::bindings::kite::plugin::types::{Derived, Output, Reading, Severity, Value};
 use crate::pattern::Pattern;
-use crate::sandbox::{Limits, PluginError, Sandbox};
+use crate::sandbox::{Instance, Limits, PluginError, Sandbox};
 use crate::state::StateStore;
 
 pub const MAX_CONSECUTIVE_FAILURES: u64 = 5;
@@ -156,11 +156,19 @@ pub struct PluginEvent {
     pub point: Option<String>,
 }
 
+/// What the plug-in's thread receives.
+enum Message {
+    Batch(Vec<Reading>),
+    /// A new version, already compiled, instantiated and initialised.
+    Replace(Component, Box<Instance>),
+}
+
 /// The gateway's side of a running plug-in.
 pub struct PluginHandle {
     pub spec: Arc<PluginSpec>,
     pub counters: Arc<PluginCounters>,
-    batches: std::sync::mpsc::SyncSender<Vec<Reading>>,
+    sandbox: Arc<Sandbox>,
+    messages: std::sync::mpsc::SyncSender<Message>,
 }
 
 impl PluginHandle {
@@ -171,12 +179,36 @@ impl PluginHandle {
             return;
         }
         let state = self.counters.state();
-        if state == RunState::Disabled || self.batches.try_send(batch).is_err() {
+        if state == RunState::Disabled || self.messages.try_send(Message::Batch(batch)).is_err() {
             self.counters
                 .skipped_batches
                 .fetch_add(1, Ordering::Relaxed);
         }
     }
+
+    /// Loads the plug-in's file again and swaps the new version in once it
+    /// is verified, compiled, instantiated and initialised; if any of that
+    /// fails, the running version stays. A disabled plug-in comes back with
+    /// a new version. Blocks while the plug-in finishes its current batch.
+    pub fn reload(&self) -> Result<(), PluginError> {
+        let component = load(&self.sandbox, &self.spec.wasm, &self.spec.trust)?;
+        let instance = start_instance(&self.sandbox, &component, &self.spec)?;
+        self.messages
+            .send(Message::Replace(component, Box::new(instance)))
+            .map_err(|_| PluginError::Load("the plug-in's thread has stopped".into()))
+    }
+}
+
+fn start_instance(
+    sandbox: &Sandbox,
+    component: &Component,
+    spec: &PluginSpec,
+) -> Result<Instance, PluginError> {
+    let state = StateStore::open(&spec.state_path, &spec.name, spec.limits.state_bytes)
+        .map_err(|e| PluginError::State(e.to_string()))?;
+    let mut instance = sandbox.instantiate(component, &spec.name, spec.limits, state)?;
+    instance.init(&spec.config_json)?;
+    Ok(instance)
 }
 
 /// Reads the plug-in's file, checks its signature against `trust`, and
@@ -207,9 +239,9 @@ pub fn spawn(
     let component = load(&sandbox, &spec.wasm, &spec.trust)?;
     let spec = Arc::new(spec);
     let counters = Arc::new(PluginCounters::default());
-    let (batches, receiver) = std::sync::mpsc::sync_channel(BATCH_QUEUE);
+    let (messages, receiver) = std::sync::mpsc::sync_channel(BATCH_QUEUE);
     let worker = Worker {
-        sandbox,
+        sandbox: sandbox.clone(),
         component,
         spec: spec.clone(),
         counters: counters.clone(),
@@ -222,7 +254,8 @@ pub fn spawn(
     Ok(PluginHandle {
         spec,
         counters,
-        batches,
+        sandbox,
+        messages,
     })
 }
 
@@ -235,27 +268,25 @@ struct Worker {
 }
 
 impl Worker {
-    fn start(&self) -> Result<crate::sandbox::Instance, PluginError> {
-        let state = StateStore::open(
-            &self.spec.state_path,
-            &self.spec.name,
-            self.spec.limits.state_bytes,
-        )
-        .map_err(|e| PluginError::State(e.to_string()))?;
-        let mut instance =
-            self.sandbox
-                .instantiate(&self.component, &self.spec.name, self.spec.limits, state)?;
-        instance.init(&self.spec.config_json)?;
-        Ok(instance)
-    }
-
-    fn run(self, batches: std::sync::mpsc::Receiver<Vec<Reading>>) {
+    fn run(mut self, messages: std::sync::mpsc::Receiver<Message>) {
         let name = self.spec.name.as_str();
         let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
         let mut retry_at = Instant::now();
         let mut instance = None;
         let mut consecutive = 0u64;
-        while let Ok(batch) = batches.recv() {
+        while let Ok(message) = messages.recv() {
+            let batch = match message {
+                Message::Batch(batch) => batch,
+                Message::Replace(component, ready) => {
+                    self.component = component;
+                    instance = Some(*ready);
+                    consecutive = 0;
+                    backoff.reset();
+                    self.counters.set_state(RunState::Running);
+                    info!(plugin = name, "new version of the plug-in running");
+                    continue;
+                }
+            };
             if self.counters.state() == RunState::Disabled {
                 self.counters
                     .skipped_batches
@@ -269,7 +300,7 @@ impl Worker {
                         .fetch_add(1, Ordering::Relaxed);
                     continue;
                 }
-                match self.start() {
+                match start_instance(&self.sandbox, &self.component, &self.spec) {
                     Ok(started) => {
                         info!(plugin = name, "plug-in started");
                         instance = Some(started);
@@ -277,7 +308,7 @@ impl Worker {
                     Err(e) => {
                         self.counters.lost_batches.fetch_add(1, Ordering::Relaxed);
                         if self.fail(&e, &mut consecutive, &mut backoff, &mut retry_at) {
-                            return self.disable(&e);
+                            self.disable(&e);
                         }
                         continue;
                     }
@@ -314,7 +345,7 @@ impl Worker {
                     instance = None;
                     self.counters.lost_batches.fetch_add(1, Ordering::Relaxed);
                     if self.fail(&e, &mut consecutive, &mut backoff, &mut retry_at) {
-                        return self.disable(&e);
+                        self.disable(&e);
                     }
                 }
             }
@@ -355,7 +386,7 @@ impl Worker {
             failures = self.counters.failures.load(Ordering::Relaxed),
             "plug-in DISABLED: it keeps failing; raw data flows on without it"
         );
-        // The thread ends here: later offers fail at once and count as skipped.
+        // The thread stays, counting skipped batches, until a new version arrives.
     }
 }
 
