@@ -32,4 +32,4 @@ pub use pattern::Pattern;
 pub use runner::{
     load, spawn, PluginCounters, PluginHandle, PluginOutput, PluginSpec, RunState, Trust,
 };
-pub use sandbox::{Limits, PluginError, Sandbox};
+pub use sandbox::{Execution, Limits, PluginError, Sandbox};

@@ -73,6 +73,32 @@ impl Default for Limits {
     }
 }
 
+/// How plug-in code runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Execution {
+    /// Compiled to machine code by Cranelift.
+    Native,
+    /// Compiled to Pulley bytecode and interpreted: for hosts Cranelift has
+    /// no backend for, such as 32-bit ARM.
+    Interpreter,
+}
+
+impl Execution {
+    /// Native where Cranelift can generate code for this machine, else the interpreter.
+    pub fn for_host() -> Self {
+        if cfg!(any(
+            target_arch = "x86_64",
+            target_arch = "aarch64",
+            target_arch = "riscv64",
+            target_arch = "s390x"
+        )) {
+            Execution::Native
+        } else {
+            Execution::Interpreter
+        }
+    }
+}
+
 /// The engine and linker shared by every plug-in.
 pub struct Sandbox {
     engine: Engine,
@@ -105,7 +131,24 @@ impl Sandbox {
     /// plug-in file and the engine's settings, so a changed file is compiled
     /// again and an unchanged one is not.
     pub fn new(cache_dir: Option<&Path>) -> Result<Self, PluginError> {
+        Self::with_execution(cache_dir, Execution::for_host())
+    }
+
+    pub fn with_execution(
+        cache_dir: Option<&Path>,
+        execution: Execution,
+    ) -> Result<Self, PluginError> {
         let mut config = Config::new();
+        if execution == Execution::Interpreter {
+            let target = if cfg!(target_pointer_width = "64") {
+                "pulley64"
+            } else {
+                "pulley32"
+            };
+            config
+                .target(target)
+                .map_err(|e| PluginError::Load(format!("interpreter: {e}")))?;
+        }
         config
             .epoch_interruption(true)
             .max_wasm_stack(MAX_WASM_STACK);

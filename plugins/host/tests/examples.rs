@@ -5,7 +5,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use kite_plugins::bindings::kite::plugin::types::{Output, Reading, Severity, Value};
-use kite_plugins::sandbox::{Instance, Limits, Sandbox};
+use kite_plugins::sandbox::{Execution, Instance, Limits, PluginError, Sandbox};
 use kite_plugins::state::StateStore;
 
 mod common;
@@ -189,4 +189,42 @@ fn deadband_filters_small_changes_and_reports_the_rate() {
             ("boiler-1.temperature".into(), 12.0),
         ]
     );
+}
+
+#[test]
+fn plugins_run_on_the_pulley_interpreter_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let sandbox = Sandbox::with_execution(None, Execution::Interpreter).unwrap();
+    let mut plugin = start(
+        &sandbox,
+        dir.path(),
+        "convert",
+        r#"{"from": "degC", "to": "degF"}"#,
+    );
+    let output = plugin.process(&series(&[100.0])).unwrap();
+    assert_eq!(
+        floats(&output),
+        vec![("boiler-1.temperature".into(), 212.0)]
+    );
+    let mut alarm = start(&sandbox, dir.path(), "threshold", r#"{"threshold": 90.0}"#);
+    assert_eq!(alarm.process(&series(&[95.0])).unwrap().events.len(), 1);
+    // The time limit holds in the interpreter as well.
+    let spin = common::component(
+        &common::module("", "(loop $spin (br $spin)) i32.const 16"),
+        "plugin",
+    );
+    let component = sandbox.compile(&spin).unwrap();
+    let state = StateStore::open(&dir.path().join("plugins.sqlite3"), "spin", 1024).unwrap();
+    let limits = Limits {
+        time: Duration::from_millis(20),
+        ..Limits::default()
+    };
+    let mut spinning = sandbox
+        .instantiate(&component, "spin", limits, state)
+        .unwrap();
+    spinning.init("{}").unwrap();
+    assert!(matches!(
+        spinning.process(&series(&[1.0])),
+        Err(PluginError::Timeout(_))
+    ));
 }
