@@ -22,6 +22,8 @@ use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, QoS};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+mod plugins;
+
 #[derive(Parser)]
 struct Cli {
     #[command(subcommand)]
@@ -48,11 +50,21 @@ enum Mode {
     },
     /// RSS of a running gateway with one device polled once a minute.
     Idle,
+    /// Plug-in costs: per reading in batches, instantiation, and the price
+    /// of bounding time (epoch interruption against fuel and nothing).
+    Plugins {
+        /// Where the example plug-ins were built.
+        #[arg(long, default_value = "plugins/examples/target/wasm32-wasip2/release")]
+        examples: PathBuf,
+    },
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Mode::Plugins { examples } = &cli.command {
+        return plugins::run(examples);
+    }
     if !cli.kite.exists() {
         bail!(
             "{} not found: build it with `cargo build --release -p kite-gateway`",
@@ -67,6 +79,7 @@ async fn main() -> anyhow::Result<()> {
             seconds,
         } => load(&cli.kite, devices, points, interval_ms, seconds).await,
         Mode::Idle => idle(&cli.kite).await,
+        Mode::Plugins { .. } => unreachable!("handled above"),
     }
 }
 
