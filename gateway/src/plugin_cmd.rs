@@ -32,6 +32,17 @@ pub enum PluginCommand {
         #[arg(long = "key", required = true)]
         keys: Vec<PathBuf>,
     },
+    /// Compile a plug-in ahead of time for a gateway's target; sign the result
+    /// (precompiled plug-ins load only with a trusted signature).
+    Compile {
+        file: PathBuf,
+        /// pulley32 (32-bit ARM gateways), pulley64, or a target triple such as aarch64-unknown-linux-gnu.
+        #[arg(long)]
+        target: String,
+        /// Default: FILE with the extension .cwasm.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Run a plug-in on readings from a JSON-lines file and print what it produces.
     Test {
         file: PathBuf,
@@ -78,6 +89,16 @@ pub fn run(command: PluginCommand) -> anyhow::Result<()> {
                 }
                 signing::Verified::Unchecked => bail!("{}: not verified", file.display()),
             }
+        }
+        PluginCommand::Compile { file, target, out } => {
+            let bytes = std::fs::read(&file).with_context(|| file.display().to_string())?;
+            let compiled = kite_plugins::sandbox::precompile(&bytes, &target)?;
+            let out = out.unwrap_or_else(|| file.with_extension("cwasm"));
+            std::fs::write(&out, compiled).with_context(|| out.display().to_string())?;
+            println!(
+                "compiled for {target}: {} (sign it before shipping)",
+                out.display()
+            );
         }
         PluginCommand::Test {
             file,

@@ -99,6 +99,41 @@ impl Execution {
     }
 }
 
+/// The Pulley target matching this machine's pointer width.
+fn interpreter_target() -> &'static str {
+    if cfg!(target_pointer_width = "64") {
+        "pulley64"
+    } else {
+        "pulley32"
+    }
+}
+
+/// Engine settings; precompiled plug-ins must be built with the same ones.
+fn engine_config(target: Option<&str>) -> Result<Config, PluginError> {
+    let mut config = Config::new();
+    if let Some(target) = target {
+        config
+            .target(target)
+            .map_err(|e| PluginError::Load(format!("target {target}: {e}")))?;
+    }
+    config
+        .epoch_interruption(true)
+        .max_wasm_stack(MAX_WASM_STACK);
+    Ok(config)
+}
+
+/// Compiles a component ahead of time for `target` (`pulley32`, `pulley64`
+/// or a native triple such as `aarch64-unknown-linux-gnu`), for gateways
+/// that should not compile plug-ins themselves. Kite loads the result only
+/// when a trusted key signed it.
+pub fn precompile(bytes: &[u8], target: &str) -> Result<Vec<u8>, PluginError> {
+    let engine = Engine::new(&engine_config(Some(target))?)
+        .map_err(|e| PluginError::Load(format!("{e:#}")))?;
+    engine
+        .precompile_component(bytes)
+        .map_err(|e| PluginError::Load(format!("{e:#}")))
+}
+
 /// The engine and linker shared by every plug-in.
 pub struct Sandbox {
     engine: Engine,
@@ -138,20 +173,11 @@ impl Sandbox {
         cache_dir: Option<&Path>,
         execution: Execution,
     ) -> Result<Self, PluginError> {
-        let mut config = Config::new();
-        if execution == Execution::Interpreter {
-            let target = if cfg!(target_pointer_width = "64") {
-                "pulley64"
-            } else {
-                "pulley32"
-            };
-            config
-                .target(target)
-                .map_err(|e| PluginError::Load(format!("interpreter: {e}")))?;
-        }
-        config
-            .epoch_interruption(true)
-            .max_wasm_stack(MAX_WASM_STACK);
+        let target = match execution {
+            Execution::Native => None,
+            Execution::Interpreter => Some(interpreter_target()),
+        };
+        let mut config = engine_config(target)?;
         if let Some(dir) = cache_dir {
             let mut cache = wasmtime::CacheConfig::new();
             cache.with_directory(dir);
@@ -180,6 +206,25 @@ impl Sandbox {
             linker,
             ticker: Arc::new(TickerHandle { ticker, thread }),
         })
+    }
+
+    /// Whether `bytes` are a component precompiled by [`precompile`] rather than WebAssembly.
+    pub fn is_precompiled(bytes: &[u8]) -> bool {
+        Engine::detect_precompiled(bytes).is_some()
+    }
+
+    /// Loads a precompiled component. Precompiled code is machine code (or
+    /// Pulley bytecode) that wasmtime runs without validating it again, so
+    /// the caller must have checked that a trusted key signed `bytes`.
+    pub fn load_signed_precompiled(&self, bytes: &[u8]) -> Result<Component, PluginError> {
+        #[allow(unsafe_code)]
+        // SAFETY: wasmtime requires that deserialized bytes come from
+        // `precompile_component` of a compatible engine and were not altered.
+        // The only caller, `runner::load`, passes bytes whose ed25519
+        // signature it verified against a key the operator trusts, and
+        // wasmtime itself rejects artifacts of an incompatible engine.
+        let component = unsafe { Component::deserialize(&self.engine, bytes) };
+        component.map_err(|e| PluginError::Load(format!("{e:#}")))
     }
 
     /// Compiles (or loads from the cache) a component.

@@ -228,3 +228,51 @@ fn plugins_run_on_the_pulley_interpreter_too() {
         Err(PluginError::Timeout(_))
     ));
 }
+
+#[test]
+fn precompiled_plugins_load_only_when_signed_by_a_trusted_key() {
+    use kite_plugins::{signing, Trust};
+    let dir = tempfile::tempdir().unwrap();
+    let sandbox = Sandbox::with_execution(None, Execution::Interpreter).unwrap();
+    let wasm = std::fs::read(examples().join("kite_example_convert.wasm")).unwrap();
+    let cwasm = dir.path().join("convert.cwasm");
+    std::fs::write(
+        &cwasm,
+        kite_plugins::sandbox::precompile(&wasm, "pulley64").unwrap(),
+    )
+    .unwrap();
+    let (secret, public) = signing::keygen(&dir.path().join("vendor")).unwrap();
+    let trust = Trust {
+        keys: vec![signing::read_public_key(&public).unwrap()].into(),
+        require_signed: false,
+    };
+    let refused = kite_plugins::load(&sandbox, &cwasm, &trust);
+    assert!(
+        matches!(refused, Err(PluginError::Signature(_))),
+        "unsigned precompiled code is refused"
+    );
+    signing::sign(&cwasm, &secret).unwrap();
+    assert!(
+        matches!(
+            kite_plugins::load(&sandbox, &cwasm, &Trust::default()),
+            Err(PluginError::Signature(_))
+        ),
+        "signed, but by nobody trusted"
+    );
+    let component = kite_plugins::load(&sandbox, &cwasm, &trust).unwrap();
+    let state = StateStore::open(&dir.path().join("plugins.sqlite3"), "convert", 1024).unwrap();
+    let mut plugin = sandbox
+        .instantiate(&component, "convert", Limits::default(), state)
+        .unwrap();
+    plugin.init(r#"{"from": "degC", "to": "degF"}"#).unwrap();
+    assert_eq!(
+        floats(&plugin.process(&series(&[0.0])).unwrap()),
+        vec![("boiler-1.temperature".into(), 32.0)]
+    );
+    // Code compiled for another engine is rejected, not run.
+    let native = Sandbox::with_execution(None, Execution::Native).unwrap();
+    assert!(matches!(
+        kite_plugins::load(&native, &cwasm, &trust),
+        Err(PluginError::Load(_))
+    ));
+}
