@@ -109,8 +109,19 @@ fn interpreter_target() -> &'static str {
 }
 
 /// Engine settings; precompiled plug-ins must be built with the same ones.
-fn engine_config(target: Option<&str>) -> Result<Config, PluginError> {
+/// `cache_dir` keeps compiled code (only builds with a compiler compile).
+fn engine_config(target: Option<&str>, cache_dir: Option<&Path>) -> Result<Config, PluginError> {
     let mut config = Config::new();
+    #[cfg(not(feature = "compiler"))]
+    let _ = cache_dir;
+    #[cfg(feature = "compiler")]
+    if let Some(dir) = cache_dir {
+        let mut cache = wasmtime::CacheConfig::new();
+        cache.with_directory(dir);
+        let cache = wasmtime::Cache::new(cache)
+            .map_err(|e| PluginError::Load(format!("compile cache: {e}")))?;
+        config.cache(Some(cache));
+    }
     if let Some(target) = target {
         config
             .target(target)
@@ -126,13 +137,23 @@ fn engine_config(target: Option<&str>) -> Result<Config, PluginError> {
 /// or a native triple such as `aarch64-unknown-linux-gnu`), for gateways
 /// that should not compile plug-ins themselves. Kite loads the result only
 /// when a trusted key signed it.
+#[cfg(feature = "compiler")]
 pub fn precompile(bytes: &[u8], target: &str) -> Result<Vec<u8>, PluginError> {
-    let engine = Engine::new(&engine_config(Some(target))?)
+    let engine = Engine::new(&engine_config(Some(target), None)?)
         .map_err(|e| PluginError::Load(format!("{e:#}")))?;
     engine
         .precompile_component(bytes)
         .map_err(|e| PluginError::Load(format!("{e:#}")))
 }
+
+#[cfg(not(feature = "compiler"))]
+pub fn precompile(_bytes: &[u8], _target: &str) -> Result<Vec<u8>, PluginError> {
+    Err(PluginError::Load(NO_COMPILER.into()))
+}
+
+#[cfg(not(feature = "compiler"))]
+const NO_COMPILER: &str =
+    "this Kite is a runtime-only build: ship plug-ins precompiled (kite plugin compile) and signed";
 
 /// The engine and linker shared by every plug-in.
 pub struct Sandbox {
@@ -177,14 +198,7 @@ impl Sandbox {
             Execution::Native => None,
             Execution::Interpreter => Some(interpreter_target()),
         };
-        let mut config = engine_config(target)?;
-        if let Some(dir) = cache_dir {
-            let mut cache = wasmtime::CacheConfig::new();
-            cache.with_directory(dir);
-            let cache = wasmtime::Cache::new(cache)
-                .map_err(|e| PluginError::Load(format!("compile cache: {e}")))?;
-            config.cache(Some(cache));
-        }
+        let config = engine_config(target, cache_dir)?;
         let engine = Engine::new(&config).map_err(|e| PluginError::Load(e.to_string()))?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
@@ -228,8 +242,14 @@ impl Sandbox {
     }
 
     /// Compiles (or loads from the cache) a component.
+    #[cfg(feature = "compiler")]
     pub fn compile(&self, bytes: &[u8]) -> Result<Component, PluginError> {
         Component::new(&self.engine, bytes).map_err(|e| PluginError::Load(format!("{e:#}")))
+    }
+
+    #[cfg(not(feature = "compiler"))]
+    pub fn compile(&self, _bytes: &[u8]) -> Result<Component, PluginError> {
+        Err(PluginError::Load(NO_COMPILER.into()))
     }
 
     /// Instantiates `component` for the plug-in `name` with its own store.
