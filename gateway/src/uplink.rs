@@ -77,6 +77,9 @@ impl Topics {
     fn status(&self) -> String {
         format!("{}/status", self.base)
     }
+    fn set_topic(&self, device: &str) -> String {
+        format!("{}/{device}/set", self.base)
+    }
     fn set_filter(&self) -> String {
         format!("{}/+/set", self.base)
     }
@@ -540,12 +543,6 @@ impl Uplink {
         if results.try_send(SetResult { device, payload }).is_err() {
             warn!("write results are backing up; a result was not sent");
         }
-    }
-}
-
-impl Topics {
-    fn set_topic(&self, device: &str) -> String {
-        format!("{}/{device}/set", self.base)
     }
 }
 
