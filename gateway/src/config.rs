@@ -470,22 +470,22 @@ impl RawConfig {
                 device.build(report)
             })
             .collect();
+        let mut plugin_names = HashSet::new();
         let plugins = self
             .plugins
             .into_iter()
-            .map(|plugin| plugin.build(report, base, &device_names))
-            .collect::<Vec<_>>();
-        let mut plugin_names = HashSet::new();
-        for (plugin, name_span) in &plugins {
-            if !plugin_names.insert(plugin.name.clone()) {
-                report.push(
-                    name_span.clone(),
-                    format!("duplicate plug-in name {:?}", plugin.name),
-                );
-            }
-        }
+            .map(|plugin| {
+                if !plugin_names.insert(plugin.name.get_ref().clone()) {
+                    report.push(
+                        plugin.name.span(),
+                        format!("duplicate plug-in name {:?}", plugin.name.get_ref()),
+                    );
+                }
+                plugin.build(report, base, &device_names)
+            })
+            .collect();
         Config {
-            plugins: plugins.into_iter().map(|(plugin, _)| plugin).collect(),
+            plugins,
             plugin_trust: self.plugin_trust.build(report, base),
             gateway: GatewayConfig {
                 id: self.gateway.id.into_inner(),
@@ -672,13 +672,12 @@ fn parse_url(url: &str) -> Result<(bool, String, u16), String> {
 }
 
 impl RawPlugin {
-    /// The plug-in and the span of its name (for duplicate names).
     fn build(
         self,
         report: &mut Report<'_>,
         base: &Path,
         device_names: &HashSet<String>,
-    ) -> (PluginConfig, Range<usize>) {
+    ) -> PluginConfig {
         check_topic_level(report, &self.name, "plug-in name");
         let name = self.name.get_ref();
         if RESERVED_DEVICE_NAMES.contains(&name.as_str()) || device_names.contains(name) {
@@ -735,7 +734,7 @@ impl RawPlugin {
         }
         let config_json =
             serde_json::to_string(&self.config).expect("a TOML table serializes to JSON");
-        let plugin = PluginConfig {
+        PluginConfig {
             name: name.clone(),
             path,
             inputs,
@@ -745,8 +744,7 @@ impl RawPlugin {
                 state_bytes: state,
             },
             config_json,
-        };
-        (plugin, self.name.span())
+        }
     }
 }
 
