@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use kite_plugins::bindings::kite::plugin::types::{Reading, Value};
 use kite_plugins::sandbox::{Execution, Limits, Sandbox};
-use kite_plugins::state::StateStore;
+use kite_plugins::{start_instance, PluginSpec};
 
 fn median(mut samples: Vec<f64>) -> f64 {
     samples.sort_by(f64::total_cmp);
@@ -35,20 +35,22 @@ pub fn run(examples: &Path) -> anyhow::Result<()> {
     })?;
     let dir = std::env::temp_dir().join(format!("kite-bench-plugins-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
-    let limits = Limits {
-        time: Duration::from_secs(1),
-        ..Limits::default()
+    let spec = PluginSpec {
+        name: "average".into(),
+        wasm: examples.join("kite_example_average.wasm"),
+        inputs: Vec::new(),
+        limits: Limits {
+            time: Duration::from_secs(1),
+            ..Limits::default()
+        },
+        config_json: r#"{"window": 10, "every": 10}"#.into(),
+        state_path: dir.join("state.sqlite3"),
+        trust: Default::default(),
     };
     for execution in [Execution::Native, Execution::Interpreter] {
         let sandbox = Sandbox::with_execution(None, execution)?;
         let component = sandbox.compile(&wasm)?;
-        let start = || -> anyhow::Result<_> {
-            let state =
-                StateStore::open(&dir.join("state.sqlite3"), "average", limits.state_bytes)?;
-            let mut instance = sandbox.instantiate(&component, "average", limits, state)?;
-            instance.init(r#"{"window": 10, "every": 10}"#)?;
-            Ok(instance)
-        };
+        let start = || start_instance(&sandbox, &component, &spec);
         let instantiation: Vec<f64> = (0..50)
             .map(|_| {
                 let t = Instant::now();

@@ -10,8 +10,7 @@ use clap::Subcommand;
 use kite_plugins::bindings::kite::plugin::types::{Reading, Value};
 use kite_plugins::sandbox::{Limits, Sandbox};
 use kite_plugins::signing;
-use kite_plugins::state::StateStore;
-use kite_plugins::Trust;
+use kite_plugins::{start_instance, PluginSpec, Trust};
 
 use crate::config::parse_duration;
 
@@ -126,16 +125,19 @@ fn test(
         .and_then(|s| s.to_str())
         .unwrap_or("plugin")
         .to_string();
-    let limits = Limits {
-        time,
-        ..Limits::default()
+    let spec = PluginSpec {
+        name: name.clone(),
+        wasm: file.to_path_buf(),
+        inputs: Vec::new(),
+        limits: Limits {
+            time,
+            ..Limits::default()
+        },
+        config_json: config.to_string(),
+        state_path: PathBuf::from(":memory:"),
+        trust: Trust::default(),
     };
-    let start = || -> anyhow::Result<_> {
-        let state = StateStore::open(Path::new(":memory:"), &name, limits.state_bytes)?;
-        let mut instance = sandbox.instantiate(&component, &name, limits, state)?;
-        instance.init(config)?;
-        Ok(instance)
-    };
+    let start = || start_instance(&sandbox, &component, &spec);
     let mut instance = start()?;
     let lines = std::io::BufReader::new(
         std::fs::File::open(input).with_context(|| input.display().to_string())?,

@@ -30,6 +30,7 @@ pub mod state;
 
 pub use pattern::Pattern;
 pub use runner::{
-    load, spawn, PluginCounters, PluginHandle, PluginOutput, PluginSpec, RunState, Trust,
+    load, spawn, start_instance, PluginCounters, PluginHandle, PluginOutput, PluginSpec, RunState,
+    Trust,
 };
 pub use sandbox::{Execution, Limits, PluginError, Sandbox};

@@ -199,7 +199,9 @@ impl PluginHandle {
     }
 }
 
-fn start_instance(
+/// A ready instance of `component` for `spec`: its state store opened,
+/// instantiated under its limits, and `init` called with its config.
+pub fn start_instance(
     sandbox: &Sandbox,
     component: &Component,
     spec: &PluginSpec,
