@@ -72,7 +72,7 @@ fn main() -> ExitCode {
                 println!(
                     "{}: ok ({} devices)",
                     config.display(),
-                    checked.devices.len()
+                    checked.device_count()
                 );
                 ExitCode::SUCCESS
             }

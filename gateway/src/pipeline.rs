@@ -11,7 +11,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use kite_core::Sample;
+use kite_core::{DeviceHealth, Sample};
+use kite_modbus::BusMonitor;
+use kite_serial::decode::RegexDecoder;
+use kite_serial::nmea::NmeaDecoder;
+use kite_serial::FrameDecoder;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -20,8 +24,8 @@ use tracing::{error, info};
 use kite_plugins::{PluginCounters, PluginHandle, PluginOutput, PluginSpec, Sandbox};
 
 use crate::buffer::{Buffer, BufferHandle, Kind, NewRecord};
-use crate::config::{Config, DeviceConfig};
-use crate::uplink::{PluginStatus, Uplink, UplinkCounters};
+use crate::config::{Config, Decode};
+use crate::uplink::{FieldHealth, PluginStatus, Uplink, UplinkCounters};
 
 /// Samples between the pollers and the buffer; when it is full, pollers wait.
 const SAMPLE_CHANNEL: usize = 1024;
@@ -59,19 +63,46 @@ pub async fn run(config: Config, stop: impl Future<Output = ()>) -> anyhow::Resu
     let polling = CancellationToken::new();
     let pollers = TaskTracker::new();
     let mut routes = HashMap::new();
-    for device in config.devices {
+    let mut health = FieldHealth::default();
+    for bus in config.modbus {
         let (writes_tx, writes_rx) = mpsc::channel(WRITE_QUEUE);
-        routes.insert(device.name().to_string(), writes_tx);
-        match device {
-            DeviceConfig::ModbusTcp(spec) => {
-                pollers.spawn(kite_modbus::run_device(
-                    spec,
-                    samples_tx.clone(),
-                    writes_rx,
-                    polling.clone(),
-                ));
-            }
+        let monitor = BusMonitor::new(&bus);
+        health
+            .buses
+            .push((bus.name.to_string(), monitor.bus.clone()));
+        for (device, device_health) in bus.devices.iter().zip(&monitor.devices) {
+            routes.insert(device.name.to_string(), writes_tx.clone());
+            health
+                .devices
+                .push((device.name.to_string(), device_health.clone()));
         }
+        pollers.spawn(kite_modbus::run_bus(
+            bus,
+            monitor,
+            samples_tx.clone(),
+            writes_rx,
+            polling.clone(),
+        ));
+    }
+    for instrument in config.instruments {
+        let device_health = Arc::new(DeviceHealth::default());
+        health
+            .devices
+            .push((instrument.spec.name.to_string(), device_health.clone()));
+        let decoder: Box<dyn FrameDecoder> = match instrument.decode {
+            Decode::Regex { pattern, fields } => Box::new(
+                RegexDecoder::new(&pattern, fields)
+                    .context("pattern checked when the config was read")?,
+            ),
+            Decode::Nmea => Box::new(NmeaDecoder),
+        };
+        pollers.spawn(kite_serial::run_instrument(
+            instrument.spec,
+            decoder,
+            device_health,
+            samples_tx.clone(),
+            polling.clone(),
+        ));
     }
     pollers.close();
     drop(samples_tx);
@@ -91,6 +122,7 @@ pub async fn run(config: Config, stop: impl Future<Output = ()>) -> anyhow::Resu
         routes,
         counters,
         plugin_counters,
+        health,
     );
     let mut uplink = tokio::spawn(uplink.run(uplink_stop.clone()));
     info!(gateway = %config.gateway.id, devices = pollers.len(), "kite running");

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kite_core::Backoff;
+use kite_core::{BusHealth, DeviceHealth};
 use kite_modbus::{WriteError, WriteRequest};
 use kite_plugins::PluginCounters;
 use rumqttc::{
@@ -34,11 +35,35 @@ use crate::config::{MqttConfig, TlsFiles};
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Writes in progress at once; more get a "busy" result at once.
 const MAX_CONCURRENT_WRITES: usize = 32;
-/// The retained status is refreshed this often, so buffer depth and drops stay visible.
-const STATUS_INTERVAL: Duration = Duration::from_secs(30);
 
 /// Each plug-in's name and counters, for the status message.
 pub type PluginStatus = Vec<(String, Arc<PluginCounters>)>;
+
+/// The buses' and devices' health, for the status message.
+#[derive(Debug, Default)]
+pub struct FieldHealth {
+    pub buses: Vec<(String, Arc<BusHealth>)>,
+    pub devices: Vec<(String, Arc<DeviceHealth>)>,
+}
+
+impl FieldHealth {
+    fn to_json(&self) -> (serde_json::Value, serde_json::Value) {
+        let buses = self
+            .buses
+            .iter()
+            .map(|(name, h)| (name.clone(), h.to_json()))
+            .collect();
+        let devices = self
+            .devices
+            .iter()
+            .map(|(name, h)| (name.clone(), h.to_json()))
+            .collect();
+        (
+            serde_json::Value::Object(buses),
+            serde_json::Value::Object(devices),
+        )
+    }
+}
 
 /// Where each device's write requests go.
 pub type WriteRoutes = HashMap<String, mpsc::Sender<WriteRequest>>;
@@ -59,6 +84,7 @@ pub struct Uplink {
     routes: Arc<WriteRoutes>,
     counters: Arc<UplinkCounters>,
     plugins: PluginStatus,
+    health: FieldHealth,
 }
 
 /// The topics of one gateway.
@@ -168,6 +194,7 @@ impl Uplink {
         routes: WriteRoutes,
         counters: Arc<UplinkCounters>,
         plugins: PluginStatus,
+        health: FieldHealth,
     ) -> Self {
         Self {
             config,
@@ -176,6 +203,7 @@ impl Uplink {
             routes: Arc::new(routes),
             counters,
             plugins,
+            health,
         }
     }
 
@@ -267,7 +295,7 @@ impl Uplink {
         let mut delivery = Delivery::default();
         let mut connected = false;
         let mut flush_deadline: Option<tokio::time::Instant> = None;
-        let mut status_tick = tokio::time::interval(STATUS_INTERVAL);
+        let mut status_tick = tokio::time::interval(self.config.status_interval);
         status_tick.reset();
         // A read from the buffer survives the loop's other events, so that a
         // stream of PUBACKs never cancels it half-way; `newest` is the last
@@ -379,7 +407,10 @@ impl Uplink {
             .iter()
             .map(|(name, counters)| (name.clone(), counters.to_json()))
             .collect();
+        let (buses, devices) = self.health.to_json();
         let payload = json!({
+            "buses": buses,
+            "devices": devices,
             "plugins": plugins,
             "state": "online",
             "ts": kite_core::now_ms(),
@@ -493,6 +524,7 @@ impl Uplink {
             let _permit = permit;
             let (reply, response) = tokio::sync::oneshot::channel();
             let write = WriteRequest {
+                device: Arc::from(device.as_str()),
                 point: request.point.clone(),
                 value: request.value,
                 reply,

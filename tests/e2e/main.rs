@@ -1,5 +1,6 @@
 //! End-to-end tests of the `kite` binary against real peers: Mosquitto
-//! brokers and pymodbus devices started on free loopback ports.
+//! brokers and pymodbus devices started on free loopback ports, serial port
+//! pairs from socat.
 
 mod bad_input;
 mod delivery;
@@ -8,4 +9,5 @@ mod modbus;
 mod plugin_builds;
 mod plugins;
 mod security;
+mod serial;
 mod support;

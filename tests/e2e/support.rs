@@ -185,6 +185,74 @@ pub async fn modbus_device(spec: Value) -> (Peer, u16) {
     (peer, port)
 }
 
+/// A pymodbus device speaking Modbus RTU on the serial port `path`.
+pub fn modbus_rtu_device(path: &Path, spec: Value) -> Peer {
+    let child = Command::new(python())
+        .arg(repo_root().join("tests/peers/modbus_server.py"))
+        .arg(format!("rtu:{}", path.display()))
+        .arg(spec.to_string())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start pymodbus");
+    Peer(child)
+}
+
+/// A pymodbus device answering Modbus RTU frames on a TCP port, like a
+/// serial-to-Ethernet converter with slaves behind it.
+pub async fn modbus_rtu_over_tcp_device(spec: Value) -> (Peer, u16) {
+    let port = free_port();
+    let child = Command::new(python())
+        .arg(repo_root().join("tests/peers/modbus_server.py"))
+        .arg(format!("rtu-over-tcp:{port}"))
+        .arg(spec.to_string())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start pymodbus");
+    let peer = Peer(child);
+    wait_for_port(port, "pymodbus").await;
+    (peer, port)
+}
+
+/// Two serial ports wired to each other by socat: `kite_end` for Kite,
+/// `device_end` for the device. Stopping it makes both ports disappear, as
+/// an unplugged USB adapter does.
+pub struct SerialPair {
+    pub kite_end: PathBuf,
+    pub device_end: PathBuf,
+    socat: Option<Peer>,
+}
+
+impl SerialPair {
+    pub async fn start(dir: &Path, name: &str) -> Self {
+        let mut pair = Self {
+            kite_end: dir.join(format!("{name}-kite")),
+            device_end: dir.join(format!("{name}-device")),
+            socat: None,
+        };
+        pair.plug_in().await;
+        pair
+    }
+
+    pub async fn plug_in(&mut self) {
+        assert!(self.socat.is_none());
+        let child = Command::new("socat")
+            .arg(format!("pty,raw,echo=0,link={}", self.kite_end.display()))
+            .arg(format!("pty,raw,echo=0,link={}", self.device_end.display()))
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("socat not found: install the test peers with `.ci/install-peers`");
+        self.socat = Some(Peer(child));
+        let (a, b) = (self.kite_end.clone(), self.device_end.clone());
+        wait_until("socat created the serial pair", || a.exists() && b.exists()).await;
+    }
+
+    pub async fn unplug(&mut self) {
+        drop(self.socat.take());
+        let (a, b) = (self.kite_end.clone(), self.device_end.clone());
+        wait_until("the serial pair is gone", || !a.exists() && !b.exists()).await;
+    }
+}
+
 /// The `kite` daemon, run from its binary with a config written to `dir`.
 pub struct Kite {
     pub dir: PathBuf,
@@ -357,6 +425,14 @@ impl Subscriber {
         })
         .await;
         found.unwrap_or_else(|_| panic!("no matching message on {topic} within {PATIENCE:?}"))
+    }
+
+    /// The next message on any topic.
+    pub async fn next_message(&mut self) -> (String, Value) {
+        tokio::time::timeout(PATIENCE, self.messages.recv())
+            .await
+            .unwrap_or_else(|_| panic!("no message within {PATIENCE:?}"))
+            .expect("subscriber running")
     }
 
     pub async fn publish(&self, topic: &str, payload: &str) {

@@ -13,14 +13,18 @@ use std::fmt;
 use std::net::IpAddr;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
-use kite_modbus::{Area, ByteOrder, DataType, DeviceSpec, PointSpec};
+use kite_modbus::BusSpec;
 use kite_plugins::{Limits, Pattern, Trust};
 use serde::de::{self, Deserializer};
 use serde::Deserialize;
 use toml::Spanned;
+
+mod devices;
+
+pub use devices::{Decode, InstrumentConfig};
+use devices::{RawBus, RawDevice};
 
 /// Topic levels under the gateway that belong to Kite, so no device may take them.
 const RESERVED_DEVICE_NAMES: &[&str] = &["status", "events"];
@@ -31,11 +35,23 @@ pub struct Config {
     pub gateway: GatewayConfig,
     pub mqtt: MqttConfig,
     pub buffer: BufferConfig,
-    pub devices: Vec<DeviceConfig>,
+    /// Modbus devices, grouped by the link (connection, line, converter) that polls them.
+    pub modbus: Vec<BusSpec>,
+    pub instruments: Vec<InstrumentConfig>,
     pub plugins: Vec<PluginConfig>,
     pub plugin_trust: Trust,
     /// Things that work but deserve a second look (plaintext MQTT off the host, say).
     pub warnings: Vec<String>,
+}
+
+impl Config {
+    pub fn device_count(&self) -> usize {
+        self.modbus
+            .iter()
+            .map(|bus| bus.devices.len())
+            .sum::<usize>()
+            + self.instruments.len()
+    }
 }
 
 /// One WASM plug-in.
@@ -47,20 +63,6 @@ pub struct PluginConfig {
     pub limits: Limits,
     /// The `config` table, as JSON for the plug-in's `init`.
     pub config_json: String,
-}
-
-/// One device, by protocol.
-#[derive(Debug, Clone, PartialEq)]
-pub enum DeviceConfig {
-    ModbusTcp(DeviceSpec),
-}
-
-impl DeviceConfig {
-    pub fn name(&self) -> &str {
-        match self {
-            DeviceConfig::ModbusTcp(spec) => &spec.name,
-        }
-    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -81,6 +83,9 @@ pub struct MqttConfig {
     pub keep_alive: Duration,
     pub max_inflight: u16,
     pub flush_timeout: Duration,
+    /// The retained status is refreshed this often, so buffer depth, drops
+    /// and device health stay visible.
+    pub status_interval: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -231,6 +236,8 @@ struct RawConfig {
     #[serde(default)]
     buffer: RawBuffer,
     #[serde(default)]
+    buses: Vec<RawBus>,
+    #[serde(default)]
     devices: Vec<RawDevice>,
     #[serde(default)]
     plugins: Vec<RawPlugin>,
@@ -329,6 +336,8 @@ struct RawMqtt {
     max_inflight: Spanned<u16>,
     #[serde(default = "default_flush_timeout")]
     flush_timeout: Interval,
+    #[serde(default = "default_status_interval")]
+    status_interval: Spanned<Interval>,
 }
 
 fn default_topic_prefix() -> Spanned<String> {
@@ -341,6 +350,10 @@ fn default_keep_alive() -> Spanned<Interval> {
 
 fn default_max_inflight() -> Spanned<u16> {
     Spanned::new(0..0, 64)
+}
+
+fn default_status_interval() -> Spanned<Interval> {
+    Spanned::new(0..0, Interval(Duration::from_secs(30)))
 }
 
 fn default_flush_timeout() -> Interval {
@@ -373,76 +386,6 @@ fn default_durability() -> Durability {
     Durability::Normal
 }
 
-#[derive(Deserialize, Clone, Copy, PartialEq, Eq)]
-#[serde(rename_all = "kebab-case")]
-enum Protocol {
-    ModbusTcp,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawDevice {
-    name: Spanned<String>,
-    protocol: Protocol,
-    address: Spanned<String>,
-    #[serde(default = "default_unit_id")]
-    unit_id: u8,
-    #[serde(default = "default_poll_interval")]
-    poll_interval: Spanned<Interval>,
-    #[serde(default = "default_timeout")]
-    timeout: Spanned<Interval>,
-    #[serde(default)]
-    max_gap: u16,
-    #[serde(default)]
-    points: Vec<RawPoint>,
-}
-
-fn default_unit_id() -> u8 {
-    1
-}
-
-fn default_poll_interval() -> Spanned<Interval> {
-    Spanned::new(0..0, Interval(Duration::from_secs(1)))
-}
-
-fn default_timeout() -> Spanned<Interval> {
-    Spanned::new(0..0, Interval(Duration::from_secs(1)))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawPoint {
-    name: Spanned<String>,
-    #[serde(default = "default_area")]
-    area: Area,
-    address: Spanned<u16>,
-    #[serde(rename = "type", default = "default_type")]
-    data_type: DataType,
-    #[serde(default)]
-    order: ByteOrder,
-    #[serde(default = "default_scale")]
-    scale: f64,
-    #[serde(default)]
-    offset: f64,
-    unit: Option<String>,
-    #[serde(default)]
-    writable: bool,
-    bit: Option<u8>,
-    length: Option<u16>,
-}
-
-fn default_area() -> Area {
-    Area::Holding
-}
-
-fn default_type() -> DataType {
-    DataType::U16
-}
-
-fn default_scale() -> f64 {
-    1.0
-}
-
 impl RawConfig {
     fn build(self, report: &mut Report<'_>, base: &Path) -> Config {
         let mut warnings = Vec::new();
@@ -456,20 +399,8 @@ impl RawConfig {
                 "buffer.max_bytes must be at least 64KiB".into(),
             );
         }
-        let mut device_names = HashSet::new();
-        let devices = self
-            .devices
-            .into_iter()
-            .map(|device| {
-                if !device_names.insert(device.name.get_ref().clone()) {
-                    report.push(
-                        device.name.span(),
-                        format!("duplicate device name {:?}", device.name.get_ref()),
-                    );
-                }
-                device.build(report)
-            })
-            .collect();
+        let devices = devices::build(self.buses, self.devices, report, &mut warnings);
+        let device_names = devices.names;
         let mut plugin_names = HashSet::new();
         let plugins = self
             .plugins
@@ -496,7 +427,8 @@ impl RawConfig {
                 max_bytes: self.buffer.max_bytes.into_inner().0,
                 durability: self.buffer.durability,
             },
-            devices,
+            modbus: devices.modbus,
+            instruments: devices.instruments,
             warnings,
         }
     }
@@ -616,6 +548,12 @@ impl RawMqtt {
                 "mqtt.max_inflight must be 1 to 1000".into(),
             );
         }
+        if self.status_interval.get_ref().0 < Duration::from_secs(1) {
+            report.push(
+                self.status_interval.span(),
+                "mqtt.status_interval must be at least 1s".into(),
+            );
+        }
         MqttConfig {
             host,
             port,
@@ -630,6 +568,7 @@ impl RawMqtt {
             keep_alive,
             max_inflight,
             flush_timeout: self.flush_timeout.0,
+            status_interval: self.status_interval.get_ref().0,
         }
     }
 }
@@ -744,94 +683,6 @@ impl RawPlugin {
                 state_bytes: state,
             },
             config_json,
-        }
-    }
-}
-
-impl RawDevice {
-    fn build(self, report: &mut Report<'_>) -> DeviceConfig {
-        check_topic_level(report, &self.name, "device name");
-        if RESERVED_DEVICE_NAMES.contains(&self.name.get_ref().as_str()) {
-            report.push(
-                self.name.span(),
-                format!(
-                    "device name {:?} is reserved for Kite's own topics",
-                    self.name.get_ref()
-                ),
-            );
-        }
-        if !self.address.get_ref().contains(':') {
-            report.push(
-                self.address.span(),
-                format!(
-                    "address {:?}: expected host:port, like \"10.0.0.5:502\"",
-                    self.address.get_ref()
-                ),
-            );
-        }
-        let poll_interval = self.poll_interval.get_ref().0;
-        if poll_interval < Duration::from_millis(10) {
-            report.push(
-                self.poll_interval.span(),
-                "poll_interval must be at least 10ms".into(),
-            );
-        }
-        let timeout = self.timeout.get_ref().0;
-        if timeout < Duration::from_millis(10) {
-            report.push(self.timeout.span(), "timeout must be at least 10ms".into());
-        }
-        let mut point_names = HashSet::new();
-        let points = self
-            .points
-            .into_iter()
-            .map(|point| {
-                if point.name.get_ref().is_empty() {
-                    report.push(point.name.span(), "point name must not be empty".into());
-                }
-                if !point_names.insert(point.name.get_ref().clone()) {
-                    report.push(
-                        point.name.span(),
-                        format!(
-                            "duplicate point name {:?} in device {:?}",
-                            point.name.get_ref(),
-                            self.name.get_ref()
-                        ),
-                    );
-                }
-                let address_span = point.address.span();
-                let spec = PointSpec {
-                    name: Arc::from(point.name.get_ref().as_str()),
-                    area: point.area,
-                    address: point.address.into_inner(),
-                    data_type: point.data_type,
-                    order: point.order,
-                    scale: point.scale,
-                    offset: point.offset,
-                    unit: point.unit.map(Arc::from),
-                    writable: point.writable,
-                    bit: point.bit,
-                    length: point.length,
-                };
-                for problem in spec.validate() {
-                    report.push(
-                        address_span.clone(),
-                        format!("point {:?}: {problem}", point.name.get_ref()),
-                    );
-                }
-                spec
-            })
-            .collect();
-        let spec = DeviceSpec {
-            name: Arc::from(self.name.into_inner()),
-            address: self.address.into_inner(),
-            unit_id: self.unit_id,
-            poll_interval,
-            timeout,
-            max_gap: self.max_gap,
-            points,
-        };
-        match self.protocol {
-            Protocol::ModbusTcp => DeviceConfig::ModbusTcp(spec),
         }
     }
 }

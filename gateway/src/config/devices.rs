@@ -1,0 +1,757 @@
+//! `[[buses]]` and `[[devices]]`: serial lines, Modbus devices (TCP, RTU on a
+//! bus, RTU over TCP) and raw serial instruments, validated and grouped into
+//! the links that poll them.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use kite_core::serial::{DataBits, Parity, SerialLine, StopBits};
+use kite_modbus::{Area, BusSpec, ByteOrder, DataType, DeviceSpec, Link, PointSpec};
+use kite_serial::decode::{CaptureField, FieldType, RegexDecoder};
+use kite_serial::framing::{Framer, Framing};
+use kite_serial::InstrumentSpec;
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::{check_topic_level, Interval, Report, RESERVED_DEVICE_NAMES};
+
+/// A raw serial instrument and how its frames become points.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InstrumentConfig {
+    pub spec: InstrumentSpec,
+    pub decode: Decode,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decode {
+    Regex {
+        pattern: String,
+        fields: Vec<CaptureField>,
+    },
+    Nmea,
+}
+
+#[derive(Deserialize, Clone, Copy, PartialEq, Eq, Debug)]
+#[serde(rename_all = "kebab-case")]
+enum Protocol {
+    ModbusTcp,
+    ModbusRtu,
+    ModbusRtuOverTcp,
+    Serial,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawBus {
+    name: Spanned<String>,
+    port: Spanned<String>,
+    baud: Spanned<u32>,
+    #[serde(default)]
+    parity: RawParity,
+    #[serde(default = "default_data_bits")]
+    data_bits: Spanned<u8>,
+    #[serde(default = "default_stop_bits")]
+    stop_bits: Spanned<u8>,
+    frame_gap: Option<Spanned<Interval>>,
+}
+
+#[derive(Deserialize, Default, Clone, Copy)]
+#[serde(rename_all = "lowercase")]
+enum RawParity {
+    #[default]
+    None,
+    Even,
+    Odd,
+}
+
+fn default_data_bits() -> Spanned<u8> {
+    Spanned::new(0..0, 8)
+}
+
+fn default_stop_bits() -> Spanned<u8> {
+    Spanned::new(0..0, 1)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawDevice {
+    name: Spanned<String>,
+    protocol: Spanned<Protocol>,
+    address: Option<Spanned<String>>,
+    bus: Option<Spanned<String>>,
+    unit_id: Option<Spanned<u8>>,
+    #[serde(default = "default_poll_interval")]
+    poll_interval: Spanned<Interval>,
+    #[serde(default = "default_timeout")]
+    timeout: Spanned<Interval>,
+    #[serde(default)]
+    max_gap: u16,
+    #[serde(default)]
+    points: Vec<RawPoint>,
+    // Raw serial instruments only.
+    framing: Option<Spanned<RawFraming>>,
+    delimiter: Option<Spanned<RawBytes>>,
+    length: Option<Spanned<usize>>,
+    start: Option<Spanned<RawBytes>>,
+    end: Option<Spanned<RawBytes>>,
+    length_offset: Option<usize>,
+    length_width: Option<u8>,
+    #[serde(default)]
+    length_endian: Endian,
+    length_adjust: Option<i64>,
+    #[serde(default = "default_max_frame")]
+    max_frame: Spanned<usize>,
+    request: Option<Spanned<RawBytes>>,
+    decode: Option<Spanned<RawDecode>>,
+    pattern: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+enum RawFraming {
+    Line,
+    Fixed,
+    Markers,
+    LengthPrefix,
+}
+
+#[derive(Deserialize, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+enum Endian {
+    #[default]
+    Big,
+    Little,
+}
+
+#[derive(Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+enum RawDecode {
+    Regex,
+    Nmea,
+}
+
+/// Bytes written as a string (`"\r\n"`, `"\u0002"`) or as numbers (`[2, 0x83]`).
+#[derive(Deserialize, Clone)]
+#[serde(untagged)]
+enum RawBytes {
+    Text(String),
+    Bytes(Vec<u8>),
+}
+
+impl RawBytes {
+    fn into_bytes(self) -> Vec<u8> {
+        match self {
+            RawBytes::Text(text) => text.into_bytes(),
+            RawBytes::Bytes(bytes) => bytes,
+        }
+    }
+}
+
+fn default_max_frame() -> Spanned<usize> {
+    Spanned::new(0..0, 256)
+}
+
+fn default_poll_interval() -> Spanned<Interval> {
+    Spanned::new(0..0, Interval(Duration::from_secs(1)))
+}
+
+fn default_timeout() -> Spanned<Interval> {
+    Spanned::new(0..0, Interval(Duration::from_secs(1)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPoint {
+    name: Spanned<String>,
+    area: Option<Spanned<Area>>,
+    address: Option<Spanned<u16>>,
+    #[serde(rename = "type")]
+    data_type: Option<Spanned<DataType>>,
+    #[serde(default)]
+    order: ByteOrder,
+    #[serde(default = "default_scale")]
+    scale: f64,
+    #[serde(default)]
+    offset: f64,
+    unit: Option<String>,
+    writable: Option<Spanned<bool>>,
+    bit: Option<Spanned<u8>>,
+    length: Option<Spanned<u16>>,
+    /// Raw serial: the named capture group; the point's name by default.
+    capture: Option<Spanned<String>>,
+}
+
+fn default_scale() -> f64 {
+    1.0
+}
+
+/// What `[[buses]]` and `[[devices]]` build into.
+#[derive(Debug, Default)]
+pub(super) struct Devices {
+    pub modbus: Vec<BusSpec>,
+    pub instruments: Vec<InstrumentConfig>,
+    pub names: HashSet<String>,
+}
+
+pub(super) fn build(
+    buses: Vec<RawBus>,
+    devices: Vec<RawDevice>,
+    report: &mut Report<'_>,
+    warnings: &mut Vec<String>,
+) -> Devices {
+    let mut lines: BTreeMap<String, (SerialLine, Spanned<u8>)> = BTreeMap::new();
+    for bus in buses {
+        let (name, name_span) = (bus.name.get_ref().clone(), bus.name.span());
+        if name.is_empty() {
+            report.push(name_span.clone(), "bus name must not be empty".into());
+        }
+        let data_bits = bus.data_bits.clone();
+        let line = bus.build(report);
+        if lines.insert(name.clone(), (line, data_bits)).is_some() {
+            report.push(name_span, format!("duplicate bus name {name:?}"));
+        }
+    }
+
+    let mut out = Devices::default();
+    // Modbus links, keyed so that devices sharing a line or a converter share its task.
+    let mut links: Vec<BusSpec> = Vec::new();
+    let mut link_index: HashMap<String, usize> = HashMap::new();
+    let mut bus_users: HashMap<String, (Protocol, String)> = HashMap::new();
+    for device in devices {
+        let name = device.name.get_ref().clone();
+        if !out.names.insert(name.clone()) {
+            report.push(
+                device.name.span(),
+                format!("duplicate device name {name:?}"),
+            );
+        }
+        let Some((link_key, link, spec)) =
+            device.build(report, &lines, &mut bus_users, &mut out.instruments)
+        else {
+            continue;
+        };
+        match link_index.get(&link_key) {
+            Some(&i) => links[i].devices.push(spec),
+            None => {
+                link_index.insert(link_key.clone(), links.len());
+                let bus_name = match &link {
+                    Link::Tcp { .. } => name,
+                    Link::RtuOverTcp { address } => address.clone(),
+                    Link::Serial(_) => link_key.trim_start_matches("bus:").to_string(),
+                };
+                links.push(BusSpec {
+                    name: Arc::from(bus_name),
+                    link,
+                    devices: vec![spec],
+                });
+            }
+        }
+    }
+    for name in lines.keys() {
+        if !bus_users.contains_key(name) {
+            warnings.push(format!("bus {name:?} has no devices"));
+        }
+    }
+    out.modbus = links;
+    out
+}
+
+impl RawBus {
+    fn build(self, report: &mut Report<'_>) -> SerialLine {
+        if self.port.get_ref().is_empty() {
+            report.push(self.port.span(), "port must not be empty".into());
+        }
+        let baud = *self.baud.get_ref();
+        if !(50..=4_000_000).contains(&baud) {
+            report.push(
+                self.baud.span(),
+                format!("baud {baud}: expected 50 to 4000000"),
+            );
+        }
+        let data_bits = match self.data_bits.get_ref() {
+            5 => DataBits::Five,
+            6 => DataBits::Six,
+            7 => DataBits::Seven,
+            8 => DataBits::Eight,
+            other => {
+                report.push(
+                    self.data_bits.span(),
+                    format!("data_bits {other}: expected 5, 6, 7 or 8"),
+                );
+                DataBits::Eight
+            }
+        };
+        let stop_bits = match self.stop_bits.get_ref() {
+            1 => StopBits::One,
+            2 => StopBits::Two,
+            other => {
+                report.push(
+                    self.stop_bits.span(),
+                    format!("stop_bits {other}: expected 1 or 2"),
+                );
+                StopBits::One
+            }
+        };
+        let frame_gap = self.frame_gap.map(|gap| {
+            if gap.get_ref().0 > Duration::from_secs(1) {
+                report.push(gap.span(), "frame_gap must be at most 1s".into());
+            }
+            gap.into_inner().0
+        });
+        SerialLine {
+            port: self.port.into_inner(),
+            baud,
+            parity: match self.parity {
+                RawParity::None => Parity::None,
+                RawParity::Even => Parity::Even,
+                RawParity::Odd => Parity::Odd,
+            },
+            data_bits,
+            stop_bits,
+            frame_gap,
+        }
+    }
+}
+
+impl RawDevice {
+    /// Checks the device; Modbus devices come back with the key of the link
+    /// they are polled through, raw instruments go to `instruments`.
+    fn build(
+        self,
+        report: &mut Report<'_>,
+        lines: &BTreeMap<String, (SerialLine, Spanned<u8>)>,
+        bus_users: &mut HashMap<String, (Protocol, String)>,
+        instruments: &mut Vec<InstrumentConfig>,
+    ) -> Option<(String, Link, DeviceSpec)> {
+        check_topic_level(report, &self.name, "device name");
+        let name = self.name.get_ref().clone();
+        if RESERVED_DEVICE_NAMES.contains(&name.as_str()) {
+            report.push(
+                self.name.span(),
+                format!("device name {name:?} is reserved for Kite's own topics"),
+            );
+        }
+        let protocol = *self.protocol.get_ref();
+        let poll_interval = self.poll_interval.get_ref().0;
+        if poll_interval < Duration::from_millis(10) {
+            report.push(
+                self.poll_interval.span(),
+                "poll_interval must be at least 10ms".into(),
+            );
+        }
+        let timeout = self.timeout.get_ref().0;
+        if timeout < Duration::from_millis(10) {
+            report.push(self.timeout.span(), "timeout must be at least 10ms".into());
+        }
+        self.check_keys(report, protocol);
+
+        let uses_bus = matches!(protocol, Protocol::ModbusRtu | Protocol::Serial);
+        let line = if uses_bus {
+            let Some(bus) = &self.bus else {
+                report.push(
+                    self.name.span(),
+                    format!(
+                        "device {name:?}: protocol {} needs `bus`, the name of a [[buses]] entry",
+                        protocol_name(protocol)
+                    ),
+                );
+                return None;
+            };
+            let Some((line, data_bits)) = lines.get(bus.get_ref()) else {
+                let known: Vec<&String> = lines.keys().collect();
+                report.push(
+                    bus.span(),
+                    format!(
+                        "no bus named {:?}; the [[buses]] are {known:?}",
+                        bus.get_ref()
+                    ),
+                );
+                return None;
+            };
+            match bus_users.get(bus.get_ref()) {
+                Some((Protocol::Serial, owner)) => report.push(
+                    bus.span(),
+                    format!("bus {:?} belongs to serial instrument {owner:?}: a raw instrument needs its port to itself", bus.get_ref()),
+                ),
+                Some((_, owner)) if protocol == Protocol::Serial => report.push(
+                    bus.span(),
+                    format!("bus {:?} already carries Modbus device {owner:?}: a raw instrument needs its port to itself", bus.get_ref()),
+                ),
+                _ => {}
+            }
+            bus_users
+                .entry(bus.get_ref().clone())
+                .or_insert((protocol, name.clone()));
+            if protocol == Protocol::ModbusRtu && *data_bits.get_ref() != 8 {
+                report.push(
+                    data_bits.span(),
+                    format!("bus {:?}: Modbus RTU needs data_bits = 8", bus.get_ref()),
+                );
+            }
+            Some(line.clone())
+        } else {
+            None
+        };
+
+        if protocol == Protocol::Serial {
+            let line = line?;
+            if let Some(instrument) = self.build_instrument(report, line, poll_interval, timeout) {
+                instruments.push(instrument);
+            }
+            return None;
+        }
+
+        let unit_id = self.unit_id.as_ref().map_or(1, |u| *u.get_ref());
+        if protocol != Protocol::ModbusTcp && !(1..=247).contains(&unit_id) {
+            let span = self.unit_id.as_ref().map_or(self.name.span(), |u| u.span());
+            report.push(span, format!("unit_id {unit_id}: a serial slave address is 1 to 247 (0 is broadcast, which no device answers)"));
+        }
+        let points = self.modbus_points(report);
+        let spec = DeviceSpec {
+            name: Arc::from(name.as_str()),
+            unit_id,
+            poll_interval,
+            timeout,
+            max_gap: self.max_gap,
+            points,
+        };
+        match protocol {
+            Protocol::ModbusRtu => {
+                let bus = self.bus.expect("checked above").into_inner();
+                Some((format!("bus:{bus}"), Link::Serial(line?), spec))
+            }
+            Protocol::ModbusTcp | Protocol::ModbusRtuOverTcp => {
+                let address = self
+                    .address
+                    .as_ref()
+                    .map(|a| a.get_ref().clone())
+                    .unwrap_or_default();
+                if let Some(written) = self.address.as_ref().filter(|a| !a.get_ref().contains(':'))
+                {
+                    report.push(
+                        written.span(),
+                        format!("address {address:?}: expected host:port, like \"10.0.0.5:502\""),
+                    );
+                }
+                if protocol == Protocol::ModbusTcp {
+                    // Each Modbus TCP device keeps its own connection.
+                    Some((format!("tcp:{name}"), Link::Tcp { address }, spec))
+                } else {
+                    Some((
+                        format!("rtu-over-tcp:{address}"),
+                        Link::RtuOverTcp { address },
+                        spec,
+                    ))
+                }
+            }
+            Protocol::Serial => None,
+        }
+    }
+
+    /// Keys that mean nothing for the device's protocol are mistakes, not
+    /// silently ignored settings.
+    fn check_keys(&self, report: &mut Report<'_>, protocol: Protocol) {
+        let name = protocol_name(protocol);
+        let takes_address = matches!(protocol, Protocol::ModbusTcp | Protocol::ModbusRtuOverTcp);
+        if takes_address && self.address.is_none() {
+            report.push(
+                self.name.span(),
+                format!(
+                    "device {:?}: protocol {name} needs `address` (host:port)",
+                    self.name.get_ref()
+                ),
+            );
+        }
+        let mut refuse = |present: Option<std::ops::Range<usize>>, key: &str| {
+            if let Some(span) = present {
+                report.push(span, format!("`{key}` does not apply to protocol {name}"));
+            }
+        };
+        let is_serial = protocol == Protocol::Serial;
+        if !takes_address {
+            refuse(self.address.as_ref().map(Spanned::span), "address");
+        }
+        if !matches!(protocol, Protocol::ModbusRtu | Protocol::Serial) {
+            refuse(self.bus.as_ref().map(Spanned::span), "bus");
+        }
+        if is_serial {
+            refuse(self.unit_id.as_ref().map(Spanned::span), "unit_id");
+        } else {
+            refuse(self.framing.as_ref().map(Spanned::span), "framing");
+            refuse(self.delimiter.as_ref().map(Spanned::span), "delimiter");
+            refuse(self.length.as_ref().map(Spanned::span), "length");
+            refuse(self.start.as_ref().map(Spanned::span), "start");
+            refuse(self.end.as_ref().map(Spanned::span), "end");
+            refuse(self.request.as_ref().map(Spanned::span), "request");
+            refuse(self.decode.as_ref().map(Spanned::span), "decode");
+            refuse(self.pattern.as_ref().map(Spanned::span), "pattern");
+        }
+    }
+
+    fn modbus_points(&self, report: &mut Report<'_>) -> Vec<PointSpec> {
+        let mut point_names = HashSet::new();
+        let mut points = Vec::new();
+        for point in &self.points {
+            check_point_name(report, &mut point_names, &point.name, self.name.get_ref());
+            if let Some(capture) = &point.capture {
+                report.push(
+                    capture.span(),
+                    "`capture` is for raw serial instruments".into(),
+                );
+            }
+            let Some(address) = &point.address else {
+                report.push(
+                    point.name.span(),
+                    format!("point {:?} needs `address`", point.name.get_ref()),
+                );
+                continue;
+            };
+            let spec = PointSpec {
+                name: Arc::from(point.name.get_ref().as_str()),
+                area: point.area.as_ref().map_or(Area::Holding, |a| *a.get_ref()),
+                address: *address.get_ref(),
+                data_type: point
+                    .data_type
+                    .as_ref()
+                    .map_or(DataType::U16, |t| *t.get_ref()),
+                order: point.order,
+                scale: point.scale,
+                offset: point.offset,
+                unit: point.unit.as_deref().map(Arc::from),
+                writable: point.writable.as_ref().is_some_and(|w| *w.get_ref()),
+                bit: point.bit.as_ref().map(|b| *b.get_ref()),
+                length: point.length.as_ref().map(|l| *l.get_ref()),
+            };
+            for problem in spec.validate() {
+                report.push(
+                    address.span(),
+                    format!("point {:?}: {problem}", point.name.get_ref()),
+                );
+            }
+            points.push(spec);
+        }
+        points
+    }
+
+    fn build_instrument(
+        &self,
+        report: &mut Report<'_>,
+        line: SerialLine,
+        poll_interval: Duration,
+        timeout: Duration,
+    ) -> Option<InstrumentConfig> {
+        let device = self.name.get_ref();
+        let bytes = |value: &Option<Spanned<RawBytes>>| {
+            value.as_ref().map(|v| v.get_ref().clone().into_bytes())
+        };
+        let framing_kind = self
+            .framing
+            .as_ref()
+            .map_or(RawFraming::Line, |f| *f.get_ref());
+        let framing_span = self
+            .framing
+            .as_ref()
+            .map_or(self.name.span(), Spanned::span);
+        let framing = match framing_kind {
+            RawFraming::Line => Framing::Line {
+                delimiter: bytes(&self.delimiter).unwrap_or_else(|| b"\n".to_vec()),
+            },
+            RawFraming::Fixed => {
+                let Some(length) = &self.length else {
+                    report.push(framing_span, "framing = \"fixed\" needs `length`".into());
+                    return None;
+                };
+                Framing::Fixed {
+                    length: *length.get_ref(),
+                }
+            }
+            RawFraming::Markers => {
+                let (Some(start), Some(end)) = (bytes(&self.start), bytes(&self.end)) else {
+                    report.push(
+                        framing_span,
+                        "framing = \"markers\" needs `start` and `end`".into(),
+                    );
+                    return None;
+                };
+                Framing::Markers { start, end }
+            }
+            RawFraming::LengthPrefix => Framing::LengthPrefix {
+                offset: self.length_offset.unwrap_or(0),
+                width: self.length_width.unwrap_or(1),
+                big_endian: self.length_endian == Endian::Big,
+                adjust: self.length_adjust.unwrap_or(0),
+            },
+        };
+        let max_frame = *self.max_frame.get_ref();
+        if !(1..=65_536).contains(&max_frame) {
+            report.push(
+                self.max_frame.span(),
+                "max_frame must be 1 to 65536 bytes".into(),
+            );
+            return None;
+        }
+        if let Err(e) = Framer::new(framing.clone(), max_frame) {
+            report.push(framing_span, format!("device {device:?}: {e}"));
+            return None;
+        }
+        let request = bytes(&self.request);
+        if request.as_ref().is_some_and(Vec::is_empty) {
+            report.push(
+                self.request.as_ref().expect("present").span(),
+                "request must not be empty".into(),
+            );
+        }
+
+        let decode_kind = self.decode.as_ref().map(|d| *d.get_ref());
+        let decode = match decode_kind {
+            None => {
+                report.push(
+                    self.name.span(),
+                    format!(
+                        "device {device:?}: protocol serial needs `decode` (\"regex\" or \"nmea\")"
+                    ),
+                );
+                return None;
+            }
+            Some(RawDecode::Nmea) => {
+                if let Some(pattern) = &self.pattern {
+                    report.push(pattern.span(), "`pattern` is for decode = \"regex\"".into());
+                }
+                if let Some(point) = self.points.first() {
+                    report.push(
+                        point.name.span(),
+                        "decode = \"nmea\" names its own points (latitude, longitude, speed, ...)"
+                            .into(),
+                    );
+                }
+                Decode::Nmea
+            }
+            Some(RawDecode::Regex) => {
+                let Some(pattern) = &self.pattern else {
+                    report.push(
+                        self.name.span(),
+                        format!("device {device:?}: decode = \"regex\" needs `pattern`"),
+                    );
+                    return None;
+                };
+                let fields = self.capture_fields(report);
+                if let Err(e) = RegexDecoder::new(pattern.get_ref(), fields.clone()) {
+                    report.push(pattern.span(), format!("pattern: {e}"));
+                    return None;
+                }
+                Decode::Regex {
+                    pattern: pattern.get_ref().clone(),
+                    fields,
+                }
+            }
+        };
+        Some(InstrumentConfig {
+            spec: InstrumentSpec {
+                name: Arc::from(device.as_str()),
+                line,
+                framing,
+                max_frame,
+                request,
+                poll_interval,
+                timeout,
+            },
+            decode,
+        })
+    }
+
+    fn capture_fields(&self, report: &mut Report<'_>) -> Vec<CaptureField> {
+        let mut point_names = HashSet::new();
+        let mut fields = Vec::new();
+        for point in &self.points {
+            check_point_name(report, &mut point_names, &point.name, self.name.get_ref());
+            let modbus_only = [
+                point.address.as_ref().map(Spanned::span),
+                point.area.as_ref().map(Spanned::span),
+                point.bit.as_ref().map(Spanned::span),
+                point.length.as_ref().map(Spanned::span),
+            ];
+            for span in modbus_only.into_iter().flatten() {
+                report.push(
+                    span,
+                    "this key is for Modbus points; raw serial points take `capture`".into(),
+                );
+            }
+            if let Some(writable) = point.writable.as_ref().filter(|w| *w.get_ref()) {
+                report.push(
+                    writable.span(),
+                    "raw serial points cannot be written".into(),
+                );
+            }
+            let field_type = match point.data_type.as_ref().map(|t| *t.get_ref()) {
+                None | Some(DataType::F64 | DataType::F32) => FieldType::Float,
+                Some(
+                    DataType::I64
+                    | DataType::I32
+                    | DataType::I16
+                    | DataType::U16
+                    | DataType::U32
+                    | DataType::U64,
+                ) => FieldType::Int,
+                Some(DataType::Bool) => FieldType::Bool,
+                Some(DataType::String) => FieldType::Text,
+            };
+            if !point.scale.is_finite() || !point.offset.is_finite() {
+                report.push(
+                    point.name.span(),
+                    "scale and offset must be finite numbers".into(),
+                );
+            }
+            fields.push(CaptureField {
+                point: Arc::from(point.name.get_ref().as_str()),
+                capture: point
+                    .capture
+                    .as_ref()
+                    .map_or_else(|| point.name.get_ref().clone(), |c| c.get_ref().clone()),
+                field_type,
+                scale: point.scale,
+                offset: point.offset,
+                unit: point.unit.as_deref().map(Arc::from),
+            });
+        }
+        if fields.is_empty() {
+            report.push(
+                self.name.span(),
+                format!(
+                    "device {:?}: decode = \"regex\" needs [[devices.points]] naming the captures",
+                    self.name.get_ref()
+                ),
+            );
+        }
+        fields
+    }
+}
+
+fn check_point_name(
+    report: &mut Report<'_>,
+    seen: &mut HashSet<String>,
+    name: &Spanned<String>,
+    device: &str,
+) {
+    if name.get_ref().is_empty() {
+        report.push(name.span(), "point name must not be empty".into());
+    }
+    if !seen.insert(name.get_ref().clone()) {
+        report.push(
+            name.span(),
+            format!(
+                "duplicate point name {:?} in device {device:?}",
+                name.get_ref()
+            ),
+        );
+    }
+}
+
+fn protocol_name(protocol: Protocol) -> &'static str {
+    match protocol {
+        Protocol::ModbusTcp => "modbus-tcp",
+        Protocol::ModbusRtu => "modbus-rtu",
+        Protocol::ModbusRtuOverTcp => "modbus-rtu-over-tcp",
+        Protocol::Serial => "serial",
+    }
+}

@@ -1,0 +1,65 @@
+//! What an operator needs to see about a device or a bus: counters and the
+//! last error, shared between the task that polls and the status reporter.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use serde_json::{json, Value as Json};
+
+/// One device's health.
+#[derive(Debug, Default)]
+pub struct DeviceHealth {
+    /// Successful transactions (Modbus requests, decoded frames).
+    pub reads: AtomicU64,
+    pub timeouts: AtomicU64,
+    /// Exceptions, garbage, frames that did not decode.
+    pub errors: AtomicU64,
+    /// Bytes dropped by framing (noise, overlong or partial frames).
+    pub discarded_bytes: AtomicU64,
+    /// Not answering: polled only by occasional probes until it answers again.
+    pub quarantined: AtomicBool,
+    last_error: Mutex<Option<String>>,
+}
+
+impl DeviceHealth {
+    pub fn count(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn set_last_error(&self, error: impl Into<String>) {
+        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(error.into());
+    }
+
+    pub fn to_json(&self) -> Json {
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        json!({
+            "state": if self.quarantined.load(Ordering::Relaxed) { "quarantined" } else { "polling" },
+            "reads": load(&self.reads),
+            "timeouts": load(&self.timeouts),
+            "errors": load(&self.errors),
+            "discarded_bytes": load(&self.discarded_bytes),
+            "last_error": *self.last_error.lock().unwrap_or_else(|e| e.into_inner()),
+        })
+    }
+}
+
+/// One bus's (or link's) health.
+#[derive(Debug, Default)]
+pub struct BusHealth {
+    /// Polls that could not start on time because the bus was busy with
+    /// others: the configured intervals ask more than the line can carry.
+    pub missed_polls: AtomicU64,
+    /// Times the port or connection failed or could not be opened.
+    pub link_failures: AtomicU64,
+    pub link_up: AtomicBool,
+}
+
+impl BusHealth {
+    pub fn to_json(&self) -> Json {
+        json!({
+            "state": if self.link_up.load(Ordering::Relaxed) { "open" } else { "closed" },
+            "missed_polls": self.missed_polls.load(Ordering::Relaxed),
+            "link_failures": self.link_failures.load(Ordering::Relaxed),
+        })
+    }
+}

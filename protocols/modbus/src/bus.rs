@@ -1,0 +1,624 @@
+//! The task that owns one Modbus link: a Modbus TCP connection, an RS-485
+//! line, or an RTU-over-TCP converter, and every device reached through it.
+//!
+//! Exactly one task owns each link, so requests on a shared line never
+//! collide. It serves the devices earliest deadline first, keeps the silent
+//! interval between frames, bounds every call with the device's timeout, and
+//! applies writes between transactions.
+//!
+//! Failures are kept where they belong:
+//! - an exception marks only the points it answered for;
+//! - a timeout or a garbled reply costs that one device one timeout: it is
+//!   quarantined and probed with growing back-off while the others keep
+//!   their rate. The link is reopened before the next request, so a late
+//!   reply cannot be paired with another request (a reused TCP context can
+//!   do exactly that, and a late RTU reply would be read as the next one's);
+//! - the link itself failing (port gone, connection refused) marks every
+//!   device's points bad and the link is reopened with back-off.
+
+use std::io;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use kite_core::serial::SerialLine;
+use kite_core::{now_ms, Backoff, BusHealth, DeviceHealth, PointSample, Reading, Sample};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::{sleep_until, timeout, Instant};
+use tokio_modbus::client::{Client, Context};
+use tokio_modbus::prelude::SlaveContext;
+use tokio_modbus::{ExceptionCode, Request, Response, Slave};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::plan::{plan_reads, ReadBlock};
+use crate::point::{Area, PointSpec, WriteError, WritePayload};
+
+/// How the gateway reaches the devices of one bus.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Link {
+    /// Modbus TCP (MBAP framing); `host:port`, resolved at every connect.
+    Tcp { address: String },
+    /// Modbus RTU frames over a TCP socket, as serial-to-Ethernet converters
+    /// carry them.
+    RtuOverTcp { address: String },
+    /// Modbus RTU on a serial line.
+    Serial(SerialLine),
+}
+
+impl Link {
+    fn describe(&self) -> &str {
+        match self {
+            Link::Tcp { address } | Link::RtuOverTcp { address } => address,
+            Link::Serial(line) => &line.port,
+        }
+    }
+
+    /// The silence a line needs between frames; converters and Modbus TCP
+    /// servers keep their own.
+    fn frame_gap(&self) -> Duration {
+        match self {
+            Link::Serial(line) => line.frame_gap(),
+            Link::Tcp { .. } | Link::RtuOverTcp { .. } => Duration::ZERO,
+        }
+    }
+
+    async fn open(&self, limit: Duration) -> Result<Context, CallError> {
+        let attempt = async {
+            match self {
+                Link::Tcp { address } => {
+                    let addr = resolve(address).await?;
+                    tokio_modbus::client::tcp::connect_slave(addr, Slave::broadcast()).await
+                }
+                Link::RtuOverTcp { address } => {
+                    let stream = tokio::net::TcpStream::connect(resolve(address).await?).await?;
+                    stream.set_nodelay(true)?;
+                    Ok(tokio_modbus::client::rtu::attach_slave(
+                        stream,
+                        Slave::broadcast(),
+                    ))
+                }
+                Link::Serial(line) => Ok(tokio_modbus::client::rtu::attach_slave(
+                    line.open()?,
+                    Slave::broadcast(),
+                )),
+            }
+        };
+        let verb = match self {
+            Link::Serial(_) => "open",
+            Link::Tcp { .. } | Link::RtuOverTcp { .. } => "connect to",
+        };
+        timeout(limit, attempt)
+            .await
+            .map_err(|_| {
+                CallError::Link(format!(
+                    "{verb} {}: no answer within {limit:?}",
+                    self.describe()
+                ))
+            })?
+            .map_err(|e| CallError::Link(format!("{verb} {}: {e}", self.describe())))
+    }
+}
+
+async fn resolve(address: &str) -> io::Result<std::net::SocketAddr> {
+    tokio::net::lookup_host(address)
+        .await?
+        .next()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "address did not resolve"))
+}
+
+/// One device, ready to poll.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeviceSpec {
+    pub name: Arc<str>,
+    pub unit_id: u8,
+    pub poll_interval: Duration,
+    pub timeout: Duration,
+    pub max_gap: u16,
+    pub points: Vec<PointSpec>,
+}
+
+/// A link and the devices behind it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BusSpec {
+    pub name: Arc<str>,
+    pub link: Link,
+    pub devices: Vec<DeviceSpec>,
+}
+
+/// The health a bus task reports, shared with whoever shows it.
+#[derive(Debug, Clone)]
+pub struct BusMonitor {
+    pub bus: Arc<BusHealth>,
+    /// In the order of [`BusSpec::devices`].
+    pub devices: Vec<Arc<DeviceHealth>>,
+}
+
+impl BusMonitor {
+    pub fn new(spec: &BusSpec) -> Self {
+        Self {
+            bus: Arc::default(),
+            devices: spec.devices.iter().map(|_| Arc::default()).collect(),
+        }
+    }
+}
+
+/// A write from the uplink; the result goes back on `reply`.
+#[derive(Debug)]
+pub struct WriteRequest {
+    pub device: Arc<str>,
+    pub point: String,
+    pub value: serde_json::Value,
+    pub reply: oneshot::Sender<Result<(), WriteError>>,
+}
+
+/// Why a call failed, and so what it costs.
+#[derive(Debug, Clone, thiserror::Error)]
+enum CallError {
+    /// The device answered; the link is fine.
+    #[error("modbus exception: {0}")]
+    Exception(ExceptionCode),
+    /// The device did not answer: it is quarantined, the link reopened.
+    #[error("no response within {0:?}")]
+    Timeout(Duration),
+    /// The reply was garbage (CRC, wrong unit, wrong function): the link is
+    /// reopened to drop whatever else is in flight.
+    #[error("bad response: {0}")]
+    Garbled(String),
+    /// The port or connection failed: every device on it is affected.
+    #[error("{0}")]
+    Link(String),
+}
+
+fn classify(
+    result: Result<tokio_modbus::Result<Response>, tokio::time::error::Elapsed>,
+    limit: Duration,
+) -> Result<Response, CallError> {
+    match result {
+        Err(_) => Err(CallError::Timeout(limit)),
+        Ok(Err(tokio_modbus::Error::Protocol(e))) => Err(CallError::Garbled(e.to_string())),
+        Ok(Err(tokio_modbus::Error::Transport(e))) if e.kind() == io::ErrorKind::InvalidData => {
+            Err(CallError::Garbled(e.to_string()))
+        }
+        Ok(Err(tokio_modbus::Error::Transport(e))) => Err(CallError::Link(e.to_string())),
+        Ok(Ok(Err(code))) => Err(CallError::Exception(code)),
+        Ok(Ok(Ok(response))) => Ok(response),
+    }
+}
+
+enum Words {
+    Registers(Vec<u16>),
+    Bits(Vec<bool>),
+}
+
+/// One device's place in the schedule.
+struct Slot {
+    spec: DeviceSpec,
+    blocks: Vec<ReadBlock>,
+    health: Arc<DeviceHealth>,
+    /// When the next poll (or, while quarantined, the next probe) is due.
+    due: Instant,
+    quarantine: Backoff,
+    quarantined: bool,
+}
+
+impl Slot {
+    fn sample(&self, ts_ms: i64, readings: Vec<Option<Reading>>, missing: &str) -> Sample {
+        let points = self
+            .spec
+            .points
+            .iter()
+            .zip(readings)
+            .map(|(point, reading)| PointSample {
+                name: point.name.clone(),
+                unit: point.unit.clone(),
+                reading: reading.unwrap_or_else(|| Reading::Bad(missing.to_string())),
+            })
+            .collect();
+        Sample {
+            device: self.spec.name.clone(),
+            ts_ms,
+            points,
+        }
+    }
+
+    fn all_bad(&self, reason: &str) -> Sample {
+        self.sample(now_ms(), vec![None; self.spec.points.len()], reason)
+    }
+}
+
+/// Missed polls are logged at most this often per bus.
+const MISSED_POLL_LOG_INTERVAL: Duration = Duration::from_secs(60);
+
+struct Bus {
+    name: Arc<str>,
+    link: Link,
+    health: Arc<BusHealth>,
+    slots: Vec<Slot>,
+    context: Option<Context>,
+    /// Set when the link failed: no attempt to reopen before then.
+    link_retry_at: Option<Instant>,
+    link_backoff: Backoff,
+    /// The line must stay silent until then before the next request.
+    quiet_until: Instant,
+    connect_timeout: Duration,
+    missed_unlogged: u64,
+    missed_logged_at: Option<Instant>,
+}
+
+impl Bus {
+    fn new(spec: BusSpec, monitor: BusMonitor) -> Self {
+        let now = Instant::now();
+        let connect_timeout = spec
+            .devices
+            .iter()
+            .map(|d| d.timeout)
+            .max()
+            .unwrap_or(Duration::from_secs(1));
+        let shortest_interval = spec
+            .devices
+            .iter()
+            .map(|d| d.poll_interval)
+            .min()
+            .unwrap_or(Duration::from_secs(1));
+        let slots = spec
+            .devices
+            .into_iter()
+            .zip(monitor.devices)
+            .map(|(spec, health)| {
+                let blocks = plan_reads(&spec.points, spec.max_gap);
+                debug!(device = %spec.name, requests = blocks.len(), points = spec.points.len(), "read plan");
+                Slot {
+                    quarantine: probe_backoff(spec.poll_interval),
+                    quarantined: false,
+                    blocks,
+                    health,
+                    due: now,
+                    spec,
+                }
+            })
+            .collect();
+        Self {
+            name: spec.name,
+            link_backoff: probe_backoff(shortest_interval),
+            link: spec.link,
+            health: monitor.bus,
+            slots,
+            context: None,
+            link_retry_at: None,
+            quiet_until: now,
+            connect_timeout,
+            missed_unlogged: 0,
+            missed_logged_at: None,
+        }
+    }
+
+    /// The slot to serve next (earliest deadline first) and when.
+    fn next(&self) -> (usize, Instant) {
+        let (index, slot) = self
+            .slots
+            .iter()
+            .enumerate()
+            .min_by_key(|(_, slot)| slot.due)
+            .expect("a bus has at least one device");
+        let mut at = slot.due.max(self.quiet_until);
+        if let Some(retry) = self.link_retry_at {
+            at = at.max(retry);
+        }
+        (index, at)
+    }
+
+    /// Opens the link unless it is open; a failure takes it down for a
+    /// back-off.
+    async fn ensure_open(&mut self) -> Result<(), CallError> {
+        if self.context.is_some() {
+            return Ok(());
+        }
+        match self.link.open(self.connect_timeout).await {
+            Ok(context) => {
+                if self.link_retry_at.take().is_some()
+                    || !self.health.link_up.load(Ordering::Relaxed)
+                {
+                    info!(bus = %self.name, link = %self.link.describe(), "link open");
+                }
+                self.health.link_up.store(true, Ordering::Relaxed);
+                self.link_backoff.reset();
+                self.context = Some(context);
+                // Whatever was on the line before we opened it is not ours.
+                self.quiet_until = Instant::now() + self.link.frame_gap();
+                Ok(())
+            }
+            Err(e) => {
+                self.link_failed(&e);
+                Err(e)
+            }
+        }
+    }
+
+    fn link_failed(&mut self, error: &CallError) {
+        self.context = None;
+        self.health.link_up.store(false, Ordering::Relaxed);
+        self.health.link_failures.fetch_add(1, Ordering::Relaxed);
+        let delay = self.link_backoff.next_delay();
+        self.link_retry_at = Some(Instant::now() + delay);
+        warn!(bus = %self.name, %error, retry_in = ?delay, "link failed");
+    }
+
+    /// One request to one unit, after the line's silent interval.
+    async fn call(
+        &mut self,
+        unit: u8,
+        limit: Duration,
+        request: Request<'_>,
+    ) -> Result<Response, CallError> {
+        self.ensure_open().await?;
+        sleep_until(self.quiet_until).await;
+        let context = self.context.as_mut().expect("opened above");
+        context.set_slave(Slave(unit));
+        let result = classify(timeout(limit, context.call(request)).await, limit);
+        self.quiet_until = Instant::now() + self.link.frame_gap();
+        match &result {
+            Err(CallError::Timeout(_) | CallError::Garbled(_)) => self.context = None,
+            Err(e @ CallError::Link(_)) => self.link_failed(e),
+            Err(CallError::Exception(_)) | Ok(_) => {}
+        }
+        result
+    }
+
+    async fn read(
+        &mut self,
+        unit: u8,
+        limit: Duration,
+        block: &ReadBlock,
+    ) -> Result<Words, CallError> {
+        let (start, count) = (block.start, block.count);
+        let request = match block.area {
+            Area::Holding => Request::ReadHoldingRegisters(start, count),
+            Area::Input => Request::ReadInputRegisters(start, count),
+            Area::Coil => Request::ReadCoils(start, count),
+            Area::Discrete => Request::ReadDiscreteInputs(start, count),
+        };
+        let words = match self.call(unit, limit, request).await? {
+            Response::ReadHoldingRegisters(r) | Response::ReadInputRegisters(r) => {
+                Words::Registers(r)
+            }
+            Response::ReadCoils(b) | Response::ReadDiscreteInputs(b) => Words::Bits(b),
+            other => return Err(CallError::Garbled(format!("unexpected response {other:?}"))),
+        };
+        let got = match &words {
+            Words::Registers(r) => r.len(),
+            Words::Bits(b) => b.len(),
+        };
+        // Bit reads come back padded to whole bytes.
+        if got < usize::from(count) {
+            return Err(CallError::Garbled(format!(
+                "asked for {count} values, device sent {got}"
+            )));
+        }
+        Ok(words)
+    }
+
+    /// Polls (or probes) the device in `index`; returns the samples to send:
+    /// one, or one per device when the link failed.
+    async fn poll(&mut self, index: usize) -> Vec<Sample> {
+        let now = Instant::now();
+        self.schedule_next(index, now);
+        if let Err(e) = self.ensure_open().await {
+            let reason = e.to_string();
+            return self
+                .slots
+                .iter()
+                .map(|slot| slot.all_bad(&reason))
+                .collect();
+        }
+        let ts_ms = now_ms();
+        let slot = &self.slots[index];
+        let (unit, limit) = (slot.spec.unit_id, slot.spec.timeout);
+        let blocks = std::mem::take(&mut self.slots[index].blocks);
+        let mut readings: Vec<Option<Reading>> = vec![None; self.slots[index].spec.points.len()];
+        let mut failure = None;
+        for block in &blocks {
+            match self.read(unit, limit, block).await {
+                Ok(words) => {
+                    let slot = &self.slots[index];
+                    DeviceHealth::count(&slot.health.reads);
+                    for &i in &block.points {
+                        let point = &slot.spec.points[i];
+                        readings[i] = Some(decode(point, block, &words));
+                    }
+                }
+                Err(e @ CallError::Exception(_)) => {
+                    let slot = &self.slots[index];
+                    DeviceHealth::count(&slot.health.errors);
+                    slot.health.set_last_error(e.to_string());
+                    for &i in &block.points {
+                        readings[i] = Some(Reading::Bad(e.to_string()));
+                    }
+                }
+                Err(e) => {
+                    // One timeout is all a silent device may cost the bus.
+                    failure = Some(e);
+                    break;
+                }
+            }
+        }
+        self.slots[index].blocks = blocks;
+        match failure {
+            None => {
+                self.answered(index);
+                vec![self.slots[index].sample(ts_ms, readings, "not read")]
+            }
+            Some(CallError::Link(reason)) => {
+                let mut samples: Vec<Sample> = self
+                    .slots
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| *i != index)
+                    .map(|(_, slot)| slot.all_bad(&reason))
+                    .collect();
+                samples.push(self.slots[index].sample(ts_ms, readings, &reason));
+                samples
+            }
+            Some(e) => {
+                self.not_answering(index, &e);
+                vec![self.slots[index].sample(ts_ms, readings, &e.to_string())]
+            }
+        }
+    }
+
+    /// Moves the slot's deadline on by whole intervals, counting the polls
+    /// that could not happen because the bus was busy.
+    fn schedule_next(&mut self, index: usize, now: Instant) {
+        let slot = &mut self.slots[index];
+        if slot.quarantined || self.link_retry_at.is_some() {
+            // Probes are rescheduled by their outcome.
+            slot.due = now + slot.spec.poll_interval;
+            return;
+        }
+        let interval = slot.spec.poll_interval;
+        let late = now.saturating_duration_since(slot.due);
+        let missed = (late.as_nanos() / interval.as_nanos().max(1)) as u64;
+        slot.due += interval * u32::try_from(missed + 1).unwrap_or(u32::MAX);
+        if missed > 0 {
+            self.health
+                .missed_polls
+                .fetch_add(missed, Ordering::Relaxed);
+            self.missed_unlogged += missed;
+            let log_due = self
+                .missed_logged_at
+                .is_none_or(|at| now.duration_since(at) >= MISSED_POLL_LOG_INTERVAL);
+            if log_due {
+                warn!(
+                    bus = %self.name,
+                    missed_polls = self.missed_unlogged,
+                    device = %slot.spec.name,
+                    "bus oversubscribed: polls start late; lengthen poll intervals or split the bus"
+                );
+                self.missed_unlogged = 0;
+                self.missed_logged_at = Some(now);
+            }
+        }
+    }
+
+    fn answered(&mut self, index: usize) {
+        let slot = &mut self.slots[index];
+        if slot.quarantined {
+            info!(bus = %self.name, device = %slot.spec.name, "device answering again");
+            slot.quarantined = false;
+            slot.health.quarantined.store(false, Ordering::Relaxed);
+        }
+        slot.quarantine.reset();
+    }
+
+    fn not_answering(&mut self, index: usize, error: &CallError) {
+        let slot = &mut self.slots[index];
+        let counter = match error {
+            CallError::Timeout(_) => &slot.health.timeouts,
+            _ => &slot.health.errors,
+        };
+        DeviceHealth::count(counter);
+        slot.health.set_last_error(error.to_string());
+        let delay = slot.quarantine.next_delay();
+        slot.due = Instant::now() + delay;
+        if !slot.quarantined {
+            warn!(bus = %self.name, device = %slot.spec.name, %error, probe_in = ?delay, "device quarantined");
+            slot.quarantined = true;
+            slot.health.quarantined.store(true, Ordering::Relaxed);
+        } else {
+            debug!(bus = %self.name, device = %slot.spec.name, %error, probe_in = ?delay, "probe failed");
+        }
+    }
+
+    async fn write(&mut self, request: &WriteRequest) -> Result<(), WriteError> {
+        let Some(index) = self
+            .slots
+            .iter()
+            .position(|s| s.spec.name == request.device)
+        else {
+            return Err(WriteError::UnknownPoint(format!(
+                "{}/{}",
+                request.device, request.point
+            )));
+        };
+        let slot = &self.slots[index];
+        let point = slot
+            .spec
+            .points
+            .iter()
+            .find(|p| *p.name == *request.point)
+            .ok_or_else(|| WriteError::UnknownPoint(request.point.clone()))?;
+        let (address, payload) = (point.address, point.encode(&request.value)?);
+        let (unit, limit) = (slot.spec.unit_id, slot.spec.timeout);
+        let call = match &payload {
+            WritePayload::Coil(on) => Request::WriteSingleCoil(address, *on),
+            WritePayload::Registers(words) if words.len() == 1 => {
+                Request::WriteSingleRegister(address, words[0])
+            }
+            WritePayload::Registers(words) => {
+                Request::WriteMultipleRegisters(address, words.as_slice().into())
+            }
+        };
+        self.call(unit, limit, call)
+            .await
+            .map(drop)
+            .map_err(|e| WriteError::Device(e.to_string()))
+    }
+}
+
+fn probe_backoff(poll_interval: Duration) -> Backoff {
+    Backoff::new(
+        poll_interval.min(Duration::from_secs(1)),
+        (poll_interval * 8).clamp(Duration::from_secs(5), Duration::from_secs(60)),
+    )
+}
+
+fn decode(point: &PointSpec, block: &ReadBlock, words: &Words) -> Reading {
+    let offset = usize::from(point.address - block.start);
+    match words {
+        Words::Bits(bits) => point.decode_bit(bits[offset]),
+        Words::Registers(regs) => {
+            point.decode_registers(&regs[offset..offset + usize::from(point.width())])
+        }
+    }
+}
+
+/// Serves every device of one bus until `shutdown`, sending one sample per
+/// poll to `samples` (waiting when it is full: backpressure, not loss).
+pub async fn run_bus(
+    spec: BusSpec,
+    monitor: BusMonitor,
+    samples: mpsc::Sender<Sample>,
+    mut writes: mpsc::Receiver<WriteRequest>,
+    shutdown: CancellationToken,
+) {
+    if spec.devices.is_empty() {
+        return;
+    }
+    let mut bus = Bus::new(spec, monitor);
+    'serve: loop {
+        let (index, at) = bus.next();
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break,
+            Some(request) = writes.recv() => {
+                let result = bus.write(&request).await;
+                // The requester may have given up waiting; nothing to do then.
+                let _ = request.reply.send(result);
+                continue;
+            }
+            _ = sleep_until(at) => {}
+        }
+        for sample in bus.poll(index).await {
+            tokio::select! {
+                _ = shutdown.cancelled() => break 'serve,
+                sent = samples.send(sample) => if sent.is_err() { break 'serve },
+            }
+        }
+    }
+    while let Ok(request) = writes.try_recv() {
+        let _ = request.reply.send(Err(WriteError::ShuttingDown));
+    }
+    if let Some(mut context) = bus.context.take() {
+        let _ = timeout(Duration::from_millis(200), context.disconnect()).await;
+    }
+}
