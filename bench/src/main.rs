@@ -8,6 +8,7 @@
 //! in the same go: the same messages published straight to the same broker
 //! by one rumqttc client, so that results taken on a busy machine can be
 //! compared as ratios. `kite-bench idle` reports the RSS of an idle gateway.
+//! `kite-bench rtu` measures a Modbus RTU line against its ceiling.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -23,6 +24,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 mod plugins;
+mod rtu;
 
 #[derive(Parser)]
 struct Cli {
@@ -50,6 +52,15 @@ enum Mode {
     },
     /// RSS of a running gateway with one device polled once a minute.
     Idle,
+    /// Modbus RTU line rate against a slave that keeps real character
+    /// timing, as a fraction of the line's ceiling.
+    Rtu {
+        #[arg(long, default_value_t = 9600)]
+        baud: u32,
+        /// Seconds measured, after 3 s of warm-up.
+        #[arg(long, default_value_t = 30)]
+        seconds: u64,
+    },
     /// Plug-in costs: per reading in batches, instantiation, and the price
     /// of bounding time (epoch interruption against fuel and nothing).
     Plugins {
@@ -79,6 +90,7 @@ async fn main() -> anyhow::Result<()> {
             seconds,
         } => load(&cli.kite, devices, points, interval_ms, seconds).await,
         Mode::Idle => idle(&cli.kite).await,
+        Mode::Rtu { baud, seconds } => rtu::run(&cli.kite, baud, seconds).await,
         Mode::Plugins { .. } => unreachable!("handled above"),
     }
 }

@@ -24,13 +24,16 @@ pub enum FieldType {
 /// One point read from one named capture group.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CaptureField {
+    /// Name of the point in samples.
     pub point: Arc<str>,
     /// Name of the capture group in the pattern.
     pub capture: String,
     pub field_type: FieldType,
-    /// Numbers become `value * scale + offset`.
+    /// Numbers become `value * scale + offset`; must be finite.
     pub scale: f64,
+    /// See `scale`; must be finite.
     pub offset: f64,
+    /// Unit carried by the point's samples, e.g. `degC`.
     pub unit: Option<Arc<str>>,
 }
 
