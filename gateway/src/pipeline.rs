@@ -7,13 +7,14 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Arc;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use kite_core::{DeviceHealth, Sample};
-use kite_modbus::BusMonitor;
-use kite_serial::decode::RegexDecoder;
+use kite_core::{DeviceHealth, PointSample, Sample};
+use kite_modbus::{BusMonitor, BusSpec};
+use kite_serial::decode::{DecodeError, RegexDecoder};
 use kite_serial::nmea::NmeaDecoder;
 use kite_serial::FrameDecoder;
 use tokio::sync::mpsc;
@@ -21,11 +22,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info};
 
-use kite_plugins::{PluginCounters, PluginHandle, PluginOutput, PluginSpec, Sandbox};
+use kite_plugins::{
+    Codec, Limits, PluginCounters, PluginHandle, PluginOutput, PluginSpec, Sandbox, Trust,
+};
 
 use crate::buffer::{Buffer, BufferHandle, Kind, NewRecord};
-use crate::config::{Config, Decode};
-use crate::uplink::{FieldHealth, PluginStatus, Uplink, UplinkCounters};
+use crate::config::{Config, Decode, InstrumentConfig};
+use crate::uplink::{FieldHealth, PluginStatus, Uplink, UplinkCounters, WriteRoutes};
 
 /// Samples between the pollers and the buffer; when it is full, pollers wait.
 const SAMPLE_CHANNEL: usize = 1024;
@@ -57,53 +60,34 @@ pub async fn run(config: Config, stop: impl Future<Output = ()>) -> anyhow::Resu
     );
     let (buffer, buffer_thread) = BufferHandle::spawn(buffer);
 
+    let codecs = config
+        .instruments
+        .iter()
+        .any(|i| matches!(i.decode, Decode::Codec { .. }));
+    let sandbox = if config.plugins.is_empty() && !codecs {
+        None
+    } else {
+        let cache = config.gateway.data_dir.join("plugin-cache");
+        Some(Arc::new(Sandbox::new(Some(&cache))?))
+    };
+    let codec_spec = CodecSpec {
+        state_path: config.gateway.data_dir.join("plugins.sqlite3"),
+        trust: config.plugin_trust.clone(),
+    };
     let (outputs_tx, outputs_rx) = mpsc::channel(PLUGIN_OUTPUTS);
-    let (plugins, plugin_counters) = start_plugins(&config, outputs_tx)?;
+    let (plugins, plugin_counters) = start_plugins(&config, sandbox.as_ref(), outputs_tx);
     let (samples_tx, samples_rx) = mpsc::channel(SAMPLE_CHANNEL);
     let polling = CancellationToken::new();
     let pollers = TaskTracker::new();
-    let mut routes = HashMap::new();
-    let mut health = FieldHealth::default();
-    for bus in config.modbus {
-        let (writes_tx, writes_rx) = mpsc::channel(WRITE_QUEUE);
-        let monitor = BusMonitor::new(&bus);
-        health
-            .buses
-            .push((bus.name.to_string(), monitor.bus.clone()));
-        for (device, device_health) in bus.devices.iter().zip(&monitor.devices) {
-            routes.insert(device.name.to_string(), writes_tx.clone());
-            health
-                .devices
-                .push((device.name.to_string(), device_health.clone()));
-        }
-        pollers.spawn(kite_modbus::run_bus(
-            bus,
-            monitor,
-            samples_tx.clone(),
-            writes_rx,
-            polling.clone(),
-        ));
-    }
-    for instrument in config.instruments {
-        let device_health = Arc::new(DeviceHealth::default());
-        health
-            .devices
-            .push((instrument.spec.name.to_string(), device_health.clone()));
-        let decoder: Box<dyn FrameDecoder> = match instrument.decode {
-            Decode::Regex { pattern, fields } => Box::new(
-                RegexDecoder::new(&pattern, fields)
-                    .context("pattern checked when the config was read")?,
-            ),
-            Decode::Nmea => Box::new(NmeaDecoder),
-        };
-        pollers.spawn(kite_serial::run_instrument(
-            instrument.spec,
-            decoder,
-            device_health,
-            samples_tx.clone(),
-            polling.clone(),
-        ));
-    }
+    let (routes, health) = start_field(
+        config.modbus,
+        config.instruments,
+        sandbox.as_ref(),
+        &codec_spec,
+        &samples_tx,
+        &polling,
+        &pollers,
+    );
     pollers.close();
     drop(samples_tx);
     let plugins: Arc<[PluginHandle]> = plugins.into();
@@ -153,13 +137,13 @@ pub async fn run(config: Config, stop: impl Future<Output = ()>) -> anyhow::Resu
 /// gateway runs on without it.
 fn start_plugins(
     config: &Config,
+    sandbox: Option<&Arc<Sandbox>>,
     outputs: mpsc::Sender<PluginOutput>,
-) -> anyhow::Result<(Vec<PluginHandle>, PluginStatus)> {
-    if config.plugins.is_empty() {
-        return Ok((Vec::new(), Vec::new()));
-    }
+) -> (Vec<PluginHandle>, PluginStatus) {
+    let Some(sandbox) = sandbox.filter(|_| !config.plugins.is_empty()) else {
+        return (Vec::new(), Vec::new());
+    };
     let data_dir = &config.gateway.data_dir;
-    let sandbox = Arc::new(Sandbox::new(Some(&data_dir.join("plugin-cache")))?);
     let mut handles = Vec::new();
     let mut status = Vec::new();
     for plugin in &config.plugins {
@@ -184,7 +168,114 @@ fn start_plugins(
             }
         }
     }
-    Ok((handles, status))
+    (handles, status)
+}
+
+/// What every codec plug-in shares: where its state lives, whom to trust.
+struct CodecSpec {
+    state_path: PathBuf,
+    trust: Trust,
+}
+
+/// Starts one task per Modbus link and per raw instrument; returns where
+/// each device's writes go and the health they report.
+fn start_field(
+    modbus: Vec<BusSpec>,
+    instruments: Vec<InstrumentConfig>,
+    sandbox: Option<&Arc<Sandbox>>,
+    codec_spec: &CodecSpec,
+    samples: &mpsc::Sender<Sample>,
+    polling: &CancellationToken,
+    pollers: &TaskTracker,
+) -> (WriteRoutes, FieldHealth) {
+    let mut routes = HashMap::new();
+    let mut health = FieldHealth::default();
+    for bus in modbus {
+        let (writes_tx, writes_rx) = mpsc::channel(WRITE_QUEUE);
+        let monitor = BusMonitor::new(&bus);
+        health
+            .buses
+            .push((bus.name.to_string(), monitor.bus.clone()));
+        for (device, device_health) in bus.devices.iter().zip(&monitor.devices) {
+            routes.insert(device.name.to_string(), writes_tx.clone());
+            health
+                .devices
+                .push((device.name.to_string(), device_health.clone()));
+        }
+        pollers.spawn(kite_modbus::run_bus(
+            bus,
+            monitor,
+            samples.clone(),
+            writes_rx,
+            polling.clone(),
+        ));
+    }
+    for instrument in instruments {
+        let name = instrument.spec.name.to_string();
+        let device_health = Arc::new(DeviceHealth::default());
+        health.devices.push((name.clone(), device_health.clone()));
+        let decoder: Box<dyn FrameDecoder> = match instrument.decode {
+            Decode::Regex { pattern, fields } => match RegexDecoder::new(&pattern, fields) {
+                Ok(decoder) => Box::new(decoder),
+                Err(e) => {
+                    refuse(&name, &device_health, &e);
+                    continue;
+                }
+            },
+            Decode::Nmea => Box::new(NmeaDecoder),
+            Decode::Codec { path, config_json } => {
+                let spec = PluginSpec {
+                    name: name.clone(),
+                    wasm: path,
+                    inputs: Vec::new(),
+                    limits: Limits::default(),
+                    config_json,
+                    state_path: codec_spec.state_path.clone(),
+                    trust: codec_spec.trust.clone(),
+                };
+                let sandbox = sandbox.expect("a sandbox exists when a codec is configured");
+                match Codec::start(sandbox.clone(), spec) {
+                    Ok(codec) => Box::new(CodecDecoder(Mutex::new(codec))),
+                    Err(e) => {
+                        refuse(&name, &device_health, &e);
+                        continue;
+                    }
+                }
+            }
+        };
+        pollers.spawn(kite_serial::run_instrument(
+            instrument.spec,
+            decoder,
+            device_health,
+            samples.clone(),
+            polling.clone(),
+        ));
+    }
+    (routes, health)
+}
+
+/// An instrument whose frames cannot be decoded is not started; the
+/// gateway runs on, and says so in the log and the status.
+fn refuse(device: &str, health: &DeviceHealth, error: &dyn std::fmt::Display) {
+    error!(device, %error, "instrument REFUSED");
+    health
+        .refused
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    health.set_last_error(error.to_string());
+}
+
+/// A codec plug-in as a frame decoder. The lock is only ever taken by the
+/// instrument's own task; it makes the store shareable, as the trait asks.
+struct CodecDecoder(Mutex<Codec>);
+
+impl FrameDecoder for CodecDecoder {
+    fn decode(&mut self, frame: &[u8]) -> Result<Vec<PointSample>, DecodeError> {
+        self.0
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .decode(frame)
+            .map_err(DecodeError::Invalid)
+    }
 }
 
 /// Commits samples to the buffer in batches (whatever is waiting, up to

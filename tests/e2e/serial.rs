@@ -257,7 +257,7 @@ async fn raw_lines_become_points_and_garbage_is_counted_not_fatal() {
 
     // Good frames become points, in order, whatever came between them.
     let mut seen = Vec::new();
-    let mut check = |message: &Value, seen: &mut Vec<i64>| {
+    let check = |message: &Value, seen: &mut Vec<i64>| {
         if !is_good(message, "n") {
             return;
         }
@@ -385,4 +385,100 @@ async fn a_queried_instrument_and_a_gnss_receiver() {
         .await;
     assert_eq!(gga["points"]["satellites"]["value"], 8);
     assert_eq!(gga["points"]["altitude"]["value"], 545.4);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_oversubscribed_bus_says_so_and_serves_every_device_in_turn() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start(dir.path(), false).await;
+    let pair = SerialPair::start(dir.path(), "busy").await;
+    let _slaves = modbus_rtu_device(&pair.device_end, meter_image());
+    // A 50 ms silent interval allows at most 20 transactions a second; the
+    // two devices ask for 20 each.
+    let devices = bus("busy", &pair.kite_end)
+        .replace("baud = 19200", "baud = 19200\nframe_gap = \"50ms\"")
+        + &rtu_device("meter-1", "busy", 1)
+            .replace("poll_interval = \"200ms\"", "poll_interval = \"50ms\"")
+        + &rtu_device("meter-2", "busy", 2)
+            .replace("poll_interval = \"200ms\"", "poll_interval = \"50ms\"");
+    let mut sub = Subscriber::connect(broker.port, "kite/gw-busy/#", "busy-test", false).await;
+    let config = kite_config(dir.path(), "gw-busy", broker.port, &devices).replace(
+        "flush_timeout = \"2s\"",
+        "flush_timeout = \"2s\"\nstatus_interval = \"1s\"",
+    );
+    let kite = Kite::start(dir.path(), &config);
+
+    let status = sub
+        .next_on("kite/gw-busy/status", |s| {
+            s["buses"]["busy"]["missed_polls"].as_u64() > Some(0)
+        })
+        .await;
+    assert_eq!(status["buses"]["busy"]["state"], "open", "{status}");
+    let mut counts = std::collections::HashMap::<String, usize>::new();
+    while counts.values().sum::<usize>() < 40 {
+        let (topic, message) = sub.next_message().await;
+        if let Some(device) = telemetry_device(&topic, "gw-busy") {
+            assert!(is_good(&message, "energy"), "{device}: {message}");
+            *counts.entry(device).or_default() += 1;
+        }
+    }
+    // Earliest deadline first: neither device starves the other.
+    assert!(
+        counts["meter-1"] >= 15 && counts["meter-2"] >= 15,
+        "{counts:?}"
+    );
+    assert!(kite.log().contains("bus oversubscribed"), "{}", kite.log());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_codec_plugin_decodes_a_binary_protocol() {
+    let examples = crate::plugin_builds::examples();
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start(dir.path(), false).await;
+    let pair = SerialPair::start(dir.path(), "meter").await;
+    let devices = format!(
+        "{}[[devices]]\nname = \"flowmeter\"\nprotocol = \"serial\"\nbus = \"com-meter\"\n\
+         framing = \"length-prefix\"\nlength_offset = 1\nlength_adjust = 1\nmax_frame = 64\n\
+         decode = \"codec\"\ncodec = \"{}\"\n\
+         codec_config = {{ points = {{ \"1\" = {{ name = \"flow\", scale = 0.5, unit = \"m3/h\" }} }} }}\n",
+        bus("com-meter", &pair.kite_end),
+        examples.join("kite_example_meter_codec.wasm").display()
+    );
+    let mut sub = Subscriber::connect(broker.port, "kite/gw-codec/#", "codec-test", false).await;
+    let config = kite_config(dir.path(), "gw-codec", broker.port, &devices).replace(
+        "flush_timeout = \"2s\"",
+        "flush_timeout = \"2s\"\nstatus_interval = \"1s\"",
+    );
+    let _kite = Kite::start(dir.path(), &config);
+    sub.next_on("kite/gw-codec/status", |s| {
+        s["devices"]["flowmeter"]["state"] == "polling"
+    })
+    .await;
+
+    let frame = |value: i32| {
+        let mut frame = vec![0xA5, 5, 1];
+        frame.extend_from_slice(&value.to_be_bytes());
+        frame.push(frame.iter().fold(0, |x, b| x ^ b));
+        frame
+    };
+    let mut corrupted = frame(99);
+    corrupted[4] ^= 0x01;
+    let mut port = instrument_port(&pair.device_end);
+    for bytes in [frame(25), corrupted, frame(-8)] {
+        port.write_all(&bytes).unwrap();
+    }
+    let first = sub.next_on("kite/gw-codec/flowmeter", |_| true).await;
+    assert_eq!(first["points"]["flow"]["value"], 12.5, "{first}");
+    assert_eq!(first["points"]["flow"]["unit"], "m3/h");
+    let second = sub.next_on("kite/gw-codec/flowmeter", |_| true).await;
+    assert_eq!(second["points"]["flow"]["value"], -4.0, "{second}");
+    let status = sub
+        .next_on("kite/gw-codec/status", |s| {
+            s["devices"]["flowmeter"]["errors"].as_u64() >= Some(1)
+        })
+        .await;
+    let error = status["devices"]["flowmeter"]["last_error"]
+        .as_str()
+        .unwrap();
+    assert!(error.contains("checksum"), "{status}");
 }

@@ -3,6 +3,7 @@
 //! the links that poll them.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,6 +31,12 @@ pub enum Decode {
         fields: Vec<CaptureField>,
     },
     Nmea,
+    /// A codec plug-in (the `codec` world of `plugins/wit/plugin.wit`).
+    Codec {
+        path: PathBuf,
+        /// The `codec_config` table, as JSON for the codec's `init`.
+        config_json: String,
+    },
 }
 
 #[derive(Deserialize, Clone, Copy, PartialEq, Eq, Debug)]
@@ -105,6 +112,8 @@ pub(super) struct RawDevice {
     request: Option<Spanned<RawBytes>>,
     decode: Option<Spanned<RawDecode>>,
     pattern: Option<Spanned<String>>,
+    codec: Option<Spanned<PathBuf>>,
+    codec_config: Option<Spanned<toml::Table>>,
 }
 
 #[derive(Deserialize, Clone, Copy, PartialEq, Eq)]
@@ -124,11 +133,12 @@ enum Endian {
     Little,
 }
 
-#[derive(Deserialize, Clone, Copy, PartialEq, Eq)]
+#[derive(Deserialize, Clone, Copy, PartialEq, Eq, Debug)]
 #[serde(rename_all = "lowercase")]
 enum RawDecode {
     Regex,
     Nmea,
+    Codec,
 }
 
 /// Bytes written as a string (`"\r\n"`, `"\u0002"`) or as numbers (`[2, 0x83]`).
@@ -197,6 +207,7 @@ pub(super) struct Devices {
 pub(super) fn build(
     buses: Vec<RawBus>,
     devices: Vec<RawDevice>,
+    base: &Path,
     report: &mut Report<'_>,
     warnings: &mut Vec<String>,
 ) -> Devices {
@@ -227,7 +238,7 @@ pub(super) fn build(
             );
         }
         let Some((link_key, link, spec)) =
-            device.build(report, &lines, &mut bus_users, &mut out.instruments)
+            device.build(report, base, &lines, &mut bus_users, &mut out.instruments)
         else {
             continue;
         };
@@ -320,6 +331,7 @@ impl RawDevice {
     fn build(
         self,
         report: &mut Report<'_>,
+        base: &Path,
         lines: &BTreeMap<String, (SerialLine, Spanned<u8>)>,
         bus_users: &mut HashMap<String, (Protocol, String)>,
         instruments: &mut Vec<InstrumentConfig>,
@@ -396,7 +408,9 @@ impl RawDevice {
 
         if protocol == Protocol::Serial {
             let line = line?;
-            if let Some(instrument) = self.build_instrument(report, line, poll_interval, timeout) {
+            if let Some(instrument) =
+                self.build_instrument(report, base, line, poll_interval, timeout)
+            {
                 instruments.push(instrument);
             }
             return None;
@@ -486,6 +500,11 @@ impl RawDevice {
             refuse(self.request.as_ref().map(Spanned::span), "request");
             refuse(self.decode.as_ref().map(Spanned::span), "decode");
             refuse(self.pattern.as_ref().map(Spanned::span), "pattern");
+            refuse(self.codec.as_ref().map(Spanned::span), "codec");
+            refuse(
+                self.codec_config.as_ref().map(Spanned::span),
+                "codec_config",
+            );
         }
     }
 
@@ -537,6 +556,7 @@ impl RawDevice {
     fn build_instrument(
         &self,
         report: &mut Report<'_>,
+        base: &Path,
         line: SerialLine,
         poll_interval: Duration,
         timeout: Duration,
@@ -604,6 +624,25 @@ impl RawDevice {
         }
 
         let decode_kind = self.decode.as_ref().map(|d| *d.get_ref());
+        if decode_kind != Some(RawDecode::Codec) {
+            for span in [
+                self.codec.as_ref().map(Spanned::span),
+                self.codec_config.as_ref().map(Spanned::span),
+            ]
+            .into_iter()
+            .flatten()
+            {
+                report.push(
+                    span,
+                    "`codec` and `codec_config` are for decode = \"codec\"".into(),
+                );
+            }
+        }
+        if decode_kind != Some(RawDecode::Regex) {
+            if let Some(pattern) = &self.pattern {
+                report.push(pattern.span(), "`pattern` is for decode = \"regex\"".into());
+            }
+        }
         let decode = match decode_kind {
             None => {
                 report.push(
@@ -615,9 +654,6 @@ impl RawDevice {
                 return None;
             }
             Some(RawDecode::Nmea) => {
-                if let Some(pattern) = &self.pattern {
-                    report.push(pattern.span(), "`pattern` is for decode = \"regex\"".into());
-                }
                 if let Some(point) = self.points.first() {
                     report.push(
                         point.name.span(),
@@ -626,6 +662,33 @@ impl RawDevice {
                     );
                 }
                 Decode::Nmea
+            }
+            Some(RawDecode::Codec) => {
+                if let Some(point) = self.points.first() {
+                    report.push(
+                        point.name.span(),
+                        "decode = \"codec\" names its own points".into(),
+                    );
+                }
+                let Some(codec) = &self.codec else {
+                    report.push(self.name.span(), format!("device {device:?}: decode = \"codec\" needs `codec`, the path of a codec plug-in"));
+                    return None;
+                };
+                let path = base.join(codec.get_ref());
+                if !path.is_file() {
+                    report.push(
+                        codec.span(),
+                        format!("codec: no such file {}", path.display()),
+                    );
+                }
+                let config_json = self.codec_config.as_ref().map_or_else(
+                    || "{}".to_string(),
+                    |table| {
+                        serde_json::to_string(table.get_ref())
+                            .expect("a TOML table serializes to JSON")
+                    },
+                );
+                Decode::Codec { path, config_json }
             }
             Some(RawDecode::Regex) => {
                 let Some(pattern) = &self.pattern else {

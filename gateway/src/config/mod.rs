@@ -399,7 +399,7 @@ impl RawConfig {
                 "buffer.max_bytes must be at least 64KiB".into(),
             );
         }
-        let devices = devices::build(self.buses, self.devices, report, &mut warnings);
+        let devices = devices::build(self.buses, self.devices, base, report, &mut warnings);
         let device_names = devices.names;
         let mut plugin_names = HashSet::new();
         let plugins = self
@@ -502,6 +502,8 @@ impl RawMqtt {
                 "TLS files are set but the url is not mqtts://".into(),
             );
         }
+        // A missing file was reported above; reading it again would say so twice.
+        let password_path = password_path.filter(|path| path.is_file());
         let password = password_path.and_then(|path| match std::fs::read_to_string(&path) {
             Ok(text) => Some(text.trim_end_matches(['\r', '\n']).to_string()),
             Err(e) => {
@@ -883,6 +885,119 @@ mod tests {
             8,
             "unknown variant `bacnet`",
         );
+    }
+
+    const BUS: &str =
+        "[[buses]]\nname = \"rs485\"\nport = \"/dev/ttyUSB0\"\nbaud = 9600\nparity = \"even\"\n";
+
+    #[test]
+    fn serial_mistakes_are_named_with_their_line() {
+        let rtu = "[[devices]]\nname = \"m\"\nprotocol = \"modbus-rtu\"\nbus = \"rs485\"\n";
+        check_error(
+            "[[buses]]\nname = \"b\"\nport = \"/dev/x\"\n",
+            6,
+            "missing field `baud`",
+        );
+        check_error(&BUS.replace("9600", "9601000"), 9, "expected 50 to 4000000");
+        check_error(&format!("{BUS}stop_bits = 3\n"), 11, "expected 1 or 2");
+        check_error(&format!("{BUS}{BUS}"), 12, "duplicate bus name");
+        check_error(
+            &format!("{BUS}{}", rtu.replace("rs485", "rs232")),
+            14,
+            "no bus named \"rs232\"",
+        );
+        check_error(
+            "[[devices]]\nname = \"m\"\nprotocol = \"modbus-rtu\"\n",
+            7,
+            "needs `bus`",
+        );
+        check_error(&format!("{BUS}{rtu}unit_id = 0\n"), 15, "1 to 247");
+        check_error(
+            &format!("{BUS}{rtu}address = \"h:1\"\n"),
+            15,
+            "`address` does not apply",
+        );
+        check_error(
+            &format!("{BUS}data_bits = 7\n{rtu}"),
+            11,
+            "Modbus RTU needs data_bits = 8",
+        );
+        check_error(
+            "[[devices]]\nname = \"m\"\nprotocol = \"modbus-rtu-over-tcp\"\n",
+            7,
+            "needs `address`",
+        );
+        let serial = "[[devices]]\nname = \"s\"\nprotocol = \"serial\"\nbus = \"rs485\"\n";
+        check_error(&format!("{BUS}{serial}"), 12, "needs `decode`");
+        check_error(
+            &format!("{BUS}{rtu}{serial}decode = \"nmea\"\n"),
+            18,
+            "a raw instrument needs its port to itself",
+        );
+        check_error(
+            &format!("{BUS}{serial}decode = \"regex\"\npattern = \"(?P<a>\"\n[[devices.points]]\nname = \"a\"\n"),
+            16,
+            "pattern:",
+        );
+        check_error(
+            &format!("{BUS}{serial}decode = \"regex\"\npattern = \"(?P<a>x)\"\n[[devices.points]]\nname = \"b\"\n"),
+            16,
+            "pattern:",
+        );
+        check_error(
+            &format!("{BUS}{serial}decode = \"nmea\"\nframing = \"fixed\"\n"),
+            16,
+            "needs `length`",
+        );
+        check_error(
+            &format!("{BUS}{serial}decode = \"nmea\"\ndelimiter = \"\"\n"),
+            12,
+            "",
+        );
+        check_error(
+            &format!("{BUS}{serial}decode = \"nmea\"\nunit_id = 2\n"),
+            16,
+            "`unit_id` does not apply",
+        );
+    }
+
+    #[test]
+    fn devices_are_grouped_by_the_link_that_polls_them() {
+        let body = format!(
+            "{BUS}\
+             [[devices]]\nname = \"a\"\nprotocol = \"modbus-rtu\"\nbus = \"rs485\"\nunit_id = 1\n\
+             [[devices]]\nname = \"b\"\nprotocol = \"modbus-rtu\"\nbus = \"rs485\"\nunit_id = 2\n\
+             [[devices]]\nname = \"c\"\nprotocol = \"modbus-rtu-over-tcp\"\naddress = \"10.0.0.9:4001\"\nunit_id = 1\n\
+             [[devices]]\nname = \"d\"\nprotocol = \"modbus-rtu-over-tcp\"\naddress = \"10.0.0.9:4001\"\nunit_id = 2\n\
+             [[devices]]\nname = \"e\"\nprotocol = \"modbus-tcp\"\naddress = \"10.0.0.5:502\"\n\
+             [[buses]]\nname = \"gps\"\nport = \"/dev/ttyS1\"\nbaud = 4800\n\
+             [[devices]]\nname = \"g\"\nprotocol = \"serial\"\nbus = \"gps\"\ndelimiter = \"\\r\\n\"\ndecode = \"nmea\"\n"
+        );
+        let config = parse(&format!("{MINIMAL}{body}"), Path::new("kite.toml")).unwrap();
+        let links: Vec<(&str, Vec<&str>)> = config
+            .modbus
+            .iter()
+            .map(|bus| (&*bus.name, bus.devices.iter().map(|d| &*d.name).collect()))
+            .collect();
+        assert_eq!(
+            links,
+            [
+                ("rs485", vec!["a", "b"]),
+                ("10.0.0.9:4001", vec!["c", "d"]),
+                ("e", vec!["e"])
+            ]
+        );
+        let kite_modbus::Link::Serial(line) = &config.modbus[0].link else {
+            panic!("{:?}", config.modbus[0].link)
+        };
+        assert_eq!(
+            (line.baud, line.parity),
+            (9600, kite_core::serial::Parity::Even)
+        );
+        assert_eq!(config.instruments.len(), 1);
+        assert_eq!(config.instruments[0].decode, Decode::Nmea);
+        assert_eq!(config.instruments[0].spec.line.baud, 4800);
+        assert_eq!(config.device_count(), 6);
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! - [`runner`]: one thread per plug-in that feeds it batches, turns its
 //!   failures into counts, re-instantiates it with back-off and disables it
 //!   after repeated failures.
+//! - [`codec`]: codec plug-ins, which decode a serial instrument's frames.
 //! - [`pattern`]: which readings a plug-in subscribed to.
 //! - [`signing`]: ed25519 signatures of plug-in files, and the trust check at load.
 //!
@@ -20,14 +21,28 @@ pub mod bindings {
         world: "plugin",
         path: "../wit",
     });
+
+    pub mod codec {
+        //! The `codec` world; its interfaces are the ones above.
+        wasmtime::component::bindgen!({
+            world: "codec",
+            path: "../wit",
+            with: {
+                "kite:plugin/types": crate::bindings::kite::plugin::types,
+                "kite:plugin/host": crate::bindings::kite::plugin::host,
+            },
+        });
+    }
 }
 
+pub mod codec;
 pub mod pattern;
 pub mod runner;
 pub mod sandbox;
 pub mod signing;
 pub mod state;
 
+pub use codec::Codec;
 pub use pattern::Pattern;
 pub use runner::{
     load, spawn, start_instance, PluginCounters, PluginHandle, PluginOutput, PluginSpec, RunState,

@@ -469,7 +469,7 @@ pub fn convert(
     })
 }
 
-fn to_sample_reading(value: Value) -> SampleReading {
+pub(crate) fn to_sample_reading(value: Value) -> SampleReading {
     match value {
         Value::Boolean(b) => SampleReading::Good(SampleValue::Bool(b)),
         Value::Integer(i) => SampleReading::Good(SampleValue::Int(i)),

@@ -19,8 +19,9 @@ use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
 use wasmtime::{Config, Engine, Store, StoreLimits, StoreLimitsBuilder, Trap};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
+use crate::bindings::codec::Codec as CodecWorld;
 use crate::bindings::kite::plugin::host;
-use crate::bindings::kite::plugin::types::{Output, Reading};
+use crate::bindings::kite::plugin::types::{Decoded, Output, Reading};
 use crate::bindings::Plugin;
 use crate::state::StateStore;
 
@@ -260,6 +261,28 @@ impl Sandbox {
         limits: Limits,
         state: StateStore,
     ) -> Result<Instance, PluginError> {
+        let mut store = self.store(name, limits, state);
+        let bindings = Plugin::instantiate(&mut store, component, &self.linker)
+            .map_err(|e| instantiation_error(e, limits))?;
+        Ok(self.instance(store, bindings, limits))
+    }
+
+    /// Instantiates a codec plug-in (the `codec` world) for the device `name`.
+    pub fn instantiate_codec(
+        &self,
+        component: &Component,
+        name: &str,
+        limits: Limits,
+        state: StateStore,
+    ) -> Result<Instance<CodecWorld>, PluginError> {
+        let mut store = self.store(name, limits, state);
+        let bindings = CodecWorld::instantiate(&mut store, component, &self.linker)
+            .map_err(|e| instantiation_error(e, limits))?;
+        Ok(self.instance(store, bindings, limits))
+    }
+
+    /// A store of its own, with nothing granted and the limits set.
+    fn store(&self, name: &str, limits: Limits, state: StateStore) -> Store<HostState> {
         let host = HostState {
             wasi: WasiCtx::builder()
                 .allow_tcp(false)
@@ -280,20 +303,25 @@ impl Sandbox {
         let mut store = Store::new(&self.engine, host);
         store.limiter(|host| &mut host.limits);
         store.set_epoch_deadline(u64::MAX / 2);
-        let bindings = Plugin::instantiate(&mut store, component, &self.linker).map_err(|e| {
-            let message = format!("{e:#}");
-            if message.contains("import") {
-                PluginError::Import(message)
-            } else {
-                classify(e, limits)
-            }
-        })?;
-        Ok(Instance {
+        store
+    }
+
+    fn instance<B>(&self, store: Store<HostState>, bindings: B, limits: Limits) -> Instance<B> {
+        Instance {
             store,
             bindings,
             limits,
             ticker: self.ticker.clone(),
-        })
+        }
+    }
+}
+
+fn instantiation_error(error: wasmtime::Error, limits: Limits) -> PluginError {
+    let message = format!("{error:#}");
+    if message.contains("import") {
+        PluginError::Import(message)
+    } else {
+        classify(error, limits)
     }
 }
 
@@ -326,19 +354,19 @@ fn classify(error: wasmtime::Error, limits: Limits) -> PluginError {
     }
 }
 
-/// One running plug-in: its store and its exports.
-pub struct Instance {
+/// One running plug-in: its store and the exports of its world.
+pub struct Instance<B = Plugin> {
     store: Store<HostState>,
-    bindings: Plugin,
+    bindings: B,
     limits: Limits,
     ticker: Arc<TickerHandle>,
 }
 
-impl Instance {
+impl<B> Instance<B> {
     /// Runs `call` under the time limit.
     fn bounded<T>(
         &mut self,
-        call: impl FnOnce(&Plugin, &mut Store<HostState>) -> wasmtime::Result<T>,
+        call: impl FnOnce(&B, &mut Store<HostState>) -> wasmtime::Result<T>,
     ) -> Result<T, PluginError> {
         let ticks = self
             .limits
@@ -360,7 +388,9 @@ impl Instance {
         self.store.set_epoch_deadline(u64::MAX / 2);
         result.map_err(|e| classify(e, self.limits))
     }
+}
 
+impl Instance<Plugin> {
     pub fn init(&mut self, config_json: &str) -> Result<(), PluginError> {
         self.bounded(|plugin, store| plugin.call_init(store, config_json))?
             .map_err(PluginError::Init)
@@ -368,6 +398,18 @@ impl Instance {
 
     pub fn process(&mut self, batch: &[Reading]) -> Result<Output, PluginError> {
         self.bounded(|plugin, store| plugin.call_process(store, batch))
+    }
+}
+
+impl Instance<CodecWorld> {
+    pub fn init(&mut self, config_json: &str) -> Result<(), PluginError> {
+        self.bounded(|codec, store| codec.call_init(store, config_json))?
+            .map_err(PluginError::Init)
+    }
+
+    /// The frame's points, or the codec's reason for refusing the frame.
+    pub fn decode(&mut self, frame: &[u8]) -> Result<Result<Vec<Decoded>, String>, PluginError> {
+        self.bounded(|codec, store| codec.call_decode(store, frame))
     }
 }
 

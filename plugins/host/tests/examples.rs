@@ -276,3 +276,70 @@ fn precompiled_plugins_load_only_when_signed_by_a_trusted_key() {
         Err(PluginError::Load(_))
     ));
 }
+
+/// A frame of the example meter protocol: 0xA5, length, records, XOR.
+fn meter_frame(records: &[(u8, i32)]) -> Vec<u8> {
+    let mut frame = vec![0xA5, (records.len() * 5) as u8];
+    for (id, value) in records {
+        frame.push(*id);
+        frame.extend_from_slice(&value.to_be_bytes());
+    }
+    frame.push(frame.iter().fold(0, |x, b| x ^ b));
+    frame
+}
+
+#[test]
+fn meter_codec_decodes_frames_and_refuses_bad_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let sandbox = std::sync::Arc::new(Sandbox::new(None).unwrap());
+    let spec = kite_plugins::PluginSpec {
+        name: "meter".into(),
+        wasm: examples().join("kite_example_meter_codec.wasm"),
+        inputs: Vec::new(),
+        limits: Limits::default(),
+        config_json: r#"{"points": {"1": {"name": "flow", "scale": 0.5, "unit": "m3/h"}}}"#.into(),
+        state_path: dir.path().join("plugins.sqlite3"),
+        trust: kite_plugins::Trust::default(),
+    };
+    let mut codec = kite_plugins::Codec::start(sandbox.clone(), spec.clone()).unwrap();
+
+    let points = codec.decode(&meter_frame(&[(1, 25), (7, -3)])).unwrap();
+    let rendered: Vec<(String, kite_core::Reading, Option<String>)> = points
+        .into_iter()
+        .map(|p| (p.name.to_string(), p.reading, p.unit.map(|u| u.to_string())))
+        .collect();
+    assert_eq!(
+        rendered,
+        [
+            (
+                "flow".into(),
+                kite_core::Reading::Good(kite_core::Value::Float(12.5)),
+                Some("m3/h".into())
+            ),
+            (
+                "id7".into(),
+                kite_core::Reading::Good(kite_core::Value::Int(-3)),
+                None
+            ),
+        ]
+    );
+
+    let mut corrupted = meter_frame(&[(1, 25)]);
+    corrupted[3] ^= 0x40;
+    let error = codec.decode(&corrupted).unwrap_err();
+    assert!(error.contains("checksum"), "{error}");
+    assert!(codec
+        .decode(&[0xA5])
+        .unwrap_err()
+        .contains("not a meter frame"));
+    // A refused frame leaves the codec working.
+    assert_eq!(codec.decode(&meter_frame(&[(1, 2)])).unwrap().len(), 1);
+
+    // A bad codec_config refuses the codec at start, with the codec's reason.
+    let bad = kite_plugins::PluginSpec {
+        config_json: r#"{"points": {"x": {"name": "flow"}}}"#.into(),
+        ..spec
+    };
+    let error = kite_plugins::Codec::start(sandbox, bad).err().unwrap();
+    assert!(error.to_string().contains("not an id"), "{error}");
+}

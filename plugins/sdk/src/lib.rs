@@ -16,6 +16,9 @@
 //! }
 //! export_plugin!(Double);
 //! ```
+//!
+//! A codec plug-in decodes the frames of a raw serial instrument instead:
+//! implement [`Codec`] and call [`export_codec!`].
 
 use std::any::Any;
 use std::cell::RefCell;
@@ -30,8 +33,24 @@ pub mod bindings {
     });
 }
 
+#[doc(hidden)]
+pub mod codec_bindings {
+    wit_bindgen::generate!({
+        world: "codec",
+        path: "../wit",
+        with: {
+            "kite:plugin/types@0.1.0": crate::bindings::kite::plugin::types,
+            "kite:plugin/host@0.1.0": crate::bindings::kite::plugin::host,
+        },
+        pub_export_macro: true,
+        default_bindings_module: "kite_plugin_sdk::codec_bindings",
+    });
+}
+
 pub use bindings::kite::plugin::host::{log, now_ms, state_delete, state_get, state_set, Level};
-pub use bindings::kite::plugin::types::{Derived, Event, Output, Reading, Severity, Value};
+pub use bindings::kite::plugin::types::{
+    Decoded, Derived, Event, Output, Reading, Severity, Value,
+};
 pub use serde_json;
 
 /// A plug-in: built once from its configuration, then fed batches.
@@ -133,9 +152,17 @@ thread_local! {
 
 #[doc(hidden)]
 pub fn __init<P: Plugin>(config: &str) -> Result<(), String> {
+    install(config, P::init)
+}
+
+/// Builds the instance from its JSON config and keeps it for later calls.
+fn install<T: 'static>(
+    config: &str,
+    build: impl FnOnce(serde_json::Value) -> Result<T, String>,
+) -> Result<(), String> {
     let config = serde_json::from_str(config).map_err(|e| format!("config is not JSON: {e}"))?;
-    let plugin = P::init(config)?;
-    INSTANCE.with(|slot| *slot.borrow_mut() = Some(Box::new(plugin)));
+    let instance = build(config)?;
+    INSTANCE.with(|slot| *slot.borrow_mut() = Some(Box::new(instance)));
     Ok(())
 }
 
@@ -164,5 +191,75 @@ macro_rules! export_plugin {
             }
         }
         $crate::bindings::export!(__KitePluginExport with_types_in $crate::bindings);
+    };
+}
+
+/// A codec: built once from the device's `codec_config`, then given frames.
+pub trait Codec: Sized + 'static {
+    /// `config` is the device's `codec_config` table. An error refuses the
+    /// codec with that message.
+    fn init(config: serde_json::Value) -> Result<Self, String>;
+
+    /// One frame, without delimiters or markers. Push its points to `out`;
+    /// an error drops the frame (Kite counts it).
+    fn decode(&mut self, frame: &[u8], out: &mut Points) -> Result<(), String>;
+}
+
+/// The points of one frame.
+#[derive(Default)]
+pub struct Points {
+    points: Vec<Decoded>,
+}
+
+impl Points {
+    pub fn good(&mut self, point: impl Into<String>, value: impl Into<Value>, unit: Option<&str>) {
+        self.points.push(Decoded {
+            point: point.into(),
+            value: Some(value.into()),
+            error: None,
+            unit: unit.map(str::to_string),
+        });
+    }
+
+    /// A point the frame carries but marks as not valid.
+    pub fn bad(&mut self, point: impl Into<String>, reason: impl Into<String>) {
+        self.points.push(Decoded {
+            point: point.into(),
+            value: None,
+            error: Some(reason.into()),
+            unit: None,
+        });
+    }
+}
+
+#[doc(hidden)]
+pub fn __decode<C: Codec>(frame: Vec<u8>) -> Result<Vec<Decoded>, String> {
+    let mut out = Points::default();
+    INSTANCE.with(|slot| match slot.borrow_mut().as_mut().and_then(|c| c.downcast_mut::<C>()) {
+        Some(codec) => codec.decode(&frame, &mut out),
+        None => Err("codec not initialised".to_string()),
+    })?;
+    Ok(out.points)
+}
+
+#[doc(hidden)]
+pub fn __init_codec<C: Codec>(config: &str) -> Result<(), String> {
+    install(config, C::init)
+}
+
+/// Exports `$codec` (a type implementing [`Codec`]) as the component's world.
+#[macro_export]
+macro_rules! export_codec {
+    ($codec:ty) => {
+        struct __KiteCodecExport;
+        impl $crate::codec_bindings::Guest for __KiteCodecExport {
+            fn init(config: String) -> Result<(), String> {
+                $crate::__init_codec::<$codec>(&config)
+            }
+            fn decode(frame: Vec<u8>) -> Result<Vec<$crate::Decoded>, String> {
+                $crate::__decode::<$codec>(frame)
+            }
+        }
+        $crate::codec_bindings::export!(__KiteCodecExport with_types_in $crate::codec_bindings);
     };
 }

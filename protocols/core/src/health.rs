@@ -18,6 +18,9 @@ pub struct DeviceHealth {
     pub discarded_bytes: AtomicU64,
     /// Not answering: polled only by occasional probes until it answers again.
     pub quarantined: AtomicBool,
+    /// Not started: its configuration could not be put to work (a codec
+    /// plug-in refused, say); `last_error` says why.
+    pub refused: AtomicBool,
     last_error: Mutex<Option<String>>,
 }
 
@@ -33,7 +36,13 @@ impl DeviceHealth {
     pub fn to_json(&self) -> Json {
         let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
         json!({
-            "state": if self.quarantined.load(Ordering::Relaxed) { "quarantined" } else { "polling" },
+            "state": if self.refused.load(Ordering::Relaxed) {
+                "refused"
+            } else if self.quarantined.load(Ordering::Relaxed) {
+                "quarantined"
+            } else {
+                "polling"
+            },
             "reads": load(&self.reads),
             "timeouts": load(&self.timeouts),
             "errors": load(&self.errors),
