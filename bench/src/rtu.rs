@@ -125,8 +125,10 @@ fn serve(
         // request's first character: request, silent interval, reply.
         let done = first_byte_at + char_time * (REQUEST_LEN + REPLY_LEN) as u32 + gap;
         std::thread::sleep(done.saturating_duration_since(Instant::now()));
-        file.write_all(&reply)?;
+        // Taken before the write: a thread descheduled after it would
+        // otherwise see the master's next request as too early.
         let finished = Instant::now().max(done);
+        file.write_all(&reply)?;
         line_free_at = finished + gap;
         counters.served.fetch_add(1, Ordering::Relaxed);
         counters

@@ -28,6 +28,20 @@ fn meter_image() -> Value {
     json!({"size": 20, "units": [1, 2], "holding": {"0": [1, 34464], "4": [215]}})
 }
 
+/// Writes `setpoint` through MQTT, checks the result, and waits until a
+/// poll reads the new value back from the device.
+async fn write_setpoint(sub: &mut Subscriber, device_topic: &str, value: f64) {
+    let request = json!({"id": "w1", "point": "setpoint", "value": value});
+    sub.publish(&format!("{device_topic}/set"), &request.to_string())
+        .await;
+    let result = sub
+        .next_on(&format!("{device_topic}/set/result"), |_| true)
+        .await;
+    assert_eq!(result["ok"], true, "{result}");
+    sub.next_on(device_topic, |m| m["points"]["setpoint"]["value"] == value)
+        .await;
+}
+
 fn is_good(message: &Value, point: &str) -> bool {
     message["points"][point]["quality"] == "good"
 }
@@ -114,19 +128,7 @@ async fn a_dead_slave_does_not_stall_the_others_on_its_bus() {
     assert!(kite.log().contains("device quarantined"), "{}", kite.log());
 
     // Writes share the line with the polls and still go through.
-    sub.publish(
-        "kite/gw-rtu/meter-2/set",
-        r#"{"id":"w1","point":"setpoint","value":23.5}"#,
-    )
-    .await;
-    let result = sub
-        .next_on("kite/gw-rtu/meter-2/set/result", |_| true)
-        .await;
-    assert_eq!(result["ok"], true, "{result}");
-    sub.next_on("kite/gw-rtu/meter-2", |m| {
-        m["points"]["setpoint"]["value"] == 23.5
-    })
-    .await;
+    write_setpoint(&mut sub, "kite/gw-rtu/meter-2", 23.5).await;
     // Each unit has its own registers: meter-1 is untouched.
     let other = sub.next_on("kite/gw-rtu/meter-1", |_| true).await;
     assert_eq!(other["points"]["setpoint"]["value"], 21.5);
@@ -198,19 +200,7 @@ async fn rtu_over_tcp_polls_several_units_through_one_converter() {
             .await;
         assert_eq!(message["points"]["energy"]["value"], 100_000, "{message}");
     }
-    sub.publish(
-        "kite/gw-conv/meter-1/set",
-        r#"{"id":"w1","point":"setpoint","value":-4.5}"#,
-    )
-    .await;
-    let result = sub
-        .next_on("kite/gw-conv/meter-1/set/result", |_| true)
-        .await;
-    assert_eq!(result["ok"], true, "{result}");
-    sub.next_on("kite/gw-conv/meter-1", |m| {
-        m["points"]["setpoint"]["value"] == -4.5
-    })
-    .await;
+    write_setpoint(&mut sub, "kite/gw-conv/meter-1", -4.5).await;
 }
 
 /// Opens the device end of a pair for the test to play the instrument.

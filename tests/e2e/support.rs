@@ -170,26 +170,11 @@ fn mosquitto_bin() -> &'static str {
     panic!("mosquitto not found: install the test peers with `.ci/install-peers`")
 }
 
-/// A pymodbus device; `spec` is described in tests/peers/modbus_server.py.
-pub async fn modbus_device(spec: Value) -> (Peer, u16) {
-    let port = free_port();
+/// A pymodbus device at `endpoint`; both are described in tests/peers/modbus_server.py.
+fn modbus_server(endpoint: String, spec: &Value) -> Peer {
     let child = Command::new(python())
         .arg(repo_root().join("tests/peers/modbus_server.py"))
-        .arg(port.to_string())
-        .arg(spec.to_string())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("start pymodbus");
-    let peer = Peer(child);
-    wait_for_port(port, "pymodbus").await;
-    (peer, port)
-}
-
-/// A pymodbus device speaking Modbus RTU on the serial port `path`.
-pub fn modbus_rtu_device(path: &Path, spec: Value) -> Peer {
-    let child = Command::new(python())
-        .arg(repo_root().join("tests/peers/modbus_server.py"))
-        .arg(format!("rtu:{}", path.display()))
+        .arg(endpoint)
         .arg(spec.to_string())
         .stdout(Stdio::null())
         .spawn()
@@ -197,18 +182,24 @@ pub fn modbus_rtu_device(path: &Path, spec: Value) -> Peer {
     Peer(child)
 }
 
+/// A Modbus TCP device on a free port.
+pub async fn modbus_device(spec: Value) -> (Peer, u16) {
+    let port = free_port();
+    let peer = modbus_server(port.to_string(), &spec);
+    wait_for_port(port, "pymodbus").await;
+    (peer, port)
+}
+
+/// A pymodbus device speaking Modbus RTU on the serial port `path`.
+pub fn modbus_rtu_device(path: &Path, spec: Value) -> Peer {
+    modbus_server(format!("rtu:{}", path.display()), &spec)
+}
+
 /// A pymodbus device answering Modbus RTU frames on a TCP port, like a
 /// serial-to-Ethernet converter with slaves behind it.
 pub async fn modbus_rtu_over_tcp_device(spec: Value) -> (Peer, u16) {
     let port = free_port();
-    let child = Command::new(python())
-        .arg(repo_root().join("tests/peers/modbus_server.py"))
-        .arg(format!("rtu-over-tcp:{port}"))
-        .arg(spec.to_string())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("start pymodbus");
-    let peer = Peer(child);
+    let peer = modbus_server(format!("rtu-over-tcp:{port}"), &spec);
     wait_for_port(port, "pymodbus").await;
     (peer, port)
 }
