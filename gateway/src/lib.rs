@@ -6,9 +6,15 @@
 //! - [`uplink`]: MQTT (rumqttc): telemetry, status, writes from the cloud.
 //! - [`pipeline`]: pollers -> ingest -> buffer -> uplink, and ordered shutdown.
 //! - [`demo`]: the whole pipeline with simulated devices and an embedded broker.
+//! - [`vitals`]: liveness and readiness, the status payload and the metrics.
+//! - [`systemd`]: readiness and the data-flow watchdog.
+//! - [`http`]: the local HTTP API: health, metrics, status, log level.
 
 pub mod buffer;
 pub mod config;
 pub mod demo;
+pub mod http;
 pub mod pipeline;
+pub mod systemd;
 pub mod uplink;
+pub mod vitals;

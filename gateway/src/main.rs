@@ -7,9 +7,14 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
+use std::sync::Arc;
+
+use kite_gateway::http::LogControl;
 use kite_gateway::{config, demo, pipeline};
 
+mod buffer_cmd;
 mod plugin_cmd;
+mod status_cmd;
 
 #[derive(Parser)]
 #[command(
@@ -34,6 +39,26 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Show a running gateway's health, buffer, uplink, devices and plug-ins
+    /// (through its local HTTP API).
+    Status {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Print the status as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Change a running gateway's log filter, like "debug" or "info,kite_modbus=trace".
+    LogLevel {
+        #[arg(long, short)]
+        config: PathBuf,
+        filter: String,
+    },
+    /// The store-and-forward buffer: inspect, verify, export its rows, repair a damaged one.
+    Buffer {
+        #[command(subcommand)]
+        command: buffer_cmd::BufferCommand,
+    },
     /// Plug-ins: signing keys, signatures, and trying one out on recorded readings.
     Plugin {
         #[command(subcommand)]
@@ -56,13 +81,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let filter =
-        EnvFilter::try_from_env("KITE_LOG").unwrap_or_else(|_| EnvFilter::new("info,rumqttd=warn"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    let log = init_logging();
     match cli.command {
         Command::Check { config } => match config::load(&config) {
             Ok(checked) => {
@@ -89,20 +108,78 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            report(runtime().block_on(pipeline::run(checked, stop_signal())))
+            report(runtime().block_on(pipeline::run(checked, stop_signal(), Some(log))))
         }
-        Command::Plugin { command } => match plugin_cmd::run(command) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("error: {e:#}");
-                ExitCode::FAILURE
-            }
-        },
+        Command::Status { config, json } => {
+            exit_code(runtime().block_on(status_cmd::status(&config, json)))
+        }
+        Command::LogLevel { config, filter } => {
+            exit_code(runtime().block_on(status_cmd::log_level(&config, &filter)))
+        }
+        Command::Buffer { command } => buffer_cmd::run(command),
+        Command::Plugin { command } => exit_code(plugin_cmd::run(command)),
         Command::Demo {
             mqtt_port,
             data_dir,
             duration,
         } => report(runtime().block_on(demo::run(mqtt_port, data_dir, duration, stop_signal()))),
+    }
+}
+
+const DEFAULT_LOG: &str = "info,rumqttd=warn";
+
+/// Logs go to the journal when stderr is the journal (started by systemd,
+/// with levels as priorities and fields kept), to stderr otherwise. The
+/// filter (`KITE_LOG`, then `/log-level` at run time) can be changed later.
+fn init_logging() -> LogControl {
+    use tracing_subscriber::prelude::*;
+    let filter =
+        EnvFilter::try_from_env("KITE_LOG").unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG));
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
+    let journald = stderr_is_journal()
+        .then(|| tracing_journald::layer().ok())
+        .flatten();
+    let stderr = journald.is_none().then(|| {
+        tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+    });
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(journald)
+        .with(stderr)
+        .init();
+    Arc::new(move |text: &str| {
+        let filter = EnvFilter::try_new(text).map_err(|e| format!("{text:?}: {e}"))?;
+        handle.reload(filter).map_err(|e| e.to_string())
+    })
+}
+
+/// systemd sets `JOURNAL_STREAM` to the device and inode of the journal
+/// stream it connected; a child that inherited the variable with another
+/// stderr must not log to the journal.
+fn stderr_is_journal() -> bool {
+    use std::os::fd::AsFd;
+    use std::os::unix::fs::MetadataExt;
+    let Some(stream) = std::env::var_os("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Ok(fd) = std::io::stderr().as_fd().try_clone_to_owned() else {
+        return false;
+    };
+    let Ok(meta) = std::fs::File::from(fd).metadata() else {
+        return false;
+    };
+    stream.to_string_lossy() == format!("{}:{}", meta.dev(), meta.ino())
+}
+
+fn exit_code(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
     }
 }
 

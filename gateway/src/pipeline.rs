@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -28,7 +29,10 @@ use kite_plugins::{
 
 use crate::buffer::{Buffer, BufferHandle, Kind, NewRecord};
 use crate::config::{Config, Decode, InstrumentConfig};
-use crate::uplink::{FieldHealth, PluginStatus, Uplink, UplinkCounters, WriteRoutes};
+use crate::http::{self, LogControl};
+use crate::systemd;
+use crate::uplink::{Uplink, UplinkCounters, WriteRoutes};
+use crate::vitals::{FieldHealth, IngestCounters, PluginStatus, Vitals};
 
 /// Samples between the pollers and the buffer; when it is full, pollers wait.
 const SAMPLE_CHANNEL: usize = 1024;
@@ -40,7 +44,11 @@ const WRITE_QUEUE: usize = 16;
 const PLUGIN_OUTPUTS: usize = 64;
 
 /// Runs the gateway until `stop` completes, then shuts down cleanly.
-pub async fn run(config: Config, stop: impl Future<Output = ()>) -> anyhow::Result<()> {
+pub async fn run(
+    config: Config,
+    stop: impl Future<Output = ()>,
+    log: Option<LogControl>,
+) -> anyhow::Result<()> {
     for warning in &config.warnings {
         tracing::warn!("{warning}");
     }
@@ -95,20 +103,56 @@ pub async fn run(config: Config, stop: impl Future<Output = ()>) -> anyhow::Resu
     if !plugins.is_empty() {
         tokio::spawn(watch_plugins(plugins.clone(), watching.clone()));
     }
-    let ingest = tokio::spawn(ingest(samples_rx, outputs_rx, plugins, buffer.clone()));
+    let ingest_counters = Arc::new(IngestCounters::default());
+    let ingest = tokio::spawn(ingest(
+        samples_rx,
+        outputs_rx,
+        plugins,
+        buffer.clone(),
+        ingest_counters.clone(),
+    ));
 
+    let vitals = Arc::new(Vitals::new(
+        buffer.clone(),
+        ingest_counters,
+        Arc::new(UplinkCounters::default()),
+        health,
+        plugin_counters,
+    ));
     let uplink_stop = CancellationToken::new();
-    let counters = Arc::new(UplinkCounters::default());
     let uplink = Uplink::new(
         config.mqtt,
         config.gateway.id.clone(),
         buffer.clone(),
         routes,
-        counters,
-        plugin_counters,
-        health,
+        vitals.clone(),
     );
     let mut uplink = tokio::spawn(uplink.run(uplink_stop.clone()));
+    let observing = CancellationToken::new();
+    // The watchdog holds the vitals, and so the buffer: shutdown waits for it.
+    let observers = TaskTracker::new();
+    if let Some(listen) = config.http.listen {
+        match tokio::net::TcpListener::bind(listen).await {
+            Ok(listener) => {
+                tokio::spawn(http::serve(
+                    listener,
+                    vitals.clone(),
+                    config.gateway.id.clone(),
+                    config.http.token.clone(),
+                    log,
+                    observing.clone(),
+                ));
+            }
+            // Observability failing must not stop the data: say so, run on.
+            Err(e) => error!(%listen, error = %e, "HTTP API not started"),
+        }
+    }
+    observers.spawn(systemd::watchdog(vitals.clone(), observing.clone()));
+    observers.close();
+    vitals
+        .started
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    systemd::ready();
     info!(gateway = %config.gateway.id, devices = pollers.len(), "kite running");
 
     // The uplink only returns early on a fatal error (a TLS file it cannot use, say).
@@ -116,6 +160,8 @@ pub async fn run(config: Config, stop: impl Future<Output = ()>) -> anyhow::Resu
         _ = stop => { info!("stopping"); None }
         result = &mut uplink => Some(result),
     };
+    systemd::stopping();
+    observing.cancel();
     polling.cancel();
     watching.cancel();
     pollers.wait().await;
@@ -126,6 +172,8 @@ pub async fn run(config: Config, stop: impl Future<Output = ()>) -> anyhow::Resu
         None => uplink.await,
     }
     .context("uplink task")?;
+    observers.wait().await;
+    drop(vitals);
     drop(buffer);
     let _ = tokio::task::spawn_blocking(move || buffer_thread.join()).await;
     info!("stopped");
@@ -286,6 +334,7 @@ async fn ingest(
     mut outputs: mpsc::Receiver<PluginOutput>,
     plugins: Arc<[PluginHandle]>,
     buffer: BufferHandle,
+    counters: Arc<IngestCounters>,
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     loop {
@@ -295,7 +344,7 @@ async fn ingest(
                     break;
                 }
                 let records = batch.iter().map(telemetry).collect();
-                if store(&buffer, records).await {
+                if store(&buffer, records, &counters).await {
                     for plugin in plugins.iter() {
                         plugin.offer(&batch);
                     }
@@ -310,7 +359,7 @@ async fn ingest(
                     device: output.plugin.to_string(),
                     body: serde_json::to_string(event).expect("an event serializes"),
                 }));
-                store(&buffer, records).await;
+                store(&buffer, records, &counters).await;
             }
         }
     }
@@ -380,11 +429,20 @@ fn telemetry(sample: &Sample) -> NewRecord {
 }
 
 /// Appends `records`; false (and a loud log line) when they could not be stored.
-async fn store(buffer: &BufferHandle, records: Vec<NewRecord>) -> bool {
-    let count = records.len();
-    match buffer.append(records).await {
-        Ok(_) => true,
+async fn store(buffer: &BufferHandle, records: Vec<NewRecord>, counters: &IngestCounters) -> bool {
+    let count = records.len() as u64;
+    counters
+        .storing_since_ms
+        .store(kite_core::now_ms(), Ordering::Relaxed);
+    let result = buffer.append(records).await;
+    counters.storing_since_ms.store(0, Ordering::Relaxed);
+    match result {
+        Ok(_) => {
+            counters.committed.fetch_add(count, Ordering::Relaxed);
+            true
+        }
         Err(e) => {
+            counters.lost.fetch_add(count, Ordering::Relaxed);
             error!(error = %e, messages = count, "messages could not be stored and are lost");
             false
         }

@@ -10,14 +10,12 @@
 //! drop them by `seq`); loss is not.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use kite_core::Backoff;
-use kite_core::{BusHealth, DeviceHealth};
 use kite_modbus::{WriteError, WriteRequest};
-use kite_plugins::PluginCounters;
 use rumqttc::{
     AsyncClient, ConnectionError, Event, EventLoop, Incoming, LastWill, MqttOptions, Outgoing,
     Publish, QoS, TlsConfiguration, Transport,
@@ -30,40 +28,12 @@ use tracing::{debug, info, warn};
 
 use crate::buffer::{BufferError, BufferHandle, Kind, Record};
 use crate::config::{MqttConfig, TlsFiles};
+use crate::vitals::Vitals;
 
 /// How long a write waits for its device before the result says so.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Writes in progress at once; more get a "busy" result at once.
 const MAX_CONCURRENT_WRITES: usize = 32;
-
-/// Each plug-in's name and counters, for the status message.
-pub type PluginStatus = Vec<(String, Arc<PluginCounters>)>;
-
-/// The buses' and devices' health, for the status message.
-#[derive(Debug, Default)]
-pub struct FieldHealth {
-    pub buses: Vec<(String, Arc<BusHealth>)>,
-    pub devices: Vec<(String, Arc<DeviceHealth>)>,
-}
-
-impl FieldHealth {
-    fn to_json(&self) -> (serde_json::Value, serde_json::Value) {
-        let buses = self
-            .buses
-            .iter()
-            .map(|(name, h)| (name.clone(), h.to_json()))
-            .collect();
-        let devices = self
-            .devices
-            .iter()
-            .map(|(name, h)| (name.clone(), h.to_json()))
-            .collect();
-        (
-            serde_json::Value::Object(buses),
-            serde_json::Value::Object(devices),
-        )
-    }
-}
 
 /// Where each device's write requests go.
 pub type WriteRoutes = HashMap<String, mpsc::Sender<WriteRequest>>;
@@ -75,6 +45,10 @@ pub struct UplinkCounters {
     pub acknowledged: AtomicU64,
     pub reconnects: AtomicU64,
     pub writes_rejected: AtomicU64,
+    /// Connections tried, successful or not: progress while the broker is away.
+    pub attempts: AtomicU64,
+    /// Between the broker's CONNACK and the loss of the connection.
+    pub connected: AtomicBool,
 }
 
 pub struct Uplink {
@@ -82,9 +56,7 @@ pub struct Uplink {
     gateway_id: String,
     buffer: BufferHandle,
     routes: Arc<WriteRoutes>,
-    counters: Arc<UplinkCounters>,
-    plugins: PluginStatus,
-    health: FieldHealth,
+    vitals: Arc<Vitals>,
 }
 
 /// The topics of one gateway.
@@ -192,18 +164,14 @@ impl Uplink {
         gateway_id: String,
         buffer: BufferHandle,
         routes: WriteRoutes,
-        counters: Arc<UplinkCounters>,
-        plugins: PluginStatus,
-        health: FieldHealth,
+        vitals: Arc<Vitals>,
     ) -> Self {
         Self {
             config,
             gateway_id,
             buffer,
             routes: Arc::new(routes),
-            counters,
-            plugins,
-            health,
+            vitals,
         }
     }
 
@@ -247,9 +215,10 @@ impl Uplink {
         let writes = Arc::new(Semaphore::new(MAX_CONCURRENT_WRITES));
         let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(10));
         loop {
+            self.vitals.uplink.attempts.fetch_add(1, Ordering::Relaxed);
             let (client, eventloop) =
                 AsyncClient::new(options.clone(), usize::from(self.config.max_inflight) + 64);
-            match self
+            let ended = self
                 .connection(
                     client,
                     eventloop,
@@ -258,8 +227,9 @@ impl Uplink {
                     &mut results_rx,
                     &writes,
                 )
-                .await
-            {
+                .await;
+            self.vitals.uplink.connected.store(false, Ordering::Relaxed);
+            match ended {
                 Ended::Shutdown => return Ok(()),
                 Ended::Lost {
                     was_connected,
@@ -267,7 +237,10 @@ impl Uplink {
                 } => {
                     if was_connected {
                         backoff.reset();
-                        self.counters.reconnects.fetch_add(1, Ordering::Relaxed);
+                        self.vitals
+                            .uplink
+                            .reconnects
+                            .fetch_add(1, Ordering::Relaxed);
                     }
                     let delay = backoff.next_delay();
                     warn!(broker = %format!("{}:{}", self.config.host, self.config.port), %error, retry_in = ?delay, "uplink down; buffering");
@@ -331,6 +304,7 @@ impl Uplink {
                 event = eventloop.poll() => match event {
                     Ok(Event::Incoming(Incoming::ConnAck(_))) => {
                         connected = true;
+                        self.vitals.uplink.connected.store(true, Ordering::Relaxed);
                         info!(broker = %format!("{}:{}", self.config.host, self.config.port), "uplink connected");
                         if let Err(e) = client.try_subscribe(topics.set_filter(), QoS::AtLeastOnce) {
                             return lost(connected, e);
@@ -342,7 +316,7 @@ impl Uplink {
                     Ok(Event::Outgoing(Outgoing::Publish(pkid))) => delivery.assigned(pkid),
                     Ok(Event::Incoming(Incoming::PubAck(ack))) => {
                         if let Some(seq) = delivery.acknowledged(ack.pkid) {
-                            self.counters.acknowledged.fetch_add(1, Ordering::Relaxed);
+                            self.vitals.uplink.acknowledged.fetch_add(1, Ordering::Relaxed);
                             if self.buffer.ack(vec![seq]).await.is_err() {
                                 return lost(connected, "the buffer has stopped");
                             }
@@ -366,7 +340,7 @@ impl Uplink {
                         if let Err(e) = client.try_publish(topics.for_record(&record), QoS::AtLeastOnce, false, payload) {
                             return lost(connected, e);
                         }
-                        self.counters.published.fetch_add(1, Ordering::Relaxed);
+                        self.vitals.uplink.published.fetch_add(1, Ordering::Relaxed);
                         delivery.sent(Some(record.seq));
                     }
                     if exhausted {
@@ -402,31 +376,7 @@ impl Uplink {
         delivery: &mut Delivery,
     ) -> Result<(), String> {
         let stats = self.buffer.stats().await.map_err(|e| e.to_string())?;
-        let plugins: serde_json::Map<String, serde_json::Value> = self
-            .plugins
-            .iter()
-            .map(|(name, counters)| (name.clone(), counters.to_json()))
-            .collect();
-        let (buses, devices) = self.health.to_json();
-        let payload = json!({
-            "buses": buses,
-            "devices": devices,
-            "plugins": plugins,
-            "state": "online",
-            "ts": kite_core::now_ms(),
-            "version": env!("CARGO_PKG_VERSION"),
-            "buffer": {
-                "rows": stats.rows,
-                "bytes": stats.bytes,
-                "dropped": stats.dropped,
-                "oldest_ts": stats.oldest_ts_ms,
-            },
-            "uplink": {
-                "published": self.counters.published.load(Ordering::Relaxed),
-                "acknowledged": self.counters.acknowledged.load(Ordering::Relaxed),
-                "reconnects": self.counters.reconnects.load(Ordering::Relaxed),
-            },
-        });
+        let payload = self.vitals.status_json(&stats);
         client
             .try_publish(topics.status(), QoS::AtLeastOnce, true, payload.to_string())
             .map_err(|e| e.to_string())?;
@@ -519,7 +469,7 @@ impl Uplink {
             return;
         };
         let results = results.clone();
-        let counters = self.counters.clone();
+        let counters = self.vitals.uplink.clone();
         tokio::spawn(async move {
             let _permit = permit;
             let (reply, response) = tokio::sync::oneshot::channel();
@@ -567,7 +517,8 @@ impl Uplink {
         point: Option<String>,
         error: String,
     ) {
-        self.counters
+        self.vitals
+            .uplink
             .writes_rejected
             .fetch_add(1, Ordering::Relaxed);
         warn!(device = %device, %error, "write rejected");

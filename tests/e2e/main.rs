@@ -3,8 +3,10 @@
 //! pairs from socat.
 
 mod bad_input;
+mod buffer_tools;
 mod delivery;
 mod modbus;
+mod operations;
 #[path = "../../plugins/host/tests/common/mod.rs"]
 mod plugin_builds;
 mod plugins;

@@ -248,6 +248,7 @@ impl SerialPair {
 pub struct Kite {
     pub dir: PathBuf,
     child: Option<Child>,
+    env: Vec<(String, String)>,
 }
 
 impl Kite {
@@ -256,13 +257,66 @@ impl Kite {
     }
 
     pub fn start(dir: &Path, config: &str) -> Self {
+        Self::start_with_env(dir, config, &[])
+    }
+
+    pub fn start_with_env(dir: &Path, config: &str, env: &[(&str, &str)]) -> Self {
         std::fs::write(Self::config_path(dir), config).unwrap();
         let mut kite = Self {
             dir: dir.to_path_buf(),
             child: None,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         kite.restart();
         kite
+    }
+
+    /// `GET path` on the gateway's HTTP API (port from its config), with an
+    /// optional bearer token; the status code and the body.
+    pub async fn http(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: &str,
+    ) -> (u16, String) {
+        let config = std::fs::read_to_string(Self::config_path(&self.dir)).unwrap();
+        let port: u16 = config
+            .lines()
+            .find_map(|line| line.strip_prefix("listen = \"127.0.0.1:"))
+            .and_then(|rest| rest.trim_end_matches('"').parse().ok())
+            .or_else(|| {
+                config
+                    .lines()
+                    .find_map(|line| line.strip_prefix("listen = \"0.0.0.0:"))
+                    .and_then(|rest| rest.trim_end_matches('"').parse().ok())
+            })
+            .expect("http.listen in the config");
+        wait_for_port(port, "kite's HTTP API").await;
+        let mut stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        let auth = token
+            .map(|t| format!("Authorization: Bearer {t}\r\n"))
+            .unwrap_or_default();
+        let request = format!(
+            "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n{auth}Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.unwrap();
+        let code = response
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or_else(|| panic!("not an HTTP response: {response}"));
+        let body = response
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
+        (code, body)
     }
 
     pub fn restart(&mut self) {
@@ -272,10 +326,22 @@ impl Kite {
             .append(true)
             .open(self.dir.join("kite.log"))
             .unwrap();
-        let child = Command::new(kite_bin())
+        // systemd names the service's own pid in WATCHDOG_PID; a shell that
+        // execs kite knows it in advance.
+        let mut command = if self.env.iter().any(|(k, _)| k == "WATCHDOG_USEC") {
+            let mut shell = Command::new("sh");
+            shell
+                .args(["-c", "export WATCHDOG_PID=$$; exec \"$0\" \"$@\""])
+                .arg(kite_bin());
+            shell
+        } else {
+            Command::new(kite_bin())
+        };
+        let child = command
             .args(["run", "--config"])
             .arg(Self::config_path(&self.dir))
             .env("KITE_LOG", "info")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
@@ -353,8 +419,9 @@ impl Drop for Kite {
 /// A gateway config for `dir`, with `devices` (TOML) appended.
 pub fn kite_config(dir: &Path, gateway_id: &str, mqtt_port: u16, extra: &str) -> String {
     format!(
-        "[gateway]\nid = \"{gateway_id}\"\ndata_dir = \"{}\"\n\n[mqtt]\nurl = \"mqtt://127.0.0.1:{mqtt_port}\"\nclient_id = \"kite-{gateway_id}-{mqtt_port}\"\nflush_timeout = \"2s\"\n\n{extra}",
-        dir.join("data").display()
+        "[gateway]\nid = \"{gateway_id}\"\ndata_dir = \"{}\"\n\n[http]\nlisten = \"127.0.0.1:{}\"\n\n[mqtt]\nurl = \"mqtt://127.0.0.1:{mqtt_port}\"\nclient_id = \"kite-{gateway_id}-{mqtt_port}\"\nflush_timeout = \"2s\"\n\n{extra}",
+        dir.join("data").display(),
+        free_port()
     )
 }
 

@@ -35,6 +35,7 @@ pub struct Config {
     pub gateway: GatewayConfig,
     pub mqtt: MqttConfig,
     pub buffer: BufferConfig,
+    pub http: HttpConfig,
     /// Modbus devices, grouped by the link (connection, line, converter) that polls them.
     pub modbus: Vec<BusSpec>,
     pub instruments: Vec<InstrumentConfig>,
@@ -104,6 +105,15 @@ pub enum Durability {
     Normal,
     /// WAL with synchronous=FULL: every commit is fsynced.
     Full,
+}
+
+/// The local HTTP API (health, metrics, status).
+#[derive(Debug, Clone, PartialEq)]
+pub struct HttpConfig {
+    /// `None`: no API.
+    pub listen: Option<std::net::SocketAddr>,
+    /// Required for everything but `/healthz` when set.
+    pub token: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -243,6 +253,93 @@ struct RawConfig {
     plugins: Vec<RawPlugin>,
     #[serde(default)]
     plugin_trust: RawTrust,
+    #[serde(default)]
+    http: RawHttp,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHttp {
+    #[serde(default = "default_true")]
+    enabled: bool,
+    #[serde(default = "default_http_listen")]
+    listen: Spanned<String>,
+    token_file: Option<Spanned<PathBuf>>,
+}
+
+impl Default for RawHttp {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: default_http_listen(),
+            token_file: None,
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_http_listen() -> Spanned<String> {
+    Spanned::new(0..0, "127.0.0.1:9870".to_string())
+}
+
+impl RawHttp {
+    fn build(self, report: &mut Report<'_>, base: &Path) -> HttpConfig {
+        let token = self.token_file.as_ref().and_then(|file| {
+            let path = base.join(file.get_ref());
+            match std::fs::read_to_string(&path) {
+                Ok(text) if !text.trim().is_empty() => Some(text.trim().to_string()),
+                Ok(_) => {
+                    report.push(
+                        file.span(),
+                        format!("http.token_file {} is empty", path.display()),
+                    );
+                    None
+                }
+                Err(e) => {
+                    report.push(
+                        file.span(),
+                        format!("http.token_file {}: {e}", path.display()),
+                    );
+                    None
+                }
+            }
+        });
+        if !self.enabled {
+            return HttpConfig {
+                listen: None,
+                token,
+            };
+        }
+        let listen = match self.listen.get_ref().parse::<std::net::SocketAddr>() {
+            Ok(listen) => listen,
+            Err(_) => {
+                report.push(
+                    self.listen.span(),
+                    format!(
+                        "http.listen {:?}: expected ip:port, like \"127.0.0.1:9870\"",
+                        self.listen.get_ref()
+                    ),
+                );
+                return HttpConfig {
+                    listen: None,
+                    token,
+                };
+            }
+        };
+        if !listen.ip().is_loopback() && self.token_file.is_none() {
+            report.push(
+                self.listen.span(),
+                "http.listen off loopback needs http.token_file: metrics and status would be open to the network".into(),
+            );
+        }
+        HttpConfig {
+            listen: Some(listen),
+            token,
+        }
+    }
 }
 
 #[derive(Deserialize, Default)]
@@ -418,6 +515,7 @@ impl RawConfig {
         Config {
             plugins,
             plugin_trust: self.plugin_trust.build(report, base),
+            http: self.http.build(report, base),
             gateway: GatewayConfig {
                 id: self.gateway.id.into_inner(),
                 data_dir: self.gateway.data_dir,

@@ -16,6 +16,9 @@ pub struct DeviceHealth {
     pub errors: AtomicU64,
     /// Bytes dropped by framing (noise, overlong or partial frames).
     pub discarded_bytes: AtomicU64,
+    /// Polls (or queries) timed, and their total duration: the mean latency.
+    pub polls: AtomicU64,
+    pub poll_micros: AtomicU64,
     /// Not answering: polled only by occasional probes until it answers again.
     pub quarantined: AtomicBool,
     /// Not started: its configuration could not be put to work (a codec
@@ -29,6 +32,29 @@ impl DeviceHealth {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
+    pub fn record_poll(&self, took: std::time::Duration) {
+        self.polls.fetch_add(1, Ordering::Relaxed);
+        let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        self.poll_micros.fetch_add(micros, Ordering::Relaxed);
+    }
+
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub fn state(&self) -> &'static str {
+        if self.refused.load(Ordering::Relaxed) {
+            "refused"
+        } else if self.quarantined.load(Ordering::Relaxed) {
+            "quarantined"
+        } else {
+            "polling"
+        }
+    }
+
     pub fn set_last_error(&self, error: impl Into<String>) {
         *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(error.into());
     }
@@ -36,18 +62,12 @@ impl DeviceHealth {
     pub fn to_json(&self) -> Json {
         let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
         json!({
-            "state": if self.refused.load(Ordering::Relaxed) {
-                "refused"
-            } else if self.quarantined.load(Ordering::Relaxed) {
-                "quarantined"
-            } else {
-                "polling"
-            },
+            "state": self.state(),
             "reads": load(&self.reads),
             "timeouts": load(&self.timeouts),
             "errors": load(&self.errors),
             "discarded_bytes": load(&self.discarded_bytes),
-            "last_error": *self.last_error.lock().unwrap_or_else(|e| e.into_inner()),
+            "last_error": self.last_error(),
         })
     }
 }

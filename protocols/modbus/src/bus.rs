@@ -29,7 +29,7 @@ use tokio_modbus::client::{Client, Context};
 use tokio_modbus::prelude::SlaveContext;
 use tokio_modbus::{ExceptionCode, Request, Response, Slave};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, info, trace, warn};
 
 use crate::plan::{plan_reads, ReadBlock};
 use crate::point::{Area, PointSpec, WriteError, WritePayload};
@@ -443,6 +443,9 @@ impl Bus {
             }
         }
         self.slots[index].blocks = blocks;
+        let took = now.elapsed();
+        self.slots[index].health.record_poll(took);
+        trace!(device = %self.slots[index].spec.name, ?took, failed = failure.is_some(), "polled");
         match failure {
             None => {
                 self.answered(index);

@@ -231,7 +231,8 @@ impl Instrument {
             if let Err(e) = port.write_all(request).await {
                 return Ended::PortLost(e.to_string());
             }
-            let deadline = Instant::now() + self.spec.timeout;
+            let asked = Instant::now();
+            let deadline = asked + self.spec.timeout;
             let answered = loop {
                 let left = deadline.saturating_duration_since(Instant::now());
                 let read = tokio::select! {
@@ -248,6 +249,9 @@ impl Instrument {
                     },
                 }
             };
+            if answered {
+                self.health.record_poll(asked.elapsed());
+            }
             if !answered {
                 self.discard_partial();
                 DeviceHealth::count(&self.health.timeouts);

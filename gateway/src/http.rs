@@ -1,0 +1,452 @@
+//! The local HTTP API: `/healthz` (live and ready, with reasons), `/metrics`
+//! (Prometheus text format), `/status` (the status message, with health),
+//! and `PUT /log-level` (change the log filter at run time).
+//!
+//! It listens on loopback by default. With a token (required when it
+//! listens anywhere else), every path but `/healthz` needs
+//! `Authorization: Bearer <token>`.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, put};
+use axum::{Json, Router};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::vitals::Vitals;
+
+/// Changes the log filter (`info,kite_modbus=debug`); an error says why not.
+pub type LogControl = Arc<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
+
+#[derive(Clone)]
+struct Api {
+    /// Weak: a client holding a connection open must not keep the
+    /// pipeline (and its buffer) from shutting down.
+    vitals: Weak<Vitals>,
+    gateway_id: Arc<str>,
+    token: Option<Arc<str>>,
+    log: Option<LogControl>,
+}
+
+/// Serves the API on `listener` until `stop`.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    vitals: Arc<Vitals>,
+    gateway_id: String,
+    token: Option<String>,
+    log: Option<LogControl>,
+    stop: CancellationToken,
+) {
+    let api = Api {
+        vitals: Arc::downgrade(&vitals),
+        gateway_id: Arc::from(gateway_id),
+        token: token.map(Arc::from),
+        log,
+    };
+    drop(vitals);
+    let router = Router::new()
+        .route("/metrics", get(metrics))
+        .route("/status", get(status))
+        .route("/log-level", put(log_level))
+        .route_layer(middleware::from_fn_with_state(api.clone(), require_token))
+        .route("/healthz", get(healthz))
+        .with_state(api);
+    if let Ok(address) = listener.local_addr() {
+        info!(%address, "HTTP API listening");
+    }
+    if let Err(e) = axum::serve(listener, router)
+        .with_graceful_shutdown(stop.cancelled_owned())
+        .await
+    {
+        warn!(error = %e, "HTTP API stopped");
+    }
+}
+
+async fn require_token(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    request: Request,
+    next: Next,
+) -> Response {
+    let Some(token) = &api.token else {
+        return next.run(request).await;
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "));
+    if given.is_some_and(|given| constant_time_eq(given.as_bytes(), token.as_bytes())) {
+        next.run(request).await
+    } else {
+        (
+            StatusCode::UNAUTHORIZED,
+            "a valid bearer token is required\n",
+        )
+            .into_response()
+    }
+}
+
+/// Compares without stopping at the first difference, so the time taken
+/// does not tell how much of a guess was right.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Once the pipeline has stopped, the vitals are gone.
+fn shutting_down() -> Response {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the gateway is shutting down\n",
+    )
+        .into_response()
+}
+
+async fn healthz(State(api): State<Api>) -> Response {
+    let Some(vitals) = api.vitals.upgrade() else {
+        return shutting_down();
+    };
+    let verdict = vitals.check().await;
+    let code = if verdict.live {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, Json(verdict)).into_response()
+}
+
+async fn status(State(api): State<Api>) -> Response {
+    let Some(vitals) = api.vitals.upgrade() else {
+        return shutting_down();
+    };
+    let verdict = vitals.check().await;
+    let Some(stats) = &verdict.buffer else {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"health": verdict})),
+        )
+            .into_response();
+    };
+    let mut body = vitals.status_json(stats);
+    body["gateway"] = json!(&*api.gateway_id);
+    body["health"] = json!(verdict);
+    Json(body).into_response()
+}
+
+async fn log_level(State(api): State<Api>, filter: String) -> Response {
+    let Some(log) = &api.log else {
+        return (
+            StatusCode::NOT_IMPLEMENTED,
+            "the log filter is fixed in this process\n",
+        )
+            .into_response();
+    };
+    let filter = filter.trim();
+    match log(filter) {
+        Ok(()) => {
+            info!(filter, "log filter changed");
+            (StatusCode::OK, format!("{filter}\n")).into_response()
+        }
+        Err(e) => (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
+    }
+}
+
+async fn metrics(State(api): State<Api>) -> Response {
+    let Some(vitals) = api.vitals.upgrade() else {
+        return shutting_down();
+    };
+    let verdict = vitals.check().await;
+    let text = render_metrics(&vitals, &verdict);
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+}
+
+/// Prometheus text exposition, one family at a time.
+struct Exposition(String);
+
+impl Exposition {
+    fn family(&mut self, name: &str, kind: &str, help: &str) {
+        let _ = writeln!(self.0, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    }
+
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: f64) {
+        self.0.push_str(name);
+        if !labels.is_empty() {
+            self.0.push('{');
+            for (i, (key, val)) in labels.iter().enumerate() {
+                if i > 0 {
+                    self.0.push(',');
+                }
+                let escaped = val
+                    .replace('\\', "\\\\")
+                    .replace('"', "\\\"")
+                    .replace('\n', "\\n");
+                let _ = write!(self.0, "{key}=\"{escaped}\"");
+            }
+            self.0.push('}');
+        }
+        let _ = writeln!(self.0, " {value}");
+    }
+
+    /// A family with one sample per item.
+    fn each<T>(
+        &mut self,
+        name: &str,
+        kind: &str,
+        help: &str,
+        label: &str,
+        items: &[(String, T)],
+        value: impl Fn(&T) -> f64,
+    ) {
+        self.family(name, kind, help);
+        for (item, x) in items {
+            self.sample(name, &[(label, item)], value(x));
+        }
+    }
+}
+
+fn count(counter: &AtomicU64) -> f64 {
+    counter.load(Ordering::Relaxed) as f64
+}
+
+fn render_metrics(vitals: &Vitals, verdict: &crate::vitals::Verdict) -> String {
+    let mut out = Exposition(String::new());
+    out.family(
+        "kite_live",
+        "gauge",
+        "1 while data can move end to end (what feeds the watchdog)",
+    );
+    out.sample("kite_live", &[], f64::from(u8::from(verdict.live)));
+    if let Some(stats) = &verdict.buffer {
+        out.family(
+            "kite_buffer_rows",
+            "gauge",
+            "Messages waiting in the buffer",
+        );
+        out.sample("kite_buffer_rows", &[], stats.rows as f64);
+        out.family(
+            "kite_buffer_bytes",
+            "gauge",
+            "Size of the buffered messages",
+        );
+        out.sample("kite_buffer_bytes", &[], stats.bytes as f64);
+        out.family(
+            "kite_buffer_oldest_age_seconds",
+            "gauge",
+            "Age of the oldest buffered message (0 when empty)",
+        );
+        let age = stats
+            .oldest_ts_ms
+            .map_or(0.0, |ts| (kite_core::now_ms() - ts).max(0) as f64 / 1000.0);
+        out.sample("kite_buffer_oldest_age_seconds", &[], age);
+        out.family(
+            "kite_buffer_dropped_total",
+            "counter",
+            "Messages dropped by the buffer's size limit",
+        );
+        out.sample("kite_buffer_dropped_total", &[], stats.dropped as f64);
+    }
+    out.family(
+        "kite_buffer_lost_total",
+        "counter",
+        "Messages that could not be stored (disk full, I/O error)",
+    );
+    out.sample("kite_buffer_lost_total", &[], count(&vitals.ingest.lost));
+    out.family(
+        "kite_ingest_committed_total",
+        "counter",
+        "Messages committed to the buffer",
+    );
+    out.sample(
+        "kite_ingest_committed_total",
+        &[],
+        count(&vitals.ingest.committed),
+    );
+
+    let uplink = &vitals.uplink;
+    out.family(
+        "kite_uplink_connected",
+        "gauge",
+        "1 while connected to the broker",
+    );
+    out.sample(
+        "kite_uplink_connected",
+        &[],
+        f64::from(u8::from(uplink.connected.load(Ordering::Relaxed))),
+    );
+    for (name, help, counter) in [
+        (
+            "kite_uplink_published_total",
+            "Messages published",
+            &uplink.published,
+        ),
+        (
+            "kite_uplink_acknowledged_total",
+            "Publishes the broker acknowledged",
+            &uplink.acknowledged,
+        ),
+        (
+            "kite_uplink_reconnects_total",
+            "Connections lost after being up",
+            &uplink.reconnects,
+        ),
+        (
+            "kite_uplink_writes_rejected_total",
+            "Writes from the cloud that failed or were refused",
+            &uplink.writes_rejected,
+        ),
+    ] {
+        out.family(name, "counter", help);
+        out.sample(name, &[], count(counter));
+    }
+
+    let devices = &vitals.field.devices;
+    out.each(
+        "kite_device_reads_total",
+        "counter",
+        "Successful requests or decoded frames",
+        "device",
+        devices,
+        |h| count(&h.reads),
+    );
+    out.each(
+        "kite_device_timeouts_total",
+        "counter",
+        "Requests not answered in time",
+        "device",
+        devices,
+        |h| count(&h.timeouts),
+    );
+    out.each(
+        "kite_device_errors_total",
+        "counter",
+        "Exceptions, garbled replies, frames that did not decode",
+        "device",
+        devices,
+        |h| count(&h.errors),
+    );
+    out.each(
+        "kite_device_discarded_bytes_total",
+        "counter",
+        "Bytes dropped by framing",
+        "device",
+        devices,
+        |h| count(&h.discarded_bytes),
+    );
+    out.each(
+        "kite_device_quarantined",
+        "gauge",
+        "1 while the device is not answering and only probed",
+        "device",
+        devices,
+        |h| f64::from(u8::from(h.quarantined.load(Ordering::Relaxed))),
+    );
+    out.each(
+        "kite_device_poll_duration_seconds_sum",
+        "counter",
+        "Time spent polling the device",
+        "device",
+        devices,
+        |h| count(&h.poll_micros) / 1e6,
+    );
+    out.each(
+        "kite_device_poll_duration_seconds_count",
+        "counter",
+        "Polls timed",
+        "device",
+        devices,
+        |h| count(&h.polls),
+    );
+
+    let buses = &vitals.field.buses;
+    out.each(
+        "kite_bus_up",
+        "gauge",
+        "1 while the port or connection is open",
+        "bus",
+        buses,
+        |h| f64::from(u8::from(h.link_up.load(Ordering::Relaxed))),
+    );
+    out.each(
+        "kite_bus_missed_polls_total",
+        "counter",
+        "Polls that could not start on time: the bus is oversubscribed",
+        "bus",
+        buses,
+        |h| count(&h.missed_polls),
+    );
+    out.each(
+        "kite_bus_link_failures_total",
+        "counter",
+        "Port or connection failures",
+        "bus",
+        buses,
+        |h| count(&h.link_failures),
+    );
+
+    let plugins = &vitals.plugins;
+    out.each(
+        "kite_plugin_calls_total",
+        "counter",
+        "Calls into the plug-in",
+        "plugin",
+        plugins,
+        |c| count(&c.calls),
+    );
+    out.each(
+        "kite_plugin_failures_total",
+        "counter",
+        "Calls that failed",
+        "plugin",
+        plugins,
+        |c| count(&c.failures),
+    );
+    out.each(
+        "kite_plugin_traps_total",
+        "counter",
+        "Calls that trapped",
+        "plugin",
+        plugins,
+        |c| count(&c.traps),
+    );
+    out.each(
+        "kite_plugin_timeouts_total",
+        "counter",
+        "Calls stopped by the time limit",
+        "plugin",
+        plugins,
+        |c| count(&c.timeouts),
+    );
+    out.each(
+        "kite_plugin_busy_seconds_total",
+        "counter",
+        "Time spent inside the plug-in",
+        "plugin",
+        plugins,
+        |c| count(&c.busy_nanos) / 1e9,
+    );
+    out.each(
+        "kite_plugin_skipped_batches_total",
+        "counter",
+        "Batches not offered: busy, backing off or disabled",
+        "plugin",
+        plugins,
+        |c| count(&c.skipped_batches),
+    );
+    out.0
+}
+
+/// Where the API of a running gateway answers, for `kite status`.
+pub fn client_address(listen: SocketAddr) -> SocketAddr {
+    if listen.ip().is_unspecified() {
+        SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), listen.port())
+    } else {
+        listen
+    }
+}

@@ -1,0 +1,171 @@
+//! `kite status` and `kite log-level`: a running gateway, asked through its
+//! local HTTP API (found from the same config file).
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper::Request;
+use hyper_util::rt::TokioIo;
+use serde_json::Value;
+
+use kite_gateway::config;
+use kite_gateway::http::client_address;
+
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// One request to the gateway's API; the status code and the body.
+async fn call(
+    config_path: &Path,
+    method: &str,
+    path: &str,
+    body: String,
+) -> anyhow::Result<(u16, String)> {
+    let config = config::load(config_path)?;
+    let Some(listen) = config.http.listen else {
+        bail!(
+            "{}: the HTTP API is disabled (http.enabled = false)",
+            config_path.display()
+        );
+    };
+    let address = client_address(listen);
+    let exchange = async {
+        let stream = tokio::net::TcpStream::connect(address)
+            .await
+            .with_context(|| format!("no gateway answers on {address} (is it running?)"))?;
+        let (mut sender, connection) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        tokio::spawn(connection);
+        let mut request = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(hyper::header::HOST, address.to_string());
+        if let Some(token) = &config.http.token {
+            request = request.header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        let response = sender
+            .send_request(request.body(Full::new(Bytes::from(body)))?)
+            .await?;
+        let code = response.status().as_u16();
+        let bytes = response.into_body().collect().await?.to_bytes();
+        anyhow::Ok((code, String::from_utf8_lossy(&bytes).into_owned()))
+    };
+    tokio::time::timeout(TIMEOUT, exchange)
+        .await
+        .with_context(|| format!("no answer from {address} within {TIMEOUT:?}"))?
+}
+
+pub async fn status(config_path: &Path, json: bool) -> anyhow::Result<()> {
+    let (code, body) = call(config_path, "GET", "/status", String::new()).await?;
+    if code != 200 && code != 503 {
+        bail!("the gateway answered {code}: {}", body.trim());
+    }
+    let status: Value = serde_json::from_str(&body).context("the gateway's status is not JSON")?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&status)?);
+    } else {
+        print!("{}", summary(&status));
+    }
+    if status["health"]["live"] == true {
+        Ok(())
+    } else {
+        bail!("the gateway is not live")
+    }
+}
+
+pub async fn log_level(config_path: &Path, filter: &str) -> anyhow::Result<()> {
+    let (code, body) = call(config_path, "PUT", "/log-level", filter.to_string()).await?;
+    if code != 200 {
+        bail!("the gateway answered {code}: {}", body.trim());
+    }
+    println!("log filter: {}", body.trim());
+    Ok(())
+}
+
+fn age(ts_ms: Option<i64>) -> String {
+    match ts_ms {
+        None => "-".into(),
+        Some(ts) => format!("{}s", (kite_core::now_ms() - ts).max(0) / 1000),
+    }
+}
+
+/// The status at a glance, for a terminal.
+fn summary(status: &Value) -> String {
+    let health = &status["health"];
+    let verdict = match (health["live"].as_bool(), health["ready"].as_bool()) {
+        (Some(true), Some(true)) => "live, ready".to_string(),
+        (Some(true), _) => "live, not ready".to_string(),
+        _ => "NOT LIVE".to_string(),
+    };
+    let mut out = format!(
+        "gateway {}  kite {}  {verdict}\n",
+        status["gateway"].as_str().unwrap_or("?"),
+        status["version"].as_str().unwrap_or("?")
+    );
+    for reason in health["reasons"].as_array().into_iter().flatten() {
+        out += &format!("  - {}\n", reason.as_str().unwrap_or_default());
+    }
+    let buffer = &status["buffer"];
+    out += &format!(
+        "buffer   {} rows, {} bytes, oldest {} ago, {} dropped, {} lost\n",
+        buffer["rows"],
+        buffer["bytes"],
+        age(buffer["oldest_ts"].as_i64()),
+        buffer["dropped"],
+        buffer["lost"]
+    );
+    let uplink = &status["uplink"];
+    out += &format!(
+        "uplink   {}, {} published, {} acknowledged, {} reconnects\n",
+        if uplink["connected"] == true {
+            "connected"
+        } else {
+            "DOWN"
+        },
+        uplink["published"],
+        uplink["acknowledged"],
+        uplink["reconnects"]
+    );
+    if let Some(buses) = status["buses"].as_object().filter(|b| !b.is_empty()) {
+        out += "buses\n";
+        for (name, bus) in buses {
+            out += &format!(
+                "  {name:<20} {:<7} {} missed polls, {} link failures\n",
+                bus["state"].as_str().unwrap_or("?"),
+                bus["missed_polls"],
+                bus["link_failures"]
+            );
+        }
+    }
+    if let Some(devices) = status["devices"].as_object().filter(|d| !d.is_empty()) {
+        out += "devices\n";
+        for (name, device) in devices {
+            out += &format!(
+                "  {name:<20} {:<11} {} reads, {} timeouts, {} errors{}\n",
+                device["state"].as_str().unwrap_or("?"),
+                device["reads"],
+                device["timeouts"],
+                device["errors"],
+                device["last_error"]
+                    .as_str()
+                    .map(|e| format!("; last: {e}"))
+                    .unwrap_or_default()
+            );
+        }
+    }
+    if let Some(plugins) = status["plugins"].as_object().filter(|p| !p.is_empty()) {
+        out += "plug-ins\n";
+        for (name, plugin) in plugins {
+            out += &format!(
+                "  {name:<20} {:<11} {} calls, {} failures, {} ms busy\n",
+                plugin["state"].as_str().unwrap_or("?"),
+                plugin["calls"],
+                plugin["failures"],
+                plugin["busy_ms"]
+            );
+        }
+    }
+    out
+}
