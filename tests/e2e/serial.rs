@@ -168,6 +168,14 @@ async fn an_unplugged_port_is_reported_and_polling_resumes_when_it_returns() {
         .next_on("kite/gw-usb/meter-1", |m| is_good(m, "energy"))
         .await;
     assert_eq!(back["points"]["energy"]["value"], 100_000);
+    // The polls that fell due while the port was gone are not reported as
+    // an oversubscribed bus.
+    let status = sub
+        .next_on("kite/gw-usb/status", |s| {
+            s["buses"]["usb-485"]["state"] == "open"
+        })
+        .await;
+    assert_eq!(status["buses"]["usb-485"]["missed_polls"], 0, "{status}");
     assert!(kite.log().contains("link failed"), "{}", kite.log());
     assert!(
         kite.log().matches("link open").count() >= 2,

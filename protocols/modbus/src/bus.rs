@@ -316,9 +316,17 @@ impl Bus {
         }
         match self.link.open(self.connect_timeout).await {
             Ok(context) => {
-                if self.link_retry_at.take().is_some()
-                    || !self.health.link_up.load(Ordering::Relaxed)
-                {
+                if self.link_retry_at.take().is_some() {
+                    // Polls that fell due while the link was down were not
+                    // missed for lack of line time: start afresh, uncounted.
+                    let now = Instant::now();
+                    for slot in self.slots.iter_mut().filter(|slot| !slot.quarantined) {
+                        if now.saturating_duration_since(slot.due) >= slot.spec.poll_interval {
+                            slot.due = now;
+                        }
+                    }
+                    info!(bus = %self.name, link = %self.link.describe(), "link open");
+                } else if !self.health.link_up.load(Ordering::Relaxed) {
                     info!(bus = %self.name, link = %self.link.describe(), "link open");
                 }
                 self.health.link_up.store(true, Ordering::Relaxed);
