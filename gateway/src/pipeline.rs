@@ -123,7 +123,6 @@ pub async fn run(
     let uplink = Uplink::new(
         config.mqtt,
         config.gateway.id.clone(),
-        buffer.clone(),
         routes,
         vitals.clone(),
     );

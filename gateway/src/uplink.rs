@@ -26,7 +26,7 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::buffer::{BufferError, BufferHandle, Kind, Record};
+use crate::buffer::{BufferError, Kind, Record};
 use crate::config::{MqttConfig, TlsFiles};
 use crate::vitals::Vitals;
 
@@ -54,8 +54,8 @@ pub struct UplinkCounters {
 pub struct Uplink {
     config: MqttConfig,
     gateway_id: String,
-    buffer: BufferHandle,
     routes: Arc<WriteRoutes>,
+    /// Also the uplink's way to the buffer (`vitals.buffer`) and its counters.
     vitals: Arc<Vitals>,
 }
 
@@ -162,14 +162,12 @@ impl Uplink {
     pub fn new(
         config: MqttConfig,
         gateway_id: String,
-        buffer: BufferHandle,
         routes: WriteRoutes,
         vitals: Arc<Vitals>,
     ) -> Self {
         Self {
             config,
             gateway_id,
-            buffer,
             routes: Arc::new(routes),
             vitals,
         }
@@ -264,7 +262,7 @@ impl Uplink {
     ) -> Ended {
         let topics = self.topics();
         let window = usize::from(self.config.max_inflight);
-        let mut last_seq = self.buffer.last_seq();
+        let mut last_seq = self.vitals.buffer.last_seq();
         let mut delivery = Delivery::default();
         let mut connected = false;
         let mut flush_deadline: Option<tokio::time::Instant> = None;
@@ -289,7 +287,7 @@ impl Uplink {
                 pending_read = Some((
                     newest,
                     room,
-                    Box::pin(self.buffer.read_after(delivery.sent_up_to, room)),
+                    Box::pin(self.vitals.buffer.read_after(delivery.sent_up_to, room)),
                 ));
             }
             tokio::select! {
@@ -317,7 +315,7 @@ impl Uplink {
                     Ok(Event::Incoming(Incoming::PubAck(ack))) => {
                         if let Some(seq) = delivery.acknowledged(ack.pkid) {
                             self.vitals.uplink.acknowledged.fetch_add(1, Ordering::Relaxed);
-                            if self.buffer.ack(vec![seq]).await.is_err() {
+                            if self.vitals.buffer.ack(vec![seq]).await.is_err() {
                                 return lost(connected, "the buffer has stopped");
                             }
                         }
@@ -375,7 +373,12 @@ impl Uplink {
         topics: &Topics,
         delivery: &mut Delivery,
     ) -> Result<(), String> {
-        let stats = self.buffer.stats().await.map_err(|e| e.to_string())?;
+        let stats = self
+            .vitals
+            .buffer
+            .stats()
+            .await
+            .map_err(|e| e.to_string())?;
         let payload = self.vitals.status_json(&stats);
         client
             .try_publish(topics.status(), QoS::AtLeastOnce, true, payload.to_string())

@@ -286,13 +286,14 @@ impl Kite {
         let config = std::fs::read_to_string(Self::config_path(&self.dir)).unwrap();
         let port: u16 = config
             .lines()
-            .find_map(|line| line.strip_prefix("listen = \"127.0.0.1:"))
-            .and_then(|rest| rest.trim_end_matches('"').parse().ok())
-            .or_else(|| {
-                config
-                    .lines()
-                    .find_map(|line| line.strip_prefix("listen = \"0.0.0.0:"))
-                    .and_then(|rest| rest.trim_end_matches('"').parse().ok())
+            .find_map(|line| line.strip_prefix("listen = \""))
+            .and_then(|address| {
+                address
+                    .trim_end_matches('"')
+                    .rsplit(':')
+                    .next()?
+                    .parse()
+                    .ok()
             })
             .expect("http.listen in the config");
         wait_for_port(port, "kite's HTTP API").await;

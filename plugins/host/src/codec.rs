@@ -16,7 +16,6 @@ use wasmtime::component::Component;
 use crate::bindings::codec::Codec as CodecWorld;
 use crate::runner::{load, to_sample_reading, PluginSpec};
 use crate::sandbox::{Instance, PluginError, Sandbox};
-use crate::state::StateStore;
 
 /// Most points one frame may decode into.
 pub const MAX_POINTS_PER_FRAME: usize = 1_000;
@@ -91,9 +90,8 @@ fn instantiate(
     component: &Component,
     spec: &PluginSpec,
 ) -> Result<Instance<CodecWorld>, PluginError> {
-    let state = StateStore::open(&spec.state_path, &spec.name, spec.limits.state_bytes)
-        .map_err(|e| PluginError::State(e.to_string()))?;
-    let mut instance = sandbox.instantiate_codec(component, &spec.name, spec.limits, state)?;
+    let mut instance =
+        sandbox.instantiate_codec(component, &spec.name, spec.limits, spec.open_state()?)?;
     instance.init(&spec.config_json)?;
     Ok(instance)
 }

@@ -51,6 +51,12 @@ pub struct Trust {
 }
 
 impl PluginSpec {
+    /// The plug-in's own key-value state, bounded by its limit.
+    pub fn open_state(&self) -> Result<StateStore, PluginError> {
+        StateStore::open(&self.state_path, &self.name, self.limits.state_bytes)
+            .map_err(|e| PluginError::State(e.to_string()))
+    }
+
     pub fn wants(&self, device: &str, point: &str) -> bool {
         self.inputs.iter().any(|p| p.matches(device, point))
     }
@@ -206,9 +212,8 @@ pub fn start_instance(
     component: &Component,
     spec: &PluginSpec,
 ) -> Result<Instance, PluginError> {
-    let state = StateStore::open(&spec.state_path, &spec.name, spec.limits.state_bytes)
-        .map_err(|e| PluginError::State(e.to_string()))?;
-    let mut instance = sandbox.instantiate(component, &spec.name, spec.limits, state)?;
+    let mut instance =
+        sandbox.instantiate(component, &spec.name, spec.limits, spec.open_state()?)?;
     instance.init(&spec.config_json)?;
     Ok(instance)
 }

@@ -285,9 +285,9 @@ pub async fn run_instrument(
             return;
         }
     };
-    let spec_framing = spec.framing.clone();
     let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
     let mut instrument = Instrument {
+        strip_cr: matches!(&spec.framing, Framing::Line { delimiter } if delimiter == b"\n"),
         spec,
         decoder,
         health,
@@ -295,7 +295,6 @@ pub async fn run_instrument(
         framer,
         events: Vec::new(),
         decoding: true,
-        strip_cr: matches!(&spec_framing, Framing::Line { delimiter } if delimiter == b"\n"),
     };
     loop {
         let ended = match instrument.spec.line.open() {
