@@ -85,7 +85,7 @@ pub async fn run(
             shutdown.cancel();
         }
     };
-    let result = pipeline::run(config, stop_all, None).await;
+    let result = pipeline::run(config, None, stop_all, None).await;
     shutdown.cancel();
     result
 }

@@ -1,6 +1,7 @@
 //! The local HTTP API: `/healthz` (live and ready, with reasons), `/metrics`
 //! (Prometheus text format), `/status` (the status message, with health),
-//! and `PUT /log-level` (change the log filter at run time).
+//! `PUT /log-level` (change the log filter at run time) and `POST /reload`
+//! (read the config file again and apply it).
 //!
 //! It listens on loopback by default. With a token (required when it
 //! listens anywhere else), every path but `/healthz` needs
@@ -15,47 +16,55 @@ use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, put};
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde_json::json;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::pipeline::ReloadRequest;
 use crate::vitals::Vitals;
 
 /// Changes the log filter (`info,kite_modbus=debug`); an error says why not.
 pub type LogControl = Arc<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
 
 #[derive(Clone)]
-struct Api {
+pub struct Api {
     /// Weak: a client holding a connection open must not keep the
     /// pipeline (and its buffer) from shutting down.
     vitals: Weak<Vitals>,
     gateway_id: Arc<str>,
     token: Option<Arc<str>>,
     log: Option<LogControl>,
+    reloads: mpsc::Sender<ReloadRequest>,
+}
+
+impl Api {
+    pub fn new(
+        vitals: &Arc<Vitals>,
+        gateway_id: String,
+        token: Option<String>,
+        log: Option<LogControl>,
+        reloads: mpsc::Sender<ReloadRequest>,
+    ) -> Self {
+        Self {
+            vitals: Arc::downgrade(vitals),
+            gateway_id: Arc::from(gateway_id),
+            token: token.map(Arc::from),
+            log,
+            reloads,
+        }
+    }
 }
 
 /// Serves the API on `listener` until `stop`.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    vitals: Arc<Vitals>,
-    gateway_id: String,
-    token: Option<String>,
-    log: Option<LogControl>,
-    stop: CancellationToken,
-) {
-    let api = Api {
-        vitals: Arc::downgrade(&vitals),
-        gateway_id: Arc::from(gateway_id),
-        token: token.map(Arc::from),
-        log,
-    };
-    drop(vitals);
+pub async fn serve(listener: tokio::net::TcpListener, api: Api, stop: CancellationToken) {
     let router = Router::new()
         .route("/metrics", get(metrics))
         .route("/status", get(status))
         .route("/log-level", put(log_level))
+        .route("/reload", post(reload))
         .route_layer(middleware::from_fn_with_state(api.clone(), require_token))
         .route("/healthz", get(healthz))
         .with_state(api);
@@ -155,6 +164,24 @@ async fn log_level(State(api): State<Api>, filter: String) -> Response {
             (StatusCode::OK, format!("{filter}\n")).into_response()
         }
         Err(e) => (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
+    }
+}
+
+/// Reads the config file again and applies it: 200 with what changed, or
+/// 422 with the problems, the running config untouched.
+async fn reload(State(api): State<Api>) -> Response {
+    let (reply, outcome) = oneshot::channel();
+    if api.reloads.send(reply).await.is_err() {
+        return shutting_down();
+    }
+    match outcome.await {
+        Ok(Ok(applied)) => Json(applied).into_response(),
+        Ok(Err(problems)) => (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Json(json!({ "error": problems })),
+        )
+            .into_response(),
+        Err(_) => shutting_down(),
     }
 }
 
@@ -306,7 +333,8 @@ fn render_metrics(vitals: &Vitals, verdict: &crate::vitals::Verdict) -> String {
         out.sample(name, &[], count(counter));
     }
 
-    let devices = &vitals.field.devices;
+    let field = vitals.field.get();
+    let devices = &field.devices;
     out.each(
         "kite_device_reads_total",
         "counter",
@@ -364,7 +392,7 @@ fn render_metrics(vitals: &Vitals, verdict: &crate::vitals::Verdict) -> String {
         |h| count(&h.polls),
     );
 
-    let buses = &vitals.field.buses;
+    let buses = &field.buses;
     out.each(
         "kite_bus_up",
         "gauge",
@@ -390,7 +418,8 @@ fn render_metrics(vitals: &Vitals, verdict: &crate::vitals::Verdict) -> String {
         |h| count(&h.link_failures),
     );
 
-    let plugins = &vitals.plugins;
+    let plugins = vitals.plugins.get();
+    let plugins = plugins.as_slice();
     out.each(
         "kite_plugin_calls_total",
         "counter",

@@ -4,15 +4,17 @@
 //! - [`config`]: the only place that reads TOML; strict, with positions.
 //! - [`buffer`]: SQLite store-and-forward; the source of truth for delivery.
 //! - [`uplink`]: MQTT (rumqttc): telemetry, status, writes from the cloud.
-//! - [`pipeline`]: pollers -> ingest -> buffer -> uplink, and ordered shutdown.
+//! - [`pipeline`]: pollers -> ingest -> buffer -> uplink, ordered shutdown, reload.
+//! - [`field`]: the running links and plug-ins, and applying a new config to them.
 //! - [`demo`]: the whole pipeline with simulated devices and an embedded broker.
 //! - [`vitals`]: liveness and readiness, the status payload and the metrics.
 //! - [`systemd`]: readiness and the data-flow watchdog.
-//! - [`http`]: the local HTTP API: health, metrics, status, log level.
+//! - [`http`]: the local HTTP API: health, metrics, status, log level, reload.
 
 pub mod buffer;
 pub mod config;
 pub mod demo;
+pub mod field;
 pub mod http;
 pub mod pipeline;
 pub mod systemd;

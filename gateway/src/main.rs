@@ -54,6 +54,13 @@ enum Command {
         config: PathBuf,
         filter: String,
     },
+    /// Make a running gateway read its config file again and apply the
+    /// difference (as SIGHUP does); a config with problems is refused and the
+    /// running one stays.
+    Reload {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
     /// The store-and-forward buffer: inspect, verify, export its rows, repair a damaged one.
     Buffer {
         #[command(subcommand)]
@@ -108,7 +115,12 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            report(runtime().block_on(pipeline::run(checked, stop_signal(), Some(log))))
+            report(runtime().block_on(pipeline::run(
+                checked,
+                Some(config),
+                stop_signal(),
+                Some(log),
+            )))
         }
         Command::Status { config, json } => {
             exit_code(runtime().block_on(status_cmd::status(&config, json)))
@@ -116,6 +128,7 @@ fn main() -> ExitCode {
         Command::LogLevel { config, filter } => {
             exit_code(runtime().block_on(status_cmd::log_level(&config, &filter)))
         }
+        Command::Reload { config } => exit_code(runtime().block_on(status_cmd::reload(&config))),
         Command::Buffer { command } => buffer_cmd::run(command),
         Command::Plugin { command } => exit_code(plugin_cmd::run(command)),
         Command::Demo {

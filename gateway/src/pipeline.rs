@@ -4,48 +4,64 @@
 //! committed like any sample; the uplink delivers from the buffer. Shutdown
 //! runs in that order too: stop polling, commit what was read, deliver what
 //! the flush timeout allows, close the buffer.
+//!
+//! A reload (SIGHUP, `POST /reload`) reads the config file again and hands
+//! the differences to [`crate::field`]; the buffer and the ingest task go on
+//! as they were, and a new uplink starts only when its settings changed.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::Arc;
 
 use anyhow::Context as _;
-use kite_core::{DeviceHealth, PointSample, Sample};
-use kite_modbus::{BusMonitor, BusSpec};
-use kite_serial::decode::{DecodeError, RegexDecoder};
-use kite_serial::nmea::NmeaDecoder;
-use kite_serial::FrameDecoder;
-use tokio::sync::mpsc;
+use kite_core::Sample;
+use kite_plugins::PluginOutput;
+use serde::Serialize;
+use tokio::signal::unix::{signal, Signal, SignalKind};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info};
 
-use kite_plugins::{
-    Codec, Limits, PluginCounters, PluginHandle, PluginOutput, PluginSpec, Sandbox, Trust,
-};
-
 use crate::buffer::{Buffer, BufferHandle, Kind, NewRecord};
-use crate::config::{Config, Decode, InstrumentConfig};
+use crate::config::{self, Config};
+use crate::field::{watch_plugins, Field, PluginHandles, Plugins, SandboxSlot};
 use crate::http::{self, LogControl};
 use crate::systemd;
 use crate::uplink::{Uplink, UplinkCounters, WriteRoutes};
-use crate::vitals::{FieldHealth, IngestCounters, PluginStatus, Vitals};
+use crate::vitals::{Current, IngestCounters, Vitals};
 
 /// Samples between the pollers and the buffer; when it is full, pollers wait.
 const SAMPLE_CHANNEL: usize = 1024;
 /// Most samples committed in one transaction.
 const MAX_BATCH: usize = 512;
-/// Write requests queued per device.
-const WRITE_QUEUE: usize = 16;
 /// Plug-in outputs waiting to be committed; plug-in threads wait when it is full.
 const PLUGIN_OUTPUTS: usize = 64;
+/// Reload requests from the HTTP API waiting for the one being applied.
+const RELOAD_QUEUE: usize = 4;
+
+/// What a reload did: one line per link or plug-in started, stopped or
+/// restarted, or uplink reconnected; the settings that wait for a restart.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Applied {
+    pub changes: Vec<String>,
+    pub restart_needed: Vec<String>,
+}
+
+/// The answer to a reload: what was applied, or why the new config was
+/// refused (the same text `kite check` prints).
+pub type ReloadOutcome = Result<Applied, String>;
+
+/// A reload asked for through the HTTP API; the outcome goes back on the sender.
+pub type ReloadRequest = oneshot::Sender<ReloadOutcome>;
 
 /// Runs the gateway until `stop` completes, then shuts down cleanly.
+/// `config_path` is the file a reload reads again (SIGHUP, `POST /reload`).
 pub async fn run(
     config: Config,
+    config_path: Option<PathBuf>,
     stop: impl Future<Output = ()>,
     log: Option<LogControl>,
 ) -> anyhow::Result<()> {
@@ -67,78 +83,65 @@ pub async fn run(
         "buffer opened"
     );
     let (buffer, buffer_thread) = BufferHandle::spawn(buffer);
-
-    let codecs = config
-        .instruments
-        .iter()
-        .any(|i| matches!(i.decode, Decode::Codec { .. }));
-    let sandbox = if config.plugins.is_empty() && !codecs {
-        None
-    } else {
-        let cache = config.gateway.data_dir.join("plugin-cache");
-        Some(Arc::new(Sandbox::new(Some(&cache))?))
-    };
-    let codec_spec = CodecSpec {
-        state_path: config.gateway.data_dir.join("plugins.sqlite3"),
-        trust: config.plugin_trust.clone(),
-    };
-    let (outputs_tx, outputs_rx) = mpsc::channel(PLUGIN_OUTPUTS);
-    let (plugins, plugin_counters) = start_plugins(&config, sandbox.as_ref(), outputs_tx);
-    let (samples_tx, samples_rx) = mpsc::channel(SAMPLE_CHANNEL);
-    let polling = CancellationToken::new();
-    let pollers = TaskTracker::new();
-    let (routes, health) = start_field(
-        config.modbus,
-        config.instruments,
-        sandbox.as_ref(),
-        &codec_spec,
-        &samples_tx,
-        &polling,
-        &pollers,
-    );
-    pollers.close();
-    drop(samples_tx);
-    let plugins: Arc<[PluginHandle]> = plugins.into();
-    let watching = CancellationToken::new();
-    if !plugins.is_empty() {
-        tokio::spawn(watch_plugins(plugins.clone(), watching.clone()));
-    }
     let ingest_counters = Arc::new(IngestCounters::default());
+    let vitals = Arc::new(Vitals::new(
+        buffer.clone(),
+        ingest_counters.clone(),
+        Arc::new(UplinkCounters::default()),
+    ));
+
+    let data_dir = &config.gateway.data_dir;
+    let mut sandbox = SandboxSlot::new(data_dir.join("plugin-cache"));
+    let (outputs_tx, outputs_rx) = mpsc::channel(PLUGIN_OUTPUTS);
+    let mut plugins = Plugins::new(outputs_tx, data_dir.join("plugins.sqlite3"));
+    plugins.apply(&config.plugins, &config.plugin_trust, &mut sandbox);
+    vitals.plugins.set(plugins.status());
+    let (samples_tx, samples_rx) = mpsc::channel(SAMPLE_CHANNEL);
+    let mut field = Field::new(samples_tx, data_dir.join("plugins.sqlite3"));
+    field
+        .apply(
+            config.modbus.clone(),
+            config.instruments.clone(),
+            &config.plugin_trust,
+            &mut sandbox,
+        )
+        .await;
+    vitals.field.set(field.health());
+    let routes = Arc::new(Current::new(field.routes()));
+    let watching = CancellationToken::new();
+    tokio::spawn(watch_plugins(plugins.handles.clone(), watching.clone()));
     let ingest = tokio::spawn(ingest(
         samples_rx,
         outputs_rx,
-        plugins,
-        buffer.clone(),
-        ingest_counters.clone(),
-    ));
-
-    let vitals = Arc::new(Vitals::new(
+        plugins.handles.clone(),
         buffer.clone(),
         ingest_counters,
-        Arc::new(UplinkCounters::default()),
-        health,
-        plugin_counters,
     ));
-    let uplink_stop = CancellationToken::new();
+
     let uplink = Uplink::new(
-        config.mqtt,
+        config.mqtt.clone(),
         config.gateway.id.clone(),
-        routes,
+        routes.clone(),
         vitals.clone(),
-    );
-    let mut uplink = tokio::spawn(uplink.run(uplink_stop.clone()));
+    )?;
+    let uplink_stop = CancellationToken::new();
+    let uplink_task = tokio::spawn(uplink.run(uplink_stop.clone()));
     let observing = CancellationToken::new();
     // The watchdog holds the vitals, and so the buffer: shutdown waits for it.
     let observers = TaskTracker::new();
+    let (reloads_tx, mut reloads) = mpsc::channel::<ReloadRequest>(RELOAD_QUEUE);
     if let Some(listen) = config.http.listen {
         match tokio::net::TcpListener::bind(listen).await {
             Ok(listener) => {
                 tokio::spawn(http::serve(
                     listener,
-                    vitals.clone(),
-                    config.gateway.id.clone(),
-                    config.http.token.clone(),
-                    log,
+                    http::Api::new(
+                        &vitals,
+                        config.gateway.id.clone(),
+                        config.http.token.clone(),
+                        log,
+                        reloads_tx,
+                    ),
                     observing.clone(),
                 ));
             }
@@ -148,27 +151,61 @@ pub async fn run(
     }
     observers.spawn(systemd::watchdog(vitals.clone(), observing.clone()));
     observers.close();
-    vitals
-        .started
-        .store(true, std::sync::atomic::Ordering::Relaxed);
+    vitals.started.store(true, Ordering::Relaxed);
     systemd::ready();
-    info!(gateway = %config.gateway.id, devices = pollers.len(), "kite running");
+    info!(gateway = %config.gateway.id, devices = config.device_count(), "kite running");
 
-    // The uplink only returns early on a fatal error (a TLS file it cannot use, say).
-    let ended_early = tokio::select! {
-        _ = stop => { info!("stopping"); None }
-        result = &mut uplink => Some(result),
+    let mut gateway = Running {
+        config,
+        config_path,
+        sandbox,
+        field,
+        plugins,
+        routes,
+        vitals,
+        uplink_task,
+        uplink_stop,
+    };
+    let mut hangup = match signal(SignalKind::hangup()) {
+        Ok(signal) => Some(signal),
+        Err(e) => {
+            error!(error = %e, "no SIGHUP handler; reload through the HTTP API");
+            None
+        }
+    };
+    let mut stop = std::pin::pin!(stop);
+    // The uplink only returns early on a fatal error.
+    let ended_early = loop {
+        tokio::select! {
+            _ = &mut stop => { info!("stopping"); break None; }
+            result = &mut gateway.uplink_task => break Some(result),
+            Some(()) = hangup_received(&mut hangup) => {
+                info!("SIGHUP: reloading the config");
+                let _ = gateway.reload().await;
+            }
+            Some(reply) = reloads.recv() => {
+                let _ = reply.send(gateway.reload().await);
+            }
+        }
     };
     systemd::stopping();
     observing.cancel();
-    polling.cancel();
     watching.cancel();
-    pollers.wait().await;
+    let Running {
+        field,
+        plugins,
+        vitals,
+        uplink_task,
+        uplink_stop,
+        ..
+    } = gateway;
+    field.stop().await;
+    drop(plugins);
     ingest.await.context("ingest task")?;
     uplink_stop.cancel();
     let uplink_result = match ended_early {
         Some(result) => result,
-        None => uplink.await,
+        None => uplink_task.await,
     }
     .context("uplink task")?;
     observers.wait().await;
@@ -179,149 +216,118 @@ pub async fn run(
     uplink_result
 }
 
-/// Compiles and starts every configured plug-in. One that cannot be read,
-/// verified or compiled is refused, loudly and in the status, and the
-/// gateway runs on without it.
-fn start_plugins(
-    config: &Config,
-    sandbox: Option<&Arc<Sandbox>>,
-    outputs: mpsc::Sender<PluginOutput>,
-) -> (Vec<PluginHandle>, PluginStatus) {
-    let Some(sandbox) = sandbox.filter(|_| !config.plugins.is_empty()) else {
-        return (Vec::new(), Vec::new());
-    };
-    let data_dir = &config.gateway.data_dir;
-    let mut handles = Vec::new();
-    let mut status = Vec::new();
-    for plugin in &config.plugins {
-        let spec = PluginSpec {
-            name: plugin.name.clone(),
-            wasm: plugin.path.clone(),
-            inputs: plugin.inputs.clone(),
-            limits: plugin.limits,
-            config_json: plugin.config_json.clone(),
-            state_path: data_dir.join("plugins.sqlite3"),
-            trust: config.plugin_trust.clone(),
-        };
-        match kite_plugins::spawn(sandbox.clone(), spec, outputs.clone()) {
-            Ok(handle) => {
-                info!(plugin = %plugin.name, path = %plugin.path.display(), "plug-in loaded");
-                status.push((plugin.name.clone(), handle.counters.clone()));
-                handles.push(handle);
+async fn hangup_received(hangup: &mut Option<Signal>) -> Option<()> {
+    match hangup {
+        Some(signal) => signal.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// What a reload may change while the gateway runs.
+struct Running {
+    /// As applied: settings that wait for a restart keep their running values.
+    config: Config,
+    config_path: Option<PathBuf>,
+    sandbox: SandboxSlot,
+    field: Field,
+    plugins: Plugins,
+    routes: Arc<Current<WriteRoutes>>,
+    vitals: Arc<Vitals>,
+    uplink_task: JoinHandle<anyhow::Result<()>>,
+    uplink_stop: CancellationToken,
+}
+
+impl Running {
+    /// Reads the config file again and applies the difference. A config
+    /// that does not load, or uplink settings that cannot be used, change
+    /// nothing: the running config stays.
+    async fn reload(&mut self) -> ReloadOutcome {
+        let outcome = self.try_reload().await;
+        match &outcome {
+            Ok(applied) if applied.changes.is_empty() && applied.restart_needed.is_empty() => {
+                info!("config reloaded: nothing changed")
             }
-            Err(e) => {
-                error!(plugin = %plugin.name, path = %plugin.path.display(), error = %e, "plug-in REFUSED");
-                status.push((plugin.name.clone(), Arc::new(PluginCounters::refused())));
-            }
+            Ok(applied) => info!(
+                changes = ?applied.changes,
+                restart_needed = ?applied.restart_needed,
+                "config reloaded"
+            ),
+            Err(e) => error!("new config REFUSED; the running one stays:\n{e}"),
         }
+        outcome
     }
-    (handles, status)
-}
 
-/// What every codec plug-in shares: where its state lives, whom to trust.
-struct CodecSpec {
-    state_path: PathBuf,
-    trust: Trust,
-}
-
-/// Starts one task per Modbus link and per raw instrument; returns where
-/// each device's writes go and the health they report.
-fn start_field(
-    modbus: Vec<BusSpec>,
-    instruments: Vec<InstrumentConfig>,
-    sandbox: Option<&Arc<Sandbox>>,
-    codec_spec: &CodecSpec,
-    samples: &mpsc::Sender<Sample>,
-    polling: &CancellationToken,
-    pollers: &TaskTracker,
-) -> (WriteRoutes, FieldHealth) {
-    let mut routes = HashMap::new();
-    let mut health = FieldHealth::default();
-    for bus in modbus {
-        let (writes_tx, writes_rx) = mpsc::channel(WRITE_QUEUE);
-        let monitor = BusMonitor::new(&bus);
-        health
-            .buses
-            .push((bus.name.to_string(), monitor.bus.clone()));
-        for (device, device_health) in bus.devices.iter().zip(&monitor.devices) {
-            routes.insert(device.name.to_string(), writes_tx.clone());
-            health
-                .devices
-                .push((device.name.to_string(), device_health.clone()));
-        }
-        pollers.spawn(kite_modbus::run_bus(
-            bus,
-            monitor,
-            samples.clone(),
-            writes_rx,
-            polling.clone(),
-        ));
-    }
-    for instrument in instruments {
-        let name = instrument.spec.name.to_string();
-        let device_health = Arc::new(DeviceHealth::default());
-        health.devices.push((name.clone(), device_health.clone()));
-        let decoder: Box<dyn FrameDecoder> = match instrument.decode {
-            Decode::Regex { pattern, fields } => match RegexDecoder::new(&pattern, fields) {
-                Ok(decoder) => Box::new(decoder),
-                Err(e) => {
-                    refuse(&name, &device_health, &e);
-                    continue;
-                }
-            },
-            Decode::Nmea => Box::new(NmeaDecoder),
-            Decode::Codec { path, config_json } => {
-                let spec = PluginSpec {
-                    name: name.clone(),
-                    wasm: path,
-                    inputs: Vec::new(),
-                    limits: Limits::default(),
-                    config_json,
-                    state_path: codec_spec.state_path.clone(),
-                    trust: codec_spec.trust.clone(),
-                };
-                let sandbox = sandbox.expect("a sandbox exists when a codec is configured");
-                match Codec::start(sandbox.clone(), spec) {
-                    Ok(codec) => Box::new(CodecDecoder(Mutex::new(codec))),
-                    Err(e) => {
-                        refuse(&name, &device_health, &e);
-                        continue;
-                    }
-                }
-            }
+    async fn try_reload(&mut self) -> ReloadOutcome {
+        let Some(path) = &self.config_path else {
+            return Err("this gateway was not started from a config file".into());
         };
-        pollers.spawn(kite_serial::run_instrument(
-            instrument.spec,
-            decoder,
-            device_health,
-            samples.clone(),
-            polling.clone(),
+        let mut new = config::load(path).map_err(|e| e.to_string())?;
+        let old = &self.config;
+        let uplink = if new.mqtt != old.mqtt {
+            Some(
+                Uplink::new(
+                    new.mqtt.clone(),
+                    old.gateway.id.clone(),
+                    self.routes.clone(),
+                    self.vitals.clone(),
+                )
+                .map_err(|e| format!("{}: mqtt: {e:#}", path.display()))?,
+            )
+        } else {
+            None
+        };
+        for warning in &new.warnings {
+            tracing::warn!("{warning}");
+        }
+        let mut applied = Applied::default();
+        // These are fixed for the life of the process: the buffer's file
+        // and limits, the topics' identity, the API's socket.
+        if new.gateway != old.gateway {
+            applied.restart_needed.push("[gateway]".into());
+            new.gateway = old.gateway.clone();
+        }
+        if new.buffer != old.buffer {
+            applied.restart_needed.push("[buffer]".into());
+            new.buffer = old.buffer;
+        }
+        if new.http != old.http {
+            applied.restart_needed.push("[http]".into());
+            new.http = old.http.clone();
+        }
+        applied.changes.extend(self.plugins.apply(
+            &new.plugins,
+            &new.plugin_trust,
+            &mut self.sandbox,
         ));
-    }
-    (routes, health)
-}
-
-/// An instrument whose frames cannot be decoded is not started; the
-/// gateway runs on, and says so in the log and the status.
-fn refuse(device: &str, health: &DeviceHealth, error: &dyn std::fmt::Display) {
-    error!(device, %error, "instrument REFUSED");
-    health
-        .refused
-        .store(true, std::sync::atomic::Ordering::Relaxed);
-    health.set_last_error(error.to_string());
-}
-
-/// A codec plug-in as a frame decoder. The lock is only ever taken by the
-/// instrument's own task; it makes the store shareable, as the trait asks.
-struct CodecDecoder(Mutex<Codec>);
-
-impl FrameDecoder for CodecDecoder {
-    fn decode(&mut self, frame: &[u8]) -> Result<Vec<PointSample>, DecodeError> {
-        self.0
-            .get_mut()
-            .unwrap_or_else(|e| e.into_inner())
-            .decode(frame)
-            .map_err(DecodeError::Invalid)
+        self.vitals.plugins.set(self.plugins.status());
+        applied.changes.extend(
+            self.field
+                .apply(
+                    new.modbus.clone(),
+                    new.instruments.clone(),
+                    &new.plugin_trust,
+                    &mut self.sandbox,
+                )
+                .await,
+        );
+        self.vitals.field.set(self.field.health());
+        self.routes.set(self.field.routes());
+        if let Some(uplink) = uplink {
+            // Rows the old connection did not get acknowledged stay in the
+            // buffer and go out again on the new one.
+            self.uplink_stop.cancel();
+            if let Ok(Err(e)) = (&mut self.uplink_task).await {
+                error!(error = %e, "uplink stopped with an error");
+            }
+            self.uplink_stop = CancellationToken::new();
+            self.uplink_task = tokio::spawn(uplink.run(self.uplink_stop.clone()));
+            applied.changes.push(format!(
+                "uplink: reconnecting to {}:{}",
+                new.mqtt.host, new.mqtt.port
+            ));
+        }
+        self.config = new;
+        Ok(applied)
     }
 }
 
@@ -331,7 +337,7 @@ impl FrameDecoder for CodecDecoder {
 async fn ingest(
     mut samples: mpsc::Receiver<Sample>,
     mut outputs: mpsc::Receiver<PluginOutput>,
-    plugins: Arc<[PluginHandle]>,
+    plugins: Arc<Current<PluginHandles>>,
     buffer: BufferHandle,
     counters: Arc<IngestCounters>,
 ) {
@@ -344,7 +350,7 @@ async fn ingest(
                 }
                 let records = batch.iter().map(telemetry).collect();
                 if store(&buffer, records, &counters).await {
-                    for plugin in plugins.iter() {
+                    for plugin in plugins.get().iter() {
                         plugin.offer(&batch);
                     }
                 }
@@ -359,60 +365,6 @@ async fn ingest(
                     body: serde_json::to_string(event).expect("an event serializes"),
                 }));
                 store(&buffer, records, &counters).await;
-            }
-        }
-    }
-}
-
-/// How often plug-in files are checked for a new version.
-const PLUGIN_WATCH_INTERVAL: Duration = Duration::from_secs(2);
-
-/// Hot swap: when a plug-in's file (or its signature) changes, or on
-/// SIGHUP, the new version is loaded beside the running one and swapped in
-/// only if it loads; polling and the buffer never notice.
-async fn watch_plugins(plugins: Arc<[PluginHandle]>, stop: CancellationToken) {
-    let fingerprint = |plugin: &PluginHandle| {
-        let stat = |path: &std::path::Path| {
-            std::fs::metadata(path)
-                .ok()
-                .map(|m| (m.len(), m.modified().ok()))
-        };
-        (
-            stat(&plugin.spec.wasm),
-            stat(&kite_plugins::signing::signature_path(&plugin.spec.wasm)),
-        )
-    };
-    let mut seen: Vec<_> = plugins.iter().map(fingerprint).collect();
-    let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-        Ok(signal) => Some(signal),
-        Err(e) => {
-            error!(error = %e, "no SIGHUP handler; plug-in files are still watched");
-            None
-        }
-    };
-    let mut ticker = tokio::time::interval(PLUGIN_WATCH_INTERVAL);
-    loop {
-        let all = tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = ticker.tick() => false,
-            Some(()) = async { match hangup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => true,
-        };
-        if all {
-            info!("SIGHUP: reloading plug-ins");
-        }
-        for (index, plugin) in plugins.iter().enumerate() {
-            let now = fingerprint(plugin);
-            if !all && now == seen[index] {
-                continue;
-            }
-            seen[index] = now;
-            let (plugins, name) = (plugins.clone(), plugin.spec.name.clone());
-            match tokio::task::spawn_blocking(move || plugins[index].reload()).await {
-                Ok(Ok(())) => info!(plugin = %name, "plug-in reloaded"),
-                Ok(Err(e)) => {
-                    error!(plugin = %name, error = %e, "new version of the plug-in failed to load; the running version stays")
-                }
-                Err(e) => error!(plugin = %name, error = %e, "plug-in reload panicked"),
             }
         }
     }

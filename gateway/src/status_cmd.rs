@@ -1,4 +1,4 @@
-//! `kite status` and `kite log-level`: a running gateway, asked through its
+//! `kite status`, `kite log-level` and `kite reload`: a running gateway, asked through its
 //! local HTTP API (found from the same config file).
 
 use std::path::Path;
@@ -82,6 +82,43 @@ pub async fn log_level(config_path: &Path, filter: &str) -> anyhow::Result<()> {
     }
     println!("log filter: {}", body.trim());
     Ok(())
+}
+
+pub async fn reload(config_path: &Path) -> anyhow::Result<()> {
+    const KEPT: &str = "not reloaded: the gateway runs on with the config it has";
+    // The gateway would refuse it for the same reasons; say them here first.
+    if let Err(e) = config::load(config_path) {
+        bail!("{e}\n{KEPT}");
+    }
+    let (code, body) = call(config_path, "POST", "/reload", String::new()).await?;
+    let answer: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+    match code {
+        200 => {
+            let lines = |key: &str| -> Vec<String> {
+                answer[key]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|line| line.as_str().map(String::from))
+                    .collect()
+            };
+            let changes = lines("changes");
+            if changes.is_empty() {
+                println!("reloaded: nothing changed");
+            } else {
+                println!("reloaded:");
+                for change in changes {
+                    println!("  {change}");
+                }
+            }
+            for section in lines("restart_needed") {
+                println!("  {section}: changed, takes effect at the next restart");
+            }
+            Ok(())
+        }
+        422 => bail!("{}\n{KEPT}", answer["error"].as_str().unwrap_or(&body)),
+        _ => bail!("the gateway answered {code}: {}", body.trim()),
+    }
 }
 
 fn age(ts_ms: Option<i64>) -> String {

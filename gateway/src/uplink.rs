@@ -28,7 +28,7 @@ use tracing::{debug, info, warn};
 
 use crate::buffer::{BufferError, Kind, Record};
 use crate::config::{MqttConfig, TlsFiles};
-use crate::vitals::Vitals;
+use crate::vitals::{Current, Vitals};
 
 /// How long a write waits for its device before the result says so.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -54,7 +54,9 @@ pub struct UplinkCounters {
 pub struct Uplink {
     config: MqttConfig,
     gateway_id: String,
-    routes: Arc<WriteRoutes>,
+    routes: Arc<Current<WriteRoutes>>,
+    /// Built (TLS files read) when the uplink is made, so a reload can refuse bad settings.
+    options: MqttOptions,
     /// Also the uplink's way to the buffer (`vitals.buffer`) and its counters.
     vitals: Arc<Vitals>,
 }
@@ -65,6 +67,12 @@ struct Topics {
 }
 
 impl Topics {
+    fn new(config: &MqttConfig, gateway_id: &str) -> Self {
+        Self {
+            base: format!("{}/{gateway_id}", config.topic_prefix),
+        }
+    }
+
     /// Where a buffered row is published.
     fn for_record(&self, record: &Record) -> String {
         match record.kind {
@@ -159,56 +167,31 @@ impl Delivery {
 }
 
 impl Uplink {
+    /// Fails when the TLS files cannot be used.
     pub fn new(
         config: MqttConfig,
         gateway_id: String,
-        routes: WriteRoutes,
+        routes: Arc<Current<WriteRoutes>>,
         vitals: Arc<Vitals>,
-    ) -> Self {
-        Self {
+    ) -> anyhow::Result<Self> {
+        let options = options(&config, &Topics::new(&config, &gateway_id))?;
+        Ok(Self {
             config,
             gateway_id,
-            routes: Arc::new(routes),
+            routes,
+            options,
             vitals,
-        }
+        })
     }
 
     fn topics(&self) -> Topics {
-        Topics {
-            base: format!("{}/{}", self.config.topic_prefix, self.gateway_id),
-        }
-    }
-
-    fn options(&self) -> anyhow::Result<MqttOptions> {
-        let config = &self.config;
-        let mut options = MqttOptions::new(&config.client_id, &config.host, config.port);
-        options
-            .set_keep_alive(config.keep_alive)
-            .set_clean_session(true)
-            .set_inflight(config.max_inflight.saturating_add(16))
-            .set_request_channel_capacity(usize::from(config.max_inflight) + 64)
-            .set_max_packet_size(256 << 10, 64 << 20)
-            .set_last_will(LastWill::new(
-                self.topics().status(),
-                json!({"state": "offline"}).to_string(),
-                QoS::AtLeastOnce,
-                true,
-            ));
-        if let Some(username) = &config.username {
-            options.set_credentials(username, config.password.clone().unwrap_or_default());
-        }
-        if let Some(tls) = &config.tls {
-            options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
-                Arc::new(tls_config(tls)?),
-            )));
-        }
-        Ok(options)
+        Topics::new(&self.config, &self.gateway_id)
     }
 
     /// Runs until `shutdown`; then delivers what it can within the flush
     /// timeout, marks the gateway offline and disconnects.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let options = self.options()?;
+        let options = self.options.clone();
         let (results_tx, mut results_rx) = mpsc::channel(64);
         let writes = Arc::new(Semaphore::new(MAX_CONCURRENT_WRITES));
         let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(10));
@@ -451,7 +434,7 @@ impl Uplink {
                 return;
             }
         };
-        let Some(route) = self.routes.get(&device).cloned() else {
+        let Some(route) = self.routes.get().get(&device).cloned() else {
             self.reject(
                 results,
                 device.clone(),
@@ -554,6 +537,32 @@ fn lost(was_connected: bool, error: impl ToString) -> Ended {
 fn connection_error(error: ConnectionError) -> String {
     debug!(?error, "connection error");
     error.to_string()
+}
+
+/// rumqttc's options for `config`; the TLS files are read here.
+fn options(config: &MqttConfig, topics: &Topics) -> anyhow::Result<MqttOptions> {
+    let mut options = MqttOptions::new(&config.client_id, &config.host, config.port);
+    options
+        .set_keep_alive(config.keep_alive)
+        .set_clean_session(true)
+        .set_inflight(config.max_inflight.saturating_add(16))
+        .set_request_channel_capacity(usize::from(config.max_inflight) + 64)
+        .set_max_packet_size(256 << 10, 64 << 20)
+        .set_last_will(LastWill::new(
+            topics.status(),
+            json!({"state": "offline"}).to_string(),
+            QoS::AtLeastOnce,
+            true,
+        ));
+    if let Some(username) = &config.username {
+        options.set_credentials(username, config.password.clone().unwrap_or_default());
+    }
+    if let Some(tls) = &config.tls {
+        options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
+            Arc::new(tls_config(tls)?),
+        )));
+    }
+    Ok(options)
 }
 
 /// The message of one buffered row.

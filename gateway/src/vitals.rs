@@ -9,7 +9,7 @@
 //! so systemd restarts it.
 
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use kite_core::{BusHealth, DeviceHealth};
@@ -35,6 +35,24 @@ pub struct IngestCounters {
     pub lost: AtomicU64,
     /// When the commit in progress started (ms since the epoch), 0 when none is.
     pub storing_since_ms: AtomicI64,
+}
+
+/// A value a reload replaces as a whole; readers keep the one they took.
+#[derive(Debug, Default)]
+pub struct Current<T>(RwLock<Arc<T>>);
+
+impl<T> Current<T> {
+    pub fn new(value: T) -> Self {
+        Self(RwLock::new(Arc::new(value)))
+    }
+
+    pub fn get(&self) -> Arc<T> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn set(&self, value: T) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(value);
+    }
 }
 
 /// Each plug-in's name and counters, for the status message.
@@ -72,8 +90,9 @@ pub struct Vitals {
     pub buffer: BufferHandle,
     pub ingest: Arc<IngestCounters>,
     pub uplink: Arc<UplinkCounters>,
-    pub field: FieldHealth,
-    pub plugins: PluginStatus,
+    /// Replaced when a reload starts or stops links or plug-ins.
+    pub field: Current<FieldHealth>,
+    pub plugins: Current<PluginStatus>,
     /// Set once every task is started.
     pub started: AtomicBool,
     /// The uplink may stand still this long; a commit, a quarter of it.
@@ -103,15 +122,13 @@ impl Vitals {
         buffer: BufferHandle,
         ingest: Arc<IngestCounters>,
         uplink: Arc<UplinkCounters>,
-        field: FieldHealth,
-        plugins: PluginStatus,
     ) -> Self {
         Self {
             buffer,
             ingest,
             uplink,
-            field,
-            plugins,
+            field: Current::default(),
+            plugins: Current::default(),
             started: AtomicBool::new(false),
             // Twice the watchdog period: stuck is noticed in time for
             // systemd to act on the next period.
@@ -128,10 +145,11 @@ impl Vitals {
     pub fn status_json(&self, stats: &Stats) -> serde_json::Value {
         let plugins: serde_json::Map<String, serde_json::Value> = self
             .plugins
+            .get()
             .iter()
             .map(|(name, counters)| (name.clone(), counters.to_json()))
             .collect();
-        let (buses, devices) = self.field.to_json();
+        let (buses, devices) = self.field.get().to_json();
         let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
         json!({
             "buses": buses,

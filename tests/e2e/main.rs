@@ -10,6 +10,7 @@ mod operations;
 #[path = "../../plugins/host/tests/common/mod.rs"]
 mod plugin_builds;
 mod plugins;
+mod reload;
 mod security;
 mod serial;
 mod support;

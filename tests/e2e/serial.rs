@@ -480,3 +480,41 @@ async fn a_codec_plugin_decodes_a_binary_protocol() {
         .unwrap();
     assert!(error.contains("checksum"), "{status}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reload_restarts_a_changed_serial_bus_on_the_same_port() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start(dir.path(), false).await;
+    let pair = SerialPair::start(dir.path(), "line").await;
+    let _slaves = modbus_rtu_device(&pair.device_end, meter_image());
+    let mut sub = Subscriber::connect(broker.port, "kite/gw-rebus/#", "rebus", false).await;
+    let config = kite_config(
+        dir.path(),
+        "gw-rebus",
+        broker.port,
+        &(bus("rs485", &pair.kite_end) + &rtu_device("meter-1", "rs485", 1)),
+    );
+    let _kite = Kite::start(dir.path(), &config);
+    sub.next_on("kite/gw-rebus/meter-1", |m| is_good(m, "energy"))
+        .await;
+
+    // A second meter on the same line: the bus restarts, and its port,
+    // released by the old task, opens again for the new one.
+    std::fs::write(
+        Kite::config_path(dir.path()),
+        config.clone() + &rtu_device("meter-2", "rs485", 2),
+    )
+    .unwrap();
+    let output = std::process::Command::new(kite_bin())
+        .args(["reload", "--config"])
+        .arg(Kite::config_path(dir.path()))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{text}");
+    assert!(text.contains("bus rs485: restarted"), "{text}");
+    for meter in ["meter-2", "meter-1"] {
+        sub.next_on(&format!("kite/gw-rebus/{meter}"), |m| is_good(m, "energy"))
+            .await;
+    }
+}

@@ -350,6 +350,11 @@ impl Kite {
         self.child = Some(child);
     }
 
+    /// SIGHUP: read the config again.
+    pub fn hangup(&self) {
+        signal(self.child.as_ref().expect("kite running"), "HUP");
+    }
+
     pub fn kill9(&mut self) {
         let mut child = self.child.take().expect("kite running");
         child.kill().unwrap();
