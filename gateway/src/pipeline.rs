@@ -242,7 +242,9 @@ impl Running {
     /// that does not load, or uplink settings that cannot be used, change
     /// nothing: the running config stays.
     async fn reload(&mut self) -> ReloadOutcome {
+        systemd::reloading();
         let outcome = self.try_reload().await;
+        systemd::ready();
         match &outcome {
             Ok(applied) if applied.changes.is_empty() && applied.restart_needed.is_empty() => {
                 info!("config reloaded: nothing changed")

@@ -1,5 +1,5 @@
-//! systemd integration: `READY=1` once the pipeline is up, `STOPPING=1`
-//! when it shuts down, and the watchdog fed only while the pipeline is
+//! systemd integration: `READY=1` once the pipeline is up, `RELOADING=1`
+//! while a reload is applied, `STOPPING=1` when it shuts down, and the watchdog fed only while the pipeline is
 //! alive (see [`crate::vitals`]), so that a gateway that runs but stopped
 //! forwarding is restarted rather than kept alive by a timer. Without
 //! `NOTIFY_SOCKET` (not started by systemd) every call does nothing.
@@ -21,6 +21,17 @@ fn notify(states: &[NotifyState]) {
 
 pub fn ready() {
     notify(&[NotifyState::Ready, NotifyState::Status("running")]);
+}
+
+/// A reload starts; `ready` again when it is done.
+pub fn reloading() {
+    let mut states = vec![
+        NotifyState::Reloading,
+        NotifyState::Status("reloading the config"),
+    ];
+    // systemd pairs RELOADING=1 with the time it was sent.
+    states.extend(NotifyState::monotonic_usec_now().ok());
+    notify(&states);
 }
 
 pub fn stopping() {

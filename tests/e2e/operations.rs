@@ -240,6 +240,20 @@ async fn systemd_hears_ready_and_a_watchdog_fed_only_while_data_moves() {
     })
     .await;
 
+    // A reload is announced as systemd's notify-reload protocol asks.
+    kite.hangup();
+    let reloading = loop {
+        let message = socket.next();
+        if message.lines().any(|l| l == "RELOADING=1") {
+            break message;
+        }
+    };
+    assert!(
+        reloading.lines().any(|l| l.starts_with("MONOTONIC_USEC=")),
+        "{reloading}"
+    );
+    socket.until("READY=1");
+
     kite.terminate().await;
     socket.until("STOPPING=1");
 }
