@@ -10,11 +10,13 @@
 //! - [`vitals`]: liveness and readiness, the status payload and the metrics.
 //! - [`systemd`]: readiness and the data-flow watchdog.
 //! - [`http`]: the local HTTP API: health, metrics, status, log level, reload.
+//! - [`history`]: recent readings and buffer depth for the status page, bounded.
 
 pub mod buffer;
 pub mod config;
 pub mod demo;
 pub mod field;
+pub mod history;
 pub mod http;
 pub mod pipeline;
 pub mod systemd;

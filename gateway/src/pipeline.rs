@@ -28,6 +28,7 @@ use tracing::{error, info};
 use crate::buffer::{Buffer, BufferHandle, Kind, NewRecord};
 use crate::config::{self, Config};
 use crate::field::{watch_plugins, Field, PluginHandles, Plugins, SandboxSlot};
+use crate::history::History;
 use crate::http::{self, LogControl};
 use crate::systemd;
 use crate::uplink::{Uplink, UplinkCounters, WriteRoutes};
@@ -116,6 +117,7 @@ pub async fn run(
         plugins.handles.clone(),
         buffer.clone(),
         ingest_counters,
+        vitals.history.clone(),
     ));
 
     let uplink = Uplink::new(
@@ -342,6 +344,7 @@ async fn ingest(
     plugins: Arc<Current<PluginHandles>>,
     buffer: BufferHandle,
     counters: Arc<IngestCounters>,
+    history: Arc<History>,
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     loop {
@@ -356,6 +359,8 @@ async fn ingest(
                         plugin.offer(&batch);
                     }
                 }
+                // What the devices said, stored or not, for the status page.
+                history.record(&batch);
                 batch.clear();
             }
             Some(output) = outputs.recv() => {
@@ -367,6 +372,7 @@ async fn ingest(
                     body: serde_json::to_string(event).expect("an event serializes"),
                 }));
                 store(&buffer, records, &counters).await;
+                history.record(&output.samples);
             }
         }
     }

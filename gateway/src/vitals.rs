@@ -18,6 +18,7 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::buffer::{BufferHandle, Stats};
+use crate::history::History;
 use crate::uplink::UplinkCounters;
 
 /// How long a stage may make no progress while it has work before the
@@ -93,6 +94,8 @@ pub struct Vitals {
     /// Replaced when a reload starts or stops links or plug-ins.
     pub field: Current<FieldHealth>,
     pub plugins: Current<PluginStatus>,
+    /// Recent readings and buffer depth, for the status page.
+    pub history: Arc<History>,
     /// Set once every task is started.
     pub started: AtomicBool,
     /// The uplink may stand still this long; a commit, a quarter of it.
@@ -129,6 +132,7 @@ impl Vitals {
             uplink,
             field: Current::default(),
             plugins: Current::default(),
+            history: Arc::default(),
             started: AtomicBool::new(false),
             // Twice the watchdog period: stuck is noticed in time for
             // systemd to act on the next period.
