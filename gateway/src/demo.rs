@@ -70,6 +70,12 @@ pub async fn run(
         broker_addr.port()
     );
     println!("  buffer:    {}", data_dir.join("buffer.sqlite3").display());
+    if let Some(listen) = config.http.listen {
+        println!(
+            "  status:    http://{}/",
+            crate::http::client_address(listen)
+        );
+    }
     println!("  stop:      Ctrl-C");
     tokio::spawn(watch(broker_addr, shutdown.clone()));
 

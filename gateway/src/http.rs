@@ -1,11 +1,12 @@
 //! The local HTTP API: `/healthz` (live and ready, with reasons), `/metrics`
 //! (Prometheus text format), `/status` (the status message, with health),
-//! `PUT /log-level` (change the log filter at run time) and `POST /reload`
-//! (read the config file again and apply it).
+//! `PUT /log-level` (change the log filter at run time), `POST /reload`
+//! (read the config file again and apply it), and the status page (`GET /`,
+//! which polls `/status` and `/history`; see `page`).
 //!
 //! It listens on loopback by default. With a token (required when it
-//! listens anywhere else), every path but `/healthz` needs
-//! `Authorization: Bearer <token>`.
+//! listens anywhere else), every path but `/healthz` and the page itself
+//! (static, no data in it) needs `Authorization: Bearer <token>`.
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -25,6 +26,8 @@ use tracing::{info, warn};
 
 use crate::pipeline::ReloadRequest;
 use crate::vitals::Vitals;
+
+mod page;
 
 /// Changes the log filter (`info,kite_modbus=debug`); an error says why not.
 pub type LogControl = Arc<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
@@ -63,11 +66,14 @@ pub async fn serve(listener: tokio::net::TcpListener, api: Api, stop: Cancellati
     let router = Router::new()
         .route("/metrics", get(metrics))
         .route("/status", get(status))
+        .route("/history", get(page::history))
         .route("/log-level", put(log_level))
         .route("/reload", post(reload))
         .route_layer(middleware::from_fn_with_state(api.clone(), require_token))
         .route("/healthz", get(healthz))
-        .with_state(api);
+        .route("/", get(page::index))
+        .with_state(api.clone());
+    tokio::spawn(page::keep_history(api.vitals, stop.clone()));
     if let Ok(address) = listener.local_addr() {
         info!(%address, "HTTP API listening");
     }

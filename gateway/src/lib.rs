@@ -9,7 +9,8 @@
 //! - [`demo`]: the whole pipeline with simulated devices and an embedded broker.
 //! - [`vitals`]: liveness and readiness, the status payload and the metrics.
 //! - [`systemd`]: readiness and the data-flow watchdog.
-//! - [`http`]: the local HTTP API: health, metrics, status, log level, reload.
+//! - [`http`]: the local HTTP API: health, metrics, status, log level, reload,
+//!   and the status page.
 //! - [`history`]: recent readings and buffer depth for the status page, bounded.
 
 pub mod buffer;
