@@ -1,6 +1,6 @@
 //! End-to-end tests of the `kite` binary against real peers: Mosquitto
 //! brokers and pymodbus devices started on free loopback ports, serial port
-//! pairs from socat.
+//! pairs from socat, and headless Chromium rendering the status page.
 
 mod bad_input;
 mod buffer_tools;
@@ -13,4 +13,5 @@ mod plugins;
 mod reload;
 mod security;
 mod serial;
+mod status_page;
 mod support;
