@@ -8,7 +8,8 @@
 //! in the same go: the same messages published straight to the same broker
 //! by one rumqttc client, so that results taken on a busy machine can be
 //! compared as ratios. `kite-bench idle` reports the RSS of an idle gateway.
-//! `kite-bench rtu` measures a Modbus RTU line against its ceiling.
+//! `kite-bench rtu` measures a Modbus RTU line against its ceiling;
+//! `kite-bench reload` what a reload costs the devices it leaves alone.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -24,6 +25,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 mod plugins;
+mod reload;
 mod rtu;
 
 #[derive(Parser)]
@@ -61,6 +63,11 @@ enum Mode {
         #[arg(long, default_value_t = 30)]
         seconds: u64,
     },
+    /// What reloading costs the devices a reload does not touch.
+    Reload {
+        #[arg(long, default_value_t = 20)]
+        reloads: usize,
+    },
     /// Plug-in costs: per reading in batches, instantiation, and the price
     /// of bounding time (epoch interruption against fuel and nothing).
     Plugins {
@@ -91,6 +98,7 @@ async fn main() -> anyhow::Result<()> {
         } => load(&cli.kite, devices, points, interval_ms, seconds).await,
         Mode::Idle => idle(&cli.kite).await,
         Mode::Rtu { baud, seconds } => rtu::run(&cli.kite, baud, seconds).await,
+        Mode::Reload { reloads } => reload::run(&cli.kite, reloads).await,
         Mode::Plugins { .. } => unreachable!("handled above"),
     }
 }
@@ -176,7 +184,23 @@ struct Received {
     latencies_ms: Mutex<Vec<i64>>,
 }
 
-async fn subscribe(port: u16, filter: &str, received: Arc<Received>) -> anyhow::Result<()> {
+impl Received {
+    /// Counts a message, and its latency from the `ts` it carries.
+    fn record(&self, payload: &[u8]) {
+        let now = now_ms();
+        if let Some(ts) = field(payload, b"\"ts\":") {
+            self.latencies_ms.lock().unwrap().push(now - ts);
+        }
+        self.messages.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Subscribes to `filter`; `on_publish` sees each message's topic and payload.
+async fn subscribe(
+    port: u16,
+    filter: &str,
+    mut on_publish: impl FnMut(&str, &[u8]) + Send + 'static,
+) -> anyhow::Result<()> {
     let mut options = MqttOptions::new(format!("bench-sub-{port}"), "127.0.0.1", port);
     options
         .set_max_packet_size(16 << 20, 1 << 20)
@@ -195,11 +219,7 @@ async fn subscribe(port: u16, filter: &str, received: Arc<Received>) -> anyhow::
                     }
                 }
                 Event::Incoming(Incoming::Publish(publish)) => {
-                    let now = now_ms();
-                    if let Some(ts) = field(&publish.payload, b"\"ts\":") {
-                        received.latencies_ms.lock().unwrap().push(now - ts);
-                    }
-                    received.messages.fetch_add(1, Ordering::Relaxed);
+                    on_publish(&publish.topic, &publish.payload)
                 }
                 _ => {}
             }
@@ -293,7 +313,11 @@ async fn load(
     let broker = start_broker(&dir).await?;
     let ports = start_devices(devices, &shutdown).await?;
     let received = Arc::new(Received::default());
-    subscribe(broker.port, "kite/bench/+", received.clone()).await?;
+    let counting = received.clone();
+    subscribe(broker.port, "kite/bench/+", move |_, payload| {
+        counting.record(payload)
+    })
+    .await?;
     let process = start_kite(
         kite,
         &dir,
@@ -342,7 +366,11 @@ async fn load(
 /// messages at QoS 1 gets through the same broker to the same subscriber.
 async fn reference_rate(port: u16, points: usize, seconds: u64) -> anyhow::Result<f64> {
     let received = Arc::new(Received::default());
-    subscribe(port, "reference/+", received.clone()).await?;
+    let counting = received.clone();
+    subscribe(port, "reference/+", move |_, payload| {
+        counting.record(payload)
+    })
+    .await?;
     let body: String = (0..points)
         .map(|p| format!("\"p{p}\":{{\"value\":{p},\"quality\":\"good\"}}"))
         .collect::<Vec<_>>()

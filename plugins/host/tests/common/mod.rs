@@ -25,6 +25,7 @@ pub fn examples() -> &'static Path {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     BUILT.get_or_init(|| {
         let manifest = plugins_dir().join("examples/Cargo.toml");
+        let target = manifest.parent().unwrap().join("target");
         let status = Command::new(env!("CARGO"))
             .args([
                 "build",
@@ -35,16 +36,16 @@ pub fn examples() -> &'static Path {
                 "--manifest-path",
             ])
             .arg(&manifest)
+            // Where this function looks, whatever CARGO_TARGET_DIR says.
+            .arg("--target-dir")
+            .arg(&target)
             .status()
             .expect("run cargo");
         assert!(
             status.success(),
             "building the examples failed (is `rustup target add wasm32-wasip2` done?)"
         );
-        manifest
-            .parent()
-            .unwrap()
-            .join("target/wasm32-wasip2/release")
+        target.join("wasm32-wasip2/release")
     })
 }
 
