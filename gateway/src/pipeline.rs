@@ -190,7 +190,7 @@ pub async fn run(
             }
         }
     };
-    systemd::stopping();
+    systemd::status("stopping: committing what was read, delivering the buffer");
     observing.cancel();
     watching.cancel();
     let Running {
@@ -210,6 +210,8 @@ pub async fn run(
         None => uplink_task.await,
     }
     .context("uplink task")?;
+    // Everything read is committed and the delivery is over.
+    systemd::stopping(buffer.stats().await.map(|stats| stats.rows).ok());
     observers.wait().await;
     drop(vitals);
     drop(buffer);

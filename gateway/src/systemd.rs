@@ -1,5 +1,5 @@
 //! systemd integration: `READY=1` once the pipeline is up, `RELOADING=1`
-//! while a reload is applied, `STOPPING=1` when it shuts down, and the watchdog fed only while the pipeline is
+//! while a reload is applied, `STOPPING=1` at shutdown once the buffer is flushed, and the watchdog fed only while the pipeline is
 //! alive (see [`crate::vitals`]), so that a gateway that runs but stopped
 //! forwarding is restarted rather than kept alive by a timer. Without
 //! `NOTIFY_SOCKET` (not started by systemd) every call does nothing.
@@ -34,11 +34,18 @@ pub fn reloading() {
     notify(&states);
 }
 
-pub fn stopping() {
-    notify(&[
-        NotifyState::Stopping,
-        NotifyState::Status("stopping: delivering the buffer"),
-    ]);
+pub fn status(text: &str) {
+    notify(&[NotifyState::Status(text)]);
+}
+
+/// Shutdown, once the buffer is flushed: `rows` stay for the next start.
+pub fn stopping(rows: Option<u64>) {
+    let status = match rows {
+        Some(0) => "stopping: buffer delivered".to_string(),
+        Some(rows) => format!("stopping: {rows} rows kept for the next start"),
+        None => "stopping".to_string(),
+    };
+    notify(&[NotifyState::Stopping, NotifyState::Status(&status)]);
 }
 
 /// `WatchdogSec`, when systemd set a watchdog for this process.

@@ -184,9 +184,14 @@ impl NotifySocket {
             .expect("a notification within the patience")
     }
 
-    /// Waits for a message with the line `what`.
-    fn until(&self, what: &str) {
-        while !self.next().lines().any(|l| l == what) {}
+    /// Waits for a message with the line `what`; returns all of it.
+    fn until(&self, what: &str) -> String {
+        loop {
+            let message = self.next();
+            if message.lines().any(|l| l == what) {
+                return message;
+            }
+        }
     }
 
     fn drain(&self) {
@@ -242,18 +247,18 @@ async fn systemd_hears_ready_and_a_watchdog_fed_only_while_data_moves() {
 
     // A reload is announced as systemd's notify-reload protocol asks.
     kite.hangup();
-    let reloading = loop {
-        let message = socket.next();
-        if message.lines().any(|l| l == "RELOADING=1") {
-            break message;
-        }
-    };
+    let reloading = socket.until("RELOADING=1");
     assert!(
         reloading.lines().any(|l| l.starts_with("MONOTONIC_USEC=")),
         "{reloading}"
     );
     socket.until("READY=1");
 
-    kite.terminate().await;
-    socket.until("STOPPING=1");
+    assert!(kite.terminate().await.success());
+    let stopping = socket.until("STOPPING=1");
+    // Sent once the buffer is flushed, saying what it left.
+    assert!(
+        stopping.lines().any(|l| l.starts_with("STATUS=stopping: ")),
+        "{stopping}"
+    );
 }
