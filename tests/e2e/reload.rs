@@ -3,7 +3,6 @@
 //! and the running one stays.
 
 use std::collections::BTreeSet;
-use std::process::{Command, Output};
 
 use serde_json::{json, Value};
 
@@ -15,14 +14,6 @@ fn device(name: &str, port: u16, point: &str) -> String {
         "[[devices]]\nname = \"{name}\"\nprotocol = \"modbus-tcp\"\naddress = \"127.0.0.1:{port}\"\npoll_interval = \"100ms\"\ntimeout = \"1s\"\n\
          [[devices.points]]\nname = \"{point}\"\naddress = 0\n\n"
     )
-}
-
-fn kite_reload(dir: &std::path::Path) -> Output {
-    Command::new(kite_bin())
-        .args(["reload", "--config"])
-        .arg(Kite::config_path(dir))
-        .output()
-        .unwrap()
 }
 
 async fn status(kite: &Kite) -> Value {

@@ -505,11 +505,7 @@ async fn reload_restarts_a_changed_serial_bus_on_the_same_port() {
         config.clone() + &rtu_device("meter-2", "rs485", 2),
     )
     .unwrap();
-    let output = std::process::Command::new(kite_bin())
-        .args(["reload", "--config"])
-        .arg(Kite::config_path(dir.path()))
-        .output()
-        .unwrap();
+    let output = kite_reload(dir.path());
     let text = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{text}");
     assert!(text.contains("bus rs485: restarted"), "{text}");

@@ -422,6 +422,15 @@ impl Drop for Kite {
     }
 }
 
+/// `kite reload` for the gateway running in `dir`.
+pub fn kite_reload(dir: &Path) -> std::process::Output {
+    Command::new(kite_bin())
+        .args(["reload", "--config"])
+        .arg(Kite::config_path(dir))
+        .output()
+        .unwrap()
+}
+
 /// A gateway config for `dir`, with `devices` (TOML) appended.
 pub fn kite_config(dir: &Path, gateway_id: &str, mqtt_port: u16, extra: &str) -> String {
     format!(
