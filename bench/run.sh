@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs every benchmark of bench/RESULTS.md (end to end five times, plug-ins and RTU lines three times).
+# Runs every benchmark of bench/RESULTS.md (end to end five times, plug-ins, RTU lines and reloads three times).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --locked -p kite-gateway -p kite-bench
@@ -16,4 +16,7 @@ done
 for run in 1 2 3; do
     target/release/kite-bench rtu --baud 9600 --seconds 30
     target/release/kite-bench rtu --baud 115200 --seconds 30
+done
+for run in 1 2 3; do
+    target/release/kite-bench reload --reloads 20
 done
