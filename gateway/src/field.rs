@@ -4,7 +4,7 @@
 //! untouched; one that changed is stopped and started again with the new
 //! settings; the others are stopped or started. The buffer is no part of it.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, Weak};
@@ -130,21 +130,22 @@ impl Field {
     /// a serial port is free again when the new settings open it.
     pub async fn apply(
         &mut self,
-        modbus: Vec<BusSpec>,
-        instruments: Vec<InstrumentConfig>,
+        modbus: &[BusSpec],
+        instruments: &[InstrumentConfig],
         trust: &Trust,
         sandbox: &mut SandboxSlot,
     ) -> Vec<String> {
         let wanted: Vec<LinkConfig> = modbus
-            .into_iter()
+            .iter()
+            .cloned()
             .map(LinkConfig::Modbus)
-            .chain(instruments.into_iter().map(|config| {
+            .chain(instruments.iter().map(|config| {
                 let codec = match &config.decode {
                     Decode::Codec { path, .. } => Some((FileStamp::of(path), trust.clone())),
                     _ => None,
                 };
                 LinkConfig::Instrument {
-                    config: Box::new(config),
+                    config: Box::new(config.clone()),
                     codec,
                 }
             }))
@@ -157,7 +158,6 @@ impl Field {
         let mut changes = Vec::new();
         let mut kept = HashMap::new();
         let mut stopping = Vec::new();
-        let mut restarting = HashSet::new();
         for config in &wanted {
             let label = config.label();
             match running.remove(&label) {
@@ -165,10 +165,10 @@ impl Field {
                     kept.insert(label, link);
                 }
                 Some(link) => {
-                    restarting.insert(label);
+                    changes.push(format!("{label}: restarted"));
                     stopping.push(link);
                 }
-                None => {}
+                None => changes.push(format!("{label}: started")),
             }
         }
         for (label, link) in running {
@@ -186,18 +186,10 @@ impl Field {
             }
         }
         for config in wanted {
-            let label = config.label();
-            if let Some(link) = kept.remove(&label) {
-                self.links.push(link);
-                continue;
-            }
-            let verb = if restarting.contains(&label) {
-                "restarted"
-            } else {
-                "started"
+            let link = match kept.remove(&config.label()) {
+                Some(link) => link,
+                None => self.start(config, sandbox),
             };
-            changes.push(format!("{label}: {verb}"));
-            let link = self.start(config, sandbox);
             self.links.push(link);
         }
         changes
@@ -386,19 +378,13 @@ impl Plugins {
         let mut changes = Vec::new();
         for config in configs {
             let name = &config.name;
-            let old = running.remove(name);
-            if let Some(old) = old
-                .as_ref()
-                .filter(|old| old.config == *config && old.trust == *trust)
-            {
-                self.running.push(RunningPlugin {
-                    config: old.config.clone(),
-                    trust: old.trust.clone(),
-                    handle: old.handle.clone(),
-                    counters: old.counters.clone(),
-                });
-                continue;
-            }
+            let old = match running.remove(name) {
+                Some(old) if old.config == *config && old.trust == *trust => {
+                    self.running.push(old);
+                    continue;
+                }
+                old => old,
+            };
             let spec = PluginSpec {
                 name: name.clone(),
                 wasm: config.path.clone(),

@@ -63,9 +63,8 @@ struct BufferSample {
 impl History {
     /// Makes room for every device in `known` (the configured devices and
     /// plug-ins); a device a reload took out of the config leaves the history.
-    /// The HTTP API calls it whenever it samples the buffer or serves
-    /// `/history`; until the first call every device counts against
-    /// [`OTHER_DEVICES`].
+    /// Called when the gateway starts its links and plug-ins and after every
+    /// reload.
     pub fn follow<'a>(&self, known: impl IntoIterator<Item = &'a str>) {
         let known: BTreeSet<Arc<str>> = known.into_iter().map(Arc::from).collect();
         let mut guard = self.lock();

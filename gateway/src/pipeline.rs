@@ -92,29 +92,24 @@ pub async fn run(
     ));
 
     let data_dir = &config.gateway.data_dir;
-    let mut sandbox = SandboxSlot::new(data_dir.join("plugin-cache"));
+    let plugin_state = data_dir.join("plugins.sqlite3");
     let (outputs_tx, outputs_rx) = mpsc::channel(PLUGIN_OUTPUTS);
-    let mut plugins = Plugins::new(outputs_tx, data_dir.join("plugins.sqlite3"));
-    plugins.apply(&config.plugins, &config.plugin_trust, &mut sandbox);
-    vitals.plugins.set(plugins.status());
     let (samples_tx, samples_rx) = mpsc::channel(SAMPLE_CHANNEL);
-    let mut field = Field::new(samples_tx, data_dir.join("plugins.sqlite3"));
-    field
-        .apply(
-            config.modbus.clone(),
-            config.instruments.clone(),
-            &config.plugin_trust,
-            &mut sandbox,
-        )
-        .await;
-    vitals.field.set(field.health());
-    let routes = Arc::new(Current::new(field.routes()));
+    let mut workload = Workload {
+        sandbox: SandboxSlot::new(data_dir.join("plugin-cache")),
+        field: Field::new(samples_tx, plugin_state.clone()),
+        plugins: Plugins::new(outputs_tx, plugin_state),
+        routes: Arc::default(),
+        vitals: vitals.clone(),
+    };
+    workload.apply(&config).await;
     let watching = CancellationToken::new();
-    tokio::spawn(watch_plugins(plugins.handles.clone(), watching.clone()));
+    let plugin_handles = workload.plugins.handles.clone();
+    tokio::spawn(watch_plugins(plugin_handles.clone(), watching.clone()));
     let ingest = tokio::spawn(ingest(
         samples_rx,
         outputs_rx,
-        plugins.handles.clone(),
+        plugin_handles,
         buffer.clone(),
         ingest_counters,
         vitals.history.clone(),
@@ -123,7 +118,7 @@ pub async fn run(
     let uplink = Uplink::new(
         config.mqtt.clone(),
         config.gateway.id.clone(),
-        routes.clone(),
+        workload.routes.clone(),
         vitals.clone(),
     )?;
     let uplink_stop = CancellationToken::new();
@@ -160,11 +155,7 @@ pub async fn run(
     let mut gateway = Running {
         config,
         config_path,
-        sandbox,
-        field,
-        plugins,
-        routes,
-        vitals,
+        workload,
         uplink_task,
         uplink_stop,
     };
@@ -194,15 +185,12 @@ pub async fn run(
     observing.cancel();
     watching.cancel();
     let Running {
-        field,
-        plugins,
-        vitals,
+        workload,
         uplink_task,
         uplink_stop,
         ..
     } = gateway;
-    field.stop().await;
-    drop(plugins);
+    workload.stop().await;
     ingest.await.context("ingest task")?;
     uplink_stop.cancel();
     let uplink_result = match ended_early {
@@ -227,16 +215,56 @@ async fn hangup_received(hangup: &mut Option<Signal>) -> Option<()> {
     }
 }
 
-/// What a reload may change while the gateway runs.
-struct Running {
-    /// As applied: settings that wait for a restart keep their running values.
-    config: Config,
-    config_path: Option<PathBuf>,
+/// What a config runs (links and plug-ins, and the engine they share), and
+/// where what they are is published: health and plug-in status in the
+/// vitals, the devices the history keeps, the write routes of the uplink.
+struct Workload {
     sandbox: SandboxSlot,
     field: Field,
     plugins: Plugins,
     routes: Arc<Current<WriteRoutes>>,
     vitals: Arc<Vitals>,
+}
+
+impl Workload {
+    /// Brings links and plug-ins in line with `config` (at start, and at
+    /// every reload) and publishes the result; what changed, a line each.
+    async fn apply(&mut self, config: &Config) -> Vec<String> {
+        let mut changes =
+            self.plugins
+                .apply(&config.plugins, &config.plugin_trust, &mut self.sandbox);
+        changes.extend(
+            self.field
+                .apply(
+                    &config.modbus,
+                    &config.instruments,
+                    &config.plugin_trust,
+                    &mut self.sandbox,
+                )
+                .await,
+        );
+        let (health, plugins) = (self.field.health(), self.plugins.status());
+        let devices = health.devices.iter().map(|(name, _)| name.as_str());
+        let plugin_names = plugins.iter().map(|(name, _)| name.as_str());
+        self.vitals.history.follow(devices.chain(plugin_names));
+        self.vitals.field.set(health);
+        self.vitals.plugins.set(plugins);
+        self.routes.set(self.field.routes());
+        changes
+    }
+    /// Stops every link and waits for it (what they read is in the sample
+    /// channel); the plug-ins finish the batches they have, then end.
+    async fn stop(self) {
+        self.field.stop().await;
+    }
+}
+
+/// What a reload may change while the gateway runs.
+struct Running {
+    /// As applied: settings that wait for a restart keep their running values.
+    config: Config,
+    config_path: Option<PathBuf>,
+    workload: Workload,
     uplink_task: JoinHandle<anyhow::Result<()>>,
     uplink_stop: CancellationToken,
 }
@@ -274,8 +302,8 @@ impl Running {
                 Uplink::new(
                     new.mqtt.clone(),
                     old.gateway.id.clone(),
-                    self.routes.clone(),
-                    self.vitals.clone(),
+                    self.workload.routes.clone(),
+                    self.workload.vitals.clone(),
                 )
                 .map_err(|e| format!("{}: mqtt: {e:#}", path.display()))?,
             )
@@ -300,24 +328,7 @@ impl Running {
             applied.restart_needed.push("[http]".into());
             new.http = old.http.clone();
         }
-        applied.changes.extend(self.plugins.apply(
-            &new.plugins,
-            &new.plugin_trust,
-            &mut self.sandbox,
-        ));
-        self.vitals.plugins.set(self.plugins.status());
-        applied.changes.extend(
-            self.field
-                .apply(
-                    new.modbus.clone(),
-                    new.instruments.clone(),
-                    &new.plugin_trust,
-                    &mut self.sandbox,
-                )
-                .await,
-        );
-        self.vitals.field.set(self.field.health());
-        self.routes.set(self.field.routes());
+        applied.changes.extend(self.workload.apply(&new).await);
         if let Some(uplink) = uplink {
             // Rows the old connection did not get acknowledged stay in the
             // buffer and go out again on the new one.

@@ -1,7 +1,6 @@
 //! The status page: one self-contained HTML file, built into the binary (no
 //! external assets, works offline), that polls `/status` and `/history`
 //! every two seconds; and the sampling of the buffer's depth its charts draw.
-//! Both keep the history following the running config's devices.
 //!
 //! The page holds no data, so it answers without the token; when a token is
 //! configured the page reads it from its URL fragment (`/#token=...`, which
@@ -46,23 +45,13 @@ pub(super) async fn history(State(api): State<Api>) -> Response {
     let Some(vitals) = api.vitals.upgrade() else {
         return shutting_down();
     };
-    follow_config(&vitals);
     let interval_ms = BUFFER_SAMPLE_INTERVAL.as_millis() as u64;
     Json(vitals.history.to_json(interval_ms)).into_response()
 }
 
-/// Tells the history which devices the running config has; a reload
-/// changes them.
-fn follow_config(vitals: &Vitals) {
-    let (field, plugins) = (vitals.field.get(), vitals.plugins.get());
-    let devices = field.devices.iter().map(|(name, _)| name.as_str());
-    let plugins = plugins.iter().map(|(name, _)| name.as_str());
-    vitals.history.follow(devices.chain(plugins));
-}
-
 /// Every [`BUFFER_SAMPLE_INTERVAL`] until `stop` or until the pipeline is
-/// gone: samples the buffer, and has the history follow the config even
-/// when no page is open. It holds the vitals only while it does so.
+/// gone: samples the buffer, even when no page is open. It holds the
+/// vitals only while it does so.
 pub(super) async fn keep_history(vitals: Weak<Vitals>, stop: CancellationToken) {
     let mut ticker = tokio::time::interval(BUFFER_SAMPLE_INTERVAL);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -74,7 +63,6 @@ pub(super) async fn keep_history(vitals: Weak<Vitals>, stop: CancellationToken) 
         let Some(vitals) = vitals.upgrade() else {
             return;
         };
-        follow_config(&vitals);
         // A buffer too busy to answer costs a point on the chart; judging
         // it stuck is the watchdog's job.
         if let Ok(Ok(stats)) =
