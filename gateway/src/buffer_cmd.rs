@@ -74,17 +74,8 @@ impl Location {
     }
 }
 
-pub fn run(command: BufferCommand) -> ExitCode {
-    match execute(command) {
-        Ok(code) => code,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-fn execute(command: BufferCommand) -> anyhow::Result<ExitCode> {
+/// The exit code: failure also for a damaged buffer found by `verify`.
+pub fn run(command: BufferCommand) -> anyhow::Result<ExitCode> {
     match command {
         BufferCommand::Inspect { at, json } => {
             let path = at.buffer_path()?;

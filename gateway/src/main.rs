@@ -129,7 +129,9 @@ fn main() -> ExitCode {
             exit_code(runtime().block_on(status_cmd::log_level(&config, &filter)))
         }
         Command::Reload { config } => exit_code(runtime().block_on(status_cmd::reload(&config))),
-        Command::Buffer { command } => buffer_cmd::run(command),
+        Command::Buffer { command } => {
+            buffer_cmd::run(command).unwrap_or_else(|e| exit_code(Err(e)))
+        }
         Command::Plugin { command } => exit_code(plugin_cmd::run(command)),
         Command::Demo {
             mqtt_port,

@@ -128,6 +128,19 @@ fn age(ts_ms: Option<i64>) -> String {
     }
 }
 
+/// A titled list with a line per entry of `entries` (an object), each
+/// `describe`d after its name; nothing when there are none.
+fn section(out: &mut String, title: &str, entries: &Value, describe: impl Fn(&Value) -> String) {
+    let Some(entries) = entries.as_object().filter(|e| !e.is_empty()) else {
+        return;
+    };
+    *out += title;
+    out.push('\n');
+    for (name, entry) in entries {
+        *out += &format!("  {name:<20} {}\n", describe(entry));
+    }
+}
+
 /// The status at a glance, for a terminal.
 fn summary(status: &Value) -> String {
     let health = &status["health"];
@@ -165,44 +178,35 @@ fn summary(status: &Value) -> String {
         uplink["acknowledged"],
         uplink["reconnects"]
     );
-    if let Some(buses) = status["buses"].as_object().filter(|b| !b.is_empty()) {
-        out += "buses\n";
-        for (name, bus) in buses {
-            out += &format!(
-                "  {name:<20} {:<7} {} missed polls, {} link failures\n",
-                bus["state"].as_str().unwrap_or("?"),
-                bus["missed_polls"],
-                bus["link_failures"]
-            );
-        }
-    }
-    if let Some(devices) = status["devices"].as_object().filter(|d| !d.is_empty()) {
-        out += "devices\n";
-        for (name, device) in devices {
-            out += &format!(
-                "  {name:<20} {:<11} {} reads, {} timeouts, {} errors{}\n",
-                device["state"].as_str().unwrap_or("?"),
-                device["reads"],
-                device["timeouts"],
-                device["errors"],
-                device["last_error"]
-                    .as_str()
-                    .map(|e| format!("; last: {e}"))
-                    .unwrap_or_default()
-            );
-        }
-    }
-    if let Some(plugins) = status["plugins"].as_object().filter(|p| !p.is_empty()) {
-        out += "plug-ins\n";
-        for (name, plugin) in plugins {
-            out += &format!(
-                "  {name:<20} {:<11} {} calls, {} failures, {} ms busy\n",
-                plugin["state"].as_str().unwrap_or("?"),
-                plugin["calls"],
-                plugin["failures"],
-                plugin["busy_ms"]
-            );
-        }
-    }
+    section(&mut out, "buses", &status["buses"], |bus| {
+        format!(
+            "{:<7} {} missed polls, {} link failures",
+            bus["state"].as_str().unwrap_or("?"),
+            bus["missed_polls"],
+            bus["link_failures"]
+        )
+    });
+    section(&mut out, "devices", &status["devices"], |device| {
+        format!(
+            "{:<11} {} reads, {} timeouts, {} errors{}",
+            device["state"].as_str().unwrap_or("?"),
+            device["reads"],
+            device["timeouts"],
+            device["errors"],
+            device["last_error"]
+                .as_str()
+                .map(|e| format!("; last: {e}"))
+                .unwrap_or_default()
+        )
+    });
+    section(&mut out, "plug-ins", &status["plugins"], |plugin| {
+        format!(
+            "{:<11} {} calls, {} failures, {} ms busy",
+            plugin["state"].as_str().unwrap_or("?"),
+            plugin["calls"],
+            plugin["failures"],
+            plugin["busy_ms"]
+        )
+    });
     out
 }
