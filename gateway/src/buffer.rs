@@ -6,7 +6,9 @@
 //! committed. From then on it is either delivered (the broker sent a QoS 1
 //! PUBACK matched to its `seq`, and only then is the row deleted) or dropped
 //! by the size limit, which is counted (`dropped` in the `meta` table, the
-//! status message and the log). Rows survive restarts and kill -9; with
+//! status message and the log), or set aside because the broker cannot take
+//! it (too large for its message size limit): moved to the `set_aside`
+//! table, counted (`set_aside`), logged, kept for inspection. Rows survive restarts and kill -9; with
 //! `durability = "full"` every commit is fsynced and they also survive power
 //! loss. With `"normal"` (WAL, synchronous=NORMAL) a power cut can lose the
 //! last commits but never corrupts the file.
@@ -16,21 +18,26 @@
 //! out a value again, even after the rows are deleted or the file is reopened,
 //! so `seq` only increases across the life of the buffer.
 //!
-//! # On-disk format (`<data_dir>/buffer.sqlite3`, `PRAGMA user_version = 2`)
+//! # On-disk format (`<data_dir>/buffer.sqlite3`, `PRAGMA user_version = 3`)
 //! ```sql
 //! CREATE TABLE messages (
 //!     seq    INTEGER PRIMARY KEY AUTOINCREMENT,
 //!     ts     INTEGER NOT NULL,  -- ms since the Unix epoch, when the sample was read
-//!     device TEXT    NOT NULL,  -- the device, or for events the plug-in
+//!     device TEXT    NOT NULL,  -- the device; for events the plug-in
 //!     body   TEXT    NOT NULL,  -- telemetry: the JSON `points` object;
-//!                               -- events: the event's JSON object without `seq`
-//!     kind   INTEGER NOT NULL DEFAULT 0  -- 0 telemetry, 1 event (added in version 2)
+//!                               -- events: the event's JSON object without `seq`;
+//!                               -- write results: the result's JSON object
+//!     kind   INTEGER NOT NULL DEFAULT 0  -- 0 telemetry, 1 event, 2 write result
+//!                                        -- (added in version 2)
 //! );
-//! CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);  -- 'dropped'
+//! CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);  -- 'dropped', 'set_aside'
+//! -- Rows the broker cannot take, moved out of `messages` (added in version 3).
+//! CREATE TABLE set_aside (seq INTEGER PRIMARY KEY, ts INTEGER NOT NULL,
+//!     device TEXT NOT NULL, body TEXT NOT NULL, kind INTEGER NOT NULL,
+//!     reason TEXT NOT NULL);
 //! ```
-//! The published message is assembled from a row: `{"seq", "ts", "device",
-//! "points"}` for telemetry, the event's object with `seq` first for events.
-//! A version 1 file is upgraded in place when opened.
+//! The published message is made from a row by `uplink::wire`. Version 1 and
+//! 2 files are upgraded in place when opened.
 //!
 //! # Size limit
 //! The size of a row is `length(device) + length(body) + ROW_OVERHEAD`; when
@@ -58,6 +65,7 @@ use std::ffi::OsString;
 use std::fmt;
 use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -71,7 +79,7 @@ use crate::config::Durability;
 
 /// Bytes counted per row on top of its text, for the row header and the index.
 pub const ROW_OVERHEAD: u64 = 32;
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 /// Rows per query when [`BufferReader::rows`] pages through the table.
 const PAGE_ROWS: usize = 512;
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -103,14 +111,16 @@ pub enum BufferError {
 pub enum Kind {
     Telemetry = 0,
     Event = 1,
+    /// The result of a write from the cloud, for `{device}/set/result`.
+    WriteResult = 2,
 }
 
 impl Kind {
     fn from_column(value: i64) -> Self {
-        if value == Kind::Event as i64 {
-            Kind::Event
-        } else {
-            Kind::Telemetry
+        match value {
+            1 => Kind::Event,
+            2 => Kind::WriteResult,
+            _ => Kind::Telemetry,
         }
     }
 }
@@ -150,6 +160,8 @@ pub struct Stats {
     pub bytes: u64,
     /// Rows dropped by the size limit over the life of the buffer.
     pub dropped: u64,
+    /// Rows moved to `set_aside` because the broker cannot take them.
+    pub set_aside: u64,
     /// The `seq` of the newest row ever stored (0 if none).
     pub last_seq: i64,
     /// Read time of the oldest row still buffered.
@@ -169,6 +181,7 @@ pub struct Buffer {
     rows: u64,
     bytes: u64,
     dropped: u64,
+    set_aside: u64,
     last_seq: i64,
 }
 
@@ -204,7 +217,8 @@ impl Buffer {
             [],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )?;
-        let dropped = read_dropped(&conn)?.unwrap_or(0);
+        let dropped = read_counter(&conn, "dropped")?.unwrap_or(0);
+        let set_aside = read_counter(&conn, "set_aside")?.unwrap_or(0);
         let last_seq = read_last_seq(&conn)?.unwrap_or(0);
         Ok(Self {
             conn,
@@ -212,6 +226,7 @@ impl Buffer {
             rows: rows as u64,
             bytes: bytes as u64 + rows as u64 * ROW_OVERHEAD,
             dropped,
+            set_aside,
             last_seq,
         })
     }
@@ -311,6 +326,34 @@ impl Buffer {
         Ok(())
     }
 
+    /// Moves the row `seq` out of the messages into `set_aside`, with the
+    /// reason; false when it is no longer buffered.
+    pub fn set_aside(&mut self, seq: i64, reason: &str) -> Result<bool, BufferError> {
+        let tx = self.conn.transaction()?;
+        let moved = tx.execute(
+            "INSERT INTO set_aside (seq, ts, device, body, kind, reason)
+             SELECT seq, ts, device, body, kind, ?2 FROM messages WHERE seq = ?1",
+            params![seq, reason],
+        )?;
+        if moved == 0 {
+            return Ok(false);
+        }
+        let size: i64 = tx.query_row(
+            "DELETE FROM messages WHERE seq = ?1 RETURNING length(CAST(device AS BLOB)) + length(CAST(body AS BLOB))",
+            [seq],
+            |r| r.get(0),
+        )?;
+        tx.execute(
+            "UPDATE meta SET value = value + 1 WHERE key = 'set_aside'",
+            [],
+        )?;
+        tx.commit()?;
+        self.rows -= 1;
+        self.bytes -= size as u64 + ROW_OVERHEAD;
+        self.set_aside += 1;
+        Ok(true)
+    }
+
     pub fn stats(&self) -> Result<Stats, BufferError> {
         let oldest_ts_ms = self
             .conn
@@ -322,6 +365,7 @@ impl Buffer {
             rows: self.rows,
             bytes: self.bytes,
             dropped: self.dropped,
+            set_aside: self.set_aside,
             last_seq: self.last_seq,
             oldest_ts_ms,
         })
@@ -355,6 +399,22 @@ fn migrate(conn: &Connection, path: &Path) -> Result<(), BufferError> {
         )?;
         version = 2;
     }
+    if version == 2 {
+        conn.execute_batch(
+            "BEGIN;
+             CREATE TABLE IF NOT EXISTS set_aside (
+                 seq INTEGER PRIMARY KEY,
+                 ts INTEGER NOT NULL,
+                 device TEXT NOT NULL,
+                 body TEXT NOT NULL,
+                 kind INTEGER NOT NULL,
+                 reason TEXT NOT NULL);
+             INSERT OR IGNORE INTO meta (key, value) VALUES ('set_aside', 0);
+             PRAGMA user_version = 3;
+             COMMIT;",
+        )?;
+        version = 3;
+    }
     if version != SCHEMA_VERSION {
         return Err(BufferError::Version {
             path: path.to_path_buf(),
@@ -364,12 +424,13 @@ fn migrate(conn: &Connection, path: &Path) -> Result<(), BufferError> {
     Ok(())
 }
 
-fn read_dropped(conn: &Connection) -> rusqlite::Result<Option<u64>> {
-    conn.query_row("SELECT value FROM meta WHERE key = 'dropped'", [], |r| {
+/// A counter of the `meta` table (`dropped`, `set_aside`).
+fn read_counter(conn: &Connection, key: &str) -> rusqlite::Result<Option<u64>> {
+    conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| {
         r.get::<_, i64>(0)
     })
     .optional()
-    .map(|dropped| dropped.map(|d| d as u64))
+    .map(|value| value.map(|v| v as u64))
 }
 
 /// The highest `seq` AUTOINCREMENT has handed out, if it has.
@@ -453,6 +514,7 @@ pub struct Inspection {
     /// As counted against `max_bytes`.
     pub bytes: u64,
     pub dropped: u64,
+    pub set_aside: u64,
     pub last_seq: i64,
     /// Read times of the oldest and newest buffered samples.
     pub oldest_ts_ms: Option<i64>,
@@ -504,7 +566,8 @@ impl BufferReader {
         Ok(Inspection {
             rows: devices.iter().map(|d| d.rows).sum(),
             bytes: devices.iter().map(|d| d.bytes).sum(),
-            dropped: read_dropped(&snapshot)?.unwrap_or(0),
+            dropped: read_counter(&snapshot, "dropped")?.unwrap_or(0),
+            set_aside: read_counter(&snapshot, "set_aside")?.unwrap_or(0),
             last_seq: read_last_seq(&snapshot)?.unwrap_or(0),
             oldest_ts_ms: devices.iter().map(|d| d.oldest_ts_ms).min(),
             newest_ts_ms: devices.iter().map(|d| d.newest_ts_ms).max(),
@@ -667,11 +730,19 @@ pub fn recover(damaged: &Path, output: &Path) -> Result<Recovered, BufferError> 
             Ok(())
         })?;
     }
-    let dropped = read_dropped(&source).ok().flatten().unwrap_or(0);
+    let dropped = read_counter(&source, "dropped").ok().flatten().unwrap_or(0);
+    let set_aside = read_counter(&source, "set_aside")
+        .ok()
+        .flatten()
+        .unwrap_or(0);
     let last_seq = last_seq.max(bound.unwrap_or(0));
     tx.execute(
         "UPDATE meta SET value = ?1 WHERE key = 'dropped'",
         [dropped as i64],
+    )?;
+    tx.execute(
+        "UPDATE meta SET value = ?1 WHERE key = 'set_aside'",
+        [set_aside as i64],
     )?;
     tx.execute("DELETE FROM sqlite_sequence WHERE name = 'messages'", [])?;
     tx.execute(
@@ -890,9 +961,10 @@ fn remove_if_exists(path: &Path) -> Result<(), BufferError> {
 
 enum Command {
     Append(
-        Vec<NewRecord>,
+        Arc<[NewRecord]>,
         oneshot::Sender<Result<Appended, BufferError>>,
     ),
+    SetAside(i64, String, oneshot::Sender<Result<bool, BufferError>>),
     ReadAfter(
         i64,
         usize,
@@ -935,8 +1007,16 @@ impl BufferHandle {
         response.await.map_err(|_| BufferError::Stopped)?
     }
 
-    pub async fn append(&self, records: Vec<NewRecord>) -> Result<Appended, BufferError> {
+    /// Stores `records` in one transaction; on an error nothing is stored
+    /// and the caller still holds the records to try again.
+    pub async fn append(&self, records: Arc<[NewRecord]>) -> Result<Appended, BufferError> {
         self.call(|reply| Command::Append(records, reply)).await
+    }
+
+    /// See [`Buffer::set_aside`].
+    pub async fn set_aside(&self, seq: i64, reason: String) -> Result<bool, BufferError> {
+        self.call(|reply| Command::SetAside(seq, reason, reply))
+            .await
     }
 
     pub async fn read_after(&self, after: i64, limit: usize) -> Result<Vec<Record>, BufferError> {
@@ -979,7 +1059,19 @@ fn serve(mut buffer: Buffer, mut commands: mpsc::Receiver<Command>, last_seq: wa
                         }
                         last_seq.send_replace(appended.last_seq);
                     }
-                    Err(e) => error!(error = %e, rows = records.len(), "buffer write failed"),
+                    Err(e) => warn!(error = %e, rows = records.len(), "buffer write failed"),
+                }
+                let _ = reply.send(result);
+            }
+            Command::SetAside(seq, reason, reply) => {
+                let result = buffer.set_aside(seq, &reason);
+                if let Ok(true) = result {
+                    error!(
+                        seq,
+                        reason,
+                        set_aside_total = buffer.set_aside,
+                        "a message the broker cannot take was SET ASIDE (kept in the buffer's set_aside table)"
+                    );
                 }
                 let _ = reply.send(result);
             }
@@ -1023,10 +1115,10 @@ mod tests {
 
     fn record(i: usize, body_len: usize) -> NewRecord {
         NewRecord {
-            kind: if i.is_multiple_of(3) {
-                Kind::Event
-            } else {
-                Kind::Telemetry
+            kind: match i % 3 {
+                0 => Kind::Event,
+                1 => Kind::WriteResult,
+                _ => Kind::Telemetry,
             },
             ts_ms: i as i64,
             device: "dev".into(),
@@ -1040,6 +1132,7 @@ mod tests {
         Read(usize),
         AckOldest(usize),
         AckEveryOther,
+        SetAside(usize),
         Crash,
     }
 
@@ -1049,6 +1142,7 @@ mod tests {
             2 => (1usize..10).prop_map(Op::Read),
             2 => (1usize..6).prop_map(Op::AckOldest),
             1 => Just(Op::AckEveryOther),
+            1 => (0usize..4).prop_map(Op::SetAside),
             1 => Just(Op::Crash),
         ]
     }
@@ -1059,6 +1153,7 @@ mod tests {
         rows: BTreeMap<i64, NewRecord>,
         next_seq: i64,
         dropped: u64,
+        set_aside: BTreeMap<i64, NewRecord>,
     }
 
     impl Model {
@@ -1115,6 +1210,15 @@ mod tests {
                         buffer.ack(&seqs).unwrap();
                         for seq in seqs { model.rows.remove(&seq); }
                     }
+                    Op::SetAside(nth) => {
+                        let seq = model.rows.keys().nth(nth).copied();
+                        let moved = buffer.set_aside(seq.unwrap_or(i64::MAX), "too large").unwrap();
+                        prop_assert_eq!(moved, seq.is_some());
+                        if let Some(seq) = seq {
+                            let row = model.rows.remove(&seq).unwrap();
+                            model.set_aside.insert(seq, row);
+                        }
+                    }
                     Op::Crash => {
                         drop(buffer);
                         buffer = Buffer::open(&path, Durability::Normal, max_bytes).unwrap();
@@ -1124,11 +1228,21 @@ mod tests {
                 prop_assert_eq!(stats.rows, model.rows.len() as u64);
                 prop_assert_eq!(stats.bytes, model.bytes());
                 prop_assert_eq!(stats.dropped, model.dropped);
+                prop_assert_eq!(stats.set_aside, model.set_aside.len() as u64);
                 prop_assert_eq!(stats.last_seq, model.next_seq);
                 let all = buffer.read_after(0, usize::MAX >> 1).unwrap();
                 let stored: Vec<(i64, NewRecord)> = all.into_iter().map(|r| (r.seq, NewRecord { kind: r.kind, ts_ms: r.ts_ms, device: r.device, body: r.body })).collect();
                 let expected: Vec<(i64, NewRecord)> = model.rows.iter().map(|(s, r)| (*s, r.clone())).collect();
                 prop_assert_eq!(stored, expected);
+                let aside: Vec<i64> = buffer
+                    .conn
+                    .prepare("SELECT seq FROM set_aside ORDER BY seq")
+                    .unwrap()
+                    .query_map([], |r| r.get(0))
+                    .unwrap()
+                    .collect::<Result<_, _>>()
+                    .unwrap();
+                prop_assert_eq!(aside, model.set_aside.keys().copied().collect::<Vec<_>>());
             }
         }
     }

@@ -10,7 +10,8 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use kite_gateway::buffer::{self, Buffer, BufferReader, Inspection};
-use kite_gateway::{config, uplink};
+use kite_gateway::config;
+use kite_gateway::uplink::wire;
 
 #[derive(Subcommand)]
 pub enum BufferCommand {
@@ -142,7 +143,14 @@ pub fn run(command: BufferCommand) -> anyhow::Result<ExitCode> {
 fn export(reader: &BufferReader, device: Option<&str>, mut out: impl Write) -> anyhow::Result<u64> {
     let mut rows = 0;
     for record in reader.rows(device) {
-        let line = uplink::message(&record?);
+        let line = match wire::message(&record?) {
+            Ok(line) => line,
+            Err(e) => {
+                // The uplink sets such a row aside; the export says so and goes on.
+                eprintln!("skipped: {e}");
+                continue;
+            }
+        };
         match writeln!(out, "{line}") {
             Err(e) if e.kind() == ErrorKind::BrokenPipe => return Ok(rows),
             written => written?,
@@ -174,6 +182,7 @@ fn inspection_json(path: &Path, inspection: &Inspection) -> serde_json::Value {
         "rows": inspection.rows,
         "bytes": inspection.bytes,
         "dropped": inspection.dropped,
+        "set_aside": inspection.set_aside,
         "last_seq": inspection.last_seq,
         "oldest_ts": inspection.oldest_ts_ms,
         "newest_ts": inspection.newest_ts_ms,
@@ -187,13 +196,14 @@ fn summary(path: &Path, inspection: &Inspection, now_ms: i64) -> String {
         None => "-".to_string(),
     };
     let mut text = format!(
-        "{}\nrows      {}\nbytes     {}\noldest    {}\nnewest    {}\ndropped   {}\nlast seq  {}\n",
+        "{}\nrows      {}\nbytes     {}\noldest    {}\nnewest    {}\ndropped   {}\nset aside {}\nlast seq  {}\n",
         path.display(),
         inspection.rows,
         inspection.bytes,
         when(inspection.oldest_ts_ms),
         when(inspection.newest_ts_ms),
         inspection.dropped,
+        inspection.set_aside,
         inspection.last_seq,
     );
     if inspection.devices.is_empty() {
@@ -295,6 +305,7 @@ mod tests {
             rows: 3,
             bytes: 300,
             dropped: 1,
+            set_aside: 2,
             last_seq: 9,
             oldest_ts_ms: Some(1_000),
             newest_ts_ms: Some(61_000),
@@ -315,6 +326,7 @@ mod tests {
              oldest    1970-01-01T00:00:01.000Z (2m0s ago)\n\
              newest    1970-01-01T00:01:01.000Z (1m0s ago)\n\
              dropped   1\n\
+             set aside 2\n\
              last seq  9\n\
              \n\
              device       rows         bytes  oldest\n\

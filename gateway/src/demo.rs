@@ -1,13 +1,14 @@
 //! `kite demo`: the real pipeline and buffer on one machine with nothing
 //! installed. Three simulated Modbus TCP devices serve on loopback, an
-//! embedded MQTT broker (rumqttd) listens on 127.0.0.1, and a subscriber
-//! prints every message the gateway delivers. Halfway through the first
-//! minute the demo sends a write from the "cloud" to show the command path.
+//! embedded MQTT broker (rumqttd) listens on 127.0.0.1, two signed example
+//! plug-ins derive averages and raise overheat events, and a subscriber
+//! prints every message the gateway delivers. After a few messages the demo
+//! sends a write from the "cloud" to show the command path.
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,47 +23,81 @@ use crate::{config, pipeline};
 const GATEWAY_ID: &str = "demo-gw";
 const DEVICES: [&str; 3] = ["boiler-1", "boiler-2", "chiller-1"];
 
-/// The demo's gateway config; `{port_N}`, `{mqtt_port}` and `{data_dir}` are filled in.
+/// The demo's gateway config; `{port_N}`, `{mqtt_port}`, `{http_port}` and
+/// `{data_dir}` are filled in.
 const DEMO_CONFIG: &str = include_str!("../../config/demo.toml");
 
+/// The files the demo config names under `demo/`: prebuilt example plug-ins,
+/// their signatures and the key that signed them (config/demo/README.md).
+const DEMO_FILES: [(&str, &[u8]); 5] = [
+    (
+        "average.wasm",
+        include_bytes!("../../config/demo/average.wasm"),
+    ),
+    (
+        "average.wasm.sig",
+        include_bytes!("../../config/demo/average.wasm.sig"),
+    ),
+    (
+        "threshold.wasm",
+        include_bytes!("../../config/demo/threshold.wasm"),
+    ),
+    (
+        "threshold.wasm.sig",
+        include_bytes!("../../config/demo/threshold.wasm.sig"),
+    ),
+    (
+        "demo-plugins.pub",
+        include_bytes!("../../config/demo/demo-plugins.pub"),
+    ),
+];
+
+/// Where the demo listens, on 127.0.0.1.
+#[derive(Debug, Clone, Copy)]
+pub struct Ports {
+    /// The embedded broker.
+    pub mqtt: u16,
+    /// The local HTTP API and status page.
+    pub http: u16,
+}
+
 pub async fn run(
-    mqtt_port: u16,
+    ports: Ports,
     data_dir: Option<PathBuf>,
     duration: Option<Duration>,
     stop: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let shutdown = CancellationToken::new();
-    let temp_dir;
-    let data_dir = match data_dir {
-        Some(dir) => dir,
-        None => {
-            temp_dir = tempdir()?;
-            temp_dir.0.clone()
-        }
-    };
+    // Private (mode 0700, unpredictable name), removed when the demo ends.
+    let scratch = tempfile::Builder::new()
+        .prefix("kite-demo-")
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
+        .tempdir()
+        .context("creating the demo's temporary directory")?;
+    let data_dir = data_dir.unwrap_or_else(|| scratch.path().join("data"));
+    let broker_addr = start_broker(ports.mqtt)?;
 
-    let broker_addr = start_broker(mqtt_port)?;
-
-    let mut ports = HashMap::new();
+    let devices = CancellationToken::new();
+    let mut device_ports = HashMap::new();
     for (i, name) in DEVICES.iter().enumerate() {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
-        ports.insert(*name, listener.local_addr()?.port());
+        device_ports.insert(*name, listener.local_addr()?.port());
         let bank = Arc::new(SimBank::default());
         bank.set_holding(10, &[650]); // setpoint, tenths of degC
         tokio::spawn(bank.clone().animate(
             Duration::from_millis(200),
             i as f64 * 1.7,
-            shutdown.clone(),
+            devices.clone(),
         ));
-        tokio::spawn(simulator::serve(listener, bank, shutdown.clone()));
+        tokio::spawn(simulator::serve(listener, bank, devices.clone()));
     }
-    let text = DEMO_CONFIG
-        .replace("{mqtt_port}", &broker_addr.port().to_string())
-        .replace("{data_dir}", &data_dir.display().to_string())
-        .replace("{port_1}", &ports["boiler-1"].to_string())
-        .replace("{port_2}", &ports["boiler-2"].to_string())
-        .replace("{port_3}", &ports["chiller-1"].to_string());
-    let config = config::parse(&text, std::path::Path::new("config/demo.toml"))?;
+    let config_path = write_config(
+        scratch.path(),
+        broker_addr,
+        ports.http,
+        &data_dir,
+        &device_ports,
+    )?;
+    let config = config::load(&config_path)?;
 
     println!("kite demo: embedded MQTT broker on mqtt://{broker_addr}");
     println!(
@@ -70,6 +105,7 @@ pub async fn run(
         broker_addr.port()
     );
     println!("  buffer:    {}", data_dir.join("buffer.sqlite3").display());
+    println!("  plug-ins:  averages (derived readings), overheat (events)");
     if let Some(listen) = config.http.listen {
         println!(
             "  status:    http://{}/",
@@ -77,23 +113,50 @@ pub async fn run(
         );
     }
     println!("  stop:      Ctrl-C");
-    tokio::spawn(watch(broker_addr, shutdown.clone()));
+    let watching = CancellationToken::new();
+    let watcher = tokio::spawn(watch(broker_addr, watching.clone()));
 
-    let stop_all = {
-        let shutdown = shutdown.clone();
-        async move {
-            match duration {
-                Some(limit) => {
-                    tokio::select! { _ = stop => {}, _ = tokio::time::sleep(limit) => {} }
-                }
-                None => stop.await,
+    let stop = async move {
+        match duration {
+            Some(limit) => {
+                tokio::select! { _ = stop => {}, _ = tokio::time::sleep(limit) => {} }
             }
-            shutdown.cancel();
+            None => stop.await,
         }
     };
-    let result = pipeline::run(config, None, stop_all, None).await;
-    shutdown.cancel();
+    let result = pipeline::run(config, None, stop, None).await;
+    // The gateway has stopped: only now do its devices and the watcher go,
+    // so nothing fails on the way out.
+    watching.cancel();
+    let _ = watcher.await;
+    devices.cancel();
     result
+}
+
+/// Writes the demo's config, and the plug-in files it names, into `dir`;
+/// returns the config's path.
+fn write_config(
+    dir: &Path,
+    broker: SocketAddr,
+    http_port: u16,
+    data_dir: &Path,
+    ports: &HashMap<&str, u16>,
+) -> anyhow::Result<PathBuf> {
+    let plugins = dir.join("demo");
+    std::fs::create_dir(&plugins)?;
+    for (name, bytes) in DEMO_FILES {
+        std::fs::write(plugins.join(name), bytes)?;
+    }
+    let text = DEMO_CONFIG
+        .replace("{mqtt_port}", &broker.port().to_string())
+        .replace("{http_port}", &http_port.to_string())
+        .replace("{data_dir}", &data_dir.display().to_string())
+        .replace("{port_1}", &ports["boiler-1"].to_string())
+        .replace("{port_2}", &ports["boiler-2"].to_string())
+        .replace("{port_3}", &ports["chiller-1"].to_string());
+    let path = dir.join("kite.toml");
+    std::fs::write(&path, text)?;
+    Ok(path)
 }
 
 /// Starts rumqttd on 127.0.0.1:`port` in threads of its own.
@@ -146,8 +209,9 @@ fn start_broker(port: u16) -> anyhow::Result<SocketAddr> {
     Ok(listen)
 }
 
-/// Prints what reaches the broker, and sends one write after a few messages.
-async fn watch(broker: SocketAddr, shutdown: CancellationToken) {
+/// Prints what reaches the broker, and sends one write after a few messages,
+/// until `stop` is cancelled.
+async fn watch(broker: SocketAddr, stop: CancellationToken) {
     let mut options = MqttOptions::new("kite-demo-watch", broker.ip().to_string(), broker.port());
     options.set_keep_alive(Duration::from_secs(30));
     let (client, mut eventloop) = AsyncClient::new(options, 16);
@@ -157,7 +221,7 @@ async fn watch(broker: SocketAddr, shutdown: CancellationToken) {
     let mut seen = 0u64;
     loop {
         let event = tokio::select! {
-            _ = shutdown.cancelled() => return,
+            _ = stop.cancelled() => return,
             event = eventloop.poll() => event,
         };
         match event {
@@ -182,20 +246,5 @@ async fn watch(broker: SocketAddr, shutdown: CancellationToken) {
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
         }
-    }
-}
-
-/// A temporary directory removed on drop.
-struct TempDir(PathBuf);
-
-fn tempdir() -> anyhow::Result<TempDir> {
-    let path = std::env::temp_dir().join(format!("kite-demo-{}", std::process::id()));
-    std::fs::create_dir_all(&path)?;
-    Ok(TempDir(path))
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
     }
 }

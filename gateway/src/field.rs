@@ -10,7 +10,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime};
 
-use kite_core::{BusHealth, DeviceHealth, PointSample, Sample};
+use kite_core::{BusHealth, DeviceHealth, PointSample, SampleSink};
 use kite_modbus::{BusMonitor, BusSpec, Link, WriteRequest};
 use kite_plugins::{
     Codec, Limits, PluginCounters, PluginError, PluginHandle, PluginOutput, PluginSpec, Sandbox,
@@ -111,13 +111,13 @@ struct RunningLink {
 /// The links that poll the configured devices.
 pub struct Field {
     links: Vec<RunningLink>,
-    samples: mpsc::Sender<Sample>,
+    samples: SampleSink,
     /// Where codec plug-ins keep their state.
     codec_state: PathBuf,
 }
 
 impl Field {
-    pub fn new(samples: mpsc::Sender<Sample>, codec_state: PathBuf) -> Self {
+    pub fn new(samples: SampleSink, codec_state: PathBuf) -> Self {
         Self {
             links: Vec::new(),
             samples,
@@ -188,14 +188,14 @@ impl Field {
         for config in wanted {
             let link = match kept.remove(&config.label()) {
                 Some(link) => link,
-                None => self.start(config, sandbox),
+                None => self.start(config, sandbox).await,
             };
             self.links.push(link);
         }
         changes
     }
 
-    fn start(&self, config: LinkConfig, sandbox: &mut SandboxSlot) -> RunningLink {
+    async fn start(&self, config: LinkConfig, sandbox: &mut SandboxSlot) -> RunningLink {
         let stop = CancellationToken::new();
         let mut link = RunningLink {
             config: config.clone(),
@@ -229,7 +229,7 @@ impl Field {
                 let health = Arc::new(DeviceHealth::default());
                 link.devices.push((name.clone(), health.clone()));
                 let trust = codec.map(|(_, trust)| trust).unwrap_or_default();
-                match self.decoder(&name, decode, trust, sandbox) {
+                match self.decoder(&name, decode, trust, sandbox).await {
                     Ok(decoder) => {
                         link.task = Some(tokio::spawn(kite_serial::run_instrument(
                             spec,
@@ -246,7 +246,7 @@ impl Field {
         link
     }
 
-    fn decoder(
+    async fn decoder(
         &self,
         name: &str,
         decode: Decode,
@@ -269,7 +269,11 @@ impl Field {
                     trust,
                 };
                 let sandbox = sandbox.get().map_err(|e| e.to_string())?;
-                let codec = Codec::start(sandbox, spec).map_err(|e| e.to_string())?;
+                // Compiling takes long: off the runtime's threads.
+                let codec = tokio::task::spawn_blocking(move || Codec::start(sandbox, spec))
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .map_err(|e| e.to_string())?;
                 Box::new(CodecDecoder(Mutex::new(codec)))
             }
         })
@@ -346,16 +350,23 @@ pub struct Plugins {
     running: Vec<RunningPlugin>,
     outputs: mpsc::Sender<PluginOutput>,
     state_path: PathBuf,
+    /// Largest message a plug-in's output may become.
+    max_message_bytes: usize,
     /// What the ingest task and the file watcher see.
     pub handles: Arc<Current<PluginHandles>>,
 }
 
 impl Plugins {
-    pub fn new(outputs: mpsc::Sender<PluginOutput>, state_path: PathBuf) -> Self {
+    pub fn new(
+        outputs: mpsc::Sender<PluginOutput>,
+        state_path: PathBuf,
+        max_message_bytes: usize,
+    ) -> Self {
         Self {
             running: Vec::new(),
             outputs,
             state_path,
+            max_message_bytes,
             handles: Arc::new(Current::new(Vec::new())),
         }
     }
@@ -364,7 +375,7 @@ impl Plugins {
     /// one line each. A plug-in that cannot be read, verified or compiled is
     /// refused, loudly and in the status, and the gateway runs on without it;
     /// when it was running with other settings, that version stays.
-    pub fn apply(
+    pub async fn apply(
         &mut self,
         configs: &[PluginConfig],
         trust: &Trust,
@@ -394,9 +405,16 @@ impl Plugins {
                 state_path: self.state_path.clone(),
                 trust: trust.clone(),
             };
-            let started = sandbox
-                .get()
-                .and_then(|sandbox| kite_plugins::spawn(sandbox, spec, self.outputs.clone()));
+            let outputs = self.outputs.clone();
+            // Compiling takes long: off the runtime's threads.
+            let started = match sandbox.get() {
+                Ok(sandbox) => {
+                    tokio::task::spawn_blocking(move || kite_plugins::spawn(sandbox, spec, outputs))
+                        .await
+                        .unwrap_or_else(|e| Err(PluginError::Load(e.to_string())))
+                }
+                Err(e) => Err(e),
+            };
             match (started, old) {
                 (Ok(handle), old) => {
                     info!(plugin = %name, path = %config.path.display(), "plug-in loaded");

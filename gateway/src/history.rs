@@ -5,7 +5,9 @@
 //! Memory is bounded whatever arrives: a fixed ring per series, at most
 //! [`POINTS_PER_DEVICE`] series per device, and besides the devices and
 //! plug-ins of the running config (see [`History::follow`]) at most
-//! [`OTHER_DEVICES`] devices. Readings that do not fit here are counted in
+//! [`OTHER_DEVICES`] devices; in bytes, names longer than [`MAX_NAME_BYTES`]
+//! are not kept, units, texts and errors are cut to [`MAX_UNIT_BYTES`] and
+//! [`MAX_TEXT_BYTES`], and all series together stay under [`MAX_BYTES`]. Readings that do not fit here are counted in
 //! `dropped` (they are in the buffer all the same). The ingest task records each batch under one
 //! short lock; readers render under the same lock and never await in it.
 
@@ -25,6 +27,20 @@ pub const POINTS_PER_DEVICE: usize = 256;
 /// Devices kept beyond the configured ones and the plug-ins: nothing stops
 /// a sample from naming any device.
 pub const OTHER_DEVICES: usize = 16;
+/// Longest device or point name kept; readings of longer ones are dropped.
+pub const MAX_NAME_BYTES: usize = 128;
+/// Longest unit kept; longer ones are cut.
+pub const MAX_UNIT_BYTES: usize = 32;
+/// Longest text value or error kept; longer ones are cut.
+pub const MAX_TEXT_BYTES: usize = 256;
+/// What all series together may hold, counted as each series' name plus
+/// its fullest unit, text and ring.
+pub const MAX_BYTES: usize = 16 << 20;
+
+/// The bytes a series of `name` is counted for.
+fn series_cost(name: &str) -> usize {
+    name.len() + MAX_UNIT_BYTES + MAX_TEXT_BYTES + RECENT_VALUES * 8 + 64
+}
 
 #[derive(Debug, Default)]
 pub struct History {
@@ -41,6 +57,8 @@ struct Inner {
     buffer: VecDeque<BufferSample>,
     /// Readings not kept because their device or point did not fit.
     dropped: u64,
+    /// What the series are counted for (see [`series_cost`]).
+    bytes: usize,
 }
 
 type Points = BTreeMap<Arc<str>, Series>;
@@ -73,14 +91,25 @@ impl History {
             return;
         }
         let before = std::mem::replace(&mut inner.known, known);
-        inner
-            .devices
-            .retain(|name, _| inner.known.contains(name) || !before.contains(name));
+        let mut freed = 0;
+        inner.devices.retain(|name, points| {
+            let keep = inner.known.contains(name) || !before.contains(name);
+            if !keep {
+                freed += points.keys().map(|point| series_cost(point)).sum::<usize>();
+            }
+            keep
+        });
+        inner.bytes -= freed;
         inner.others = inner
             .devices
             .keys()
             .filter(|name| !inner.known.contains(*name))
             .count();
+    }
+
+    /// Readings not kept since the start.
+    pub fn dropped(&self) -> u64 {
+        self.lock().dropped
     }
 
     /// Records a batch of samples under one lock.
@@ -142,6 +171,10 @@ impl History {
 
 impl Inner {
     fn record(&mut self, sample: &Sample) {
+        if sample.device.len() > MAX_NAME_BYTES {
+            self.dropped += sample.points.len() as u64;
+            return;
+        }
         let points = match self.devices.entry(sample.device.clone()) {
             Entry::Occupied(entry) => entry.into_mut(),
             Entry::Vacant(entry) if self.known.contains(&*sample.device) => {
@@ -158,14 +191,22 @@ impl Inner {
         };
         for point in &sample.points {
             let count = points.len();
+            let cost = series_cost(&point.name);
             let series = match points.entry(point.name.clone()) {
                 Entry::Occupied(entry) => entry.into_mut(),
-                Entry::Vacant(entry) if count < POINTS_PER_DEVICE => entry.insert(Series {
-                    reading: point.reading.clone(),
-                    unit: None,
-                    ts_ms: sample.ts_ms,
-                    recent: VecDeque::with_capacity(RECENT_VALUES),
-                }),
+                Entry::Vacant(entry)
+                    if count < POINTS_PER_DEVICE
+                        && point.name.len() <= MAX_NAME_BYTES
+                        && self.bytes + cost <= MAX_BYTES =>
+                {
+                    self.bytes += cost;
+                    entry.insert(Series {
+                        reading: Reading::Bad(String::new()),
+                        unit: None,
+                        ts_ms: sample.ts_ms,
+                        recent: VecDeque::new(),
+                    })
+                }
                 Entry::Vacant(_) => {
                     self.dropped += 1;
                     continue;
@@ -179,8 +220,27 @@ impl Inner {
 impl Series {
     fn update(&mut self, ts_ms: i64, point: &kite_core::PointSample) {
         self.ts_ms = ts_ms;
-        self.unit.clone_from(&point.unit);
-        self.reading.clone_from(&point.reading);
+        self.unit = match &point.unit {
+            Some(unit) if unit.len() > MAX_UNIT_BYTES => {
+                let mut cut = unit.to_string();
+                kite_core::truncate(&mut cut, MAX_UNIT_BYTES);
+                Some(Arc::from(cut))
+            }
+            unit => unit.clone(),
+        };
+        self.reading = match &point.reading {
+            Reading::Good(Value::Text(text)) if text.len() > MAX_TEXT_BYTES => {
+                let mut cut = text.clone();
+                kite_core::truncate(&mut cut, MAX_TEXT_BYTES);
+                Reading::Good(Value::Text(cut))
+            }
+            Reading::Bad(error) if error.len() > MAX_TEXT_BYTES => {
+                let mut cut = error.clone();
+                kite_core::truncate(&mut cut, MAX_TEXT_BYTES);
+                Reading::Bad(cut)
+            }
+            reading => reading.clone(),
+        };
         // Only good numbers draw the line; a bad reading shows as such, not as a value.
         if let Reading::Good(value) = &point.reading {
             let number = match value {
@@ -356,6 +416,64 @@ mod tests {
         assert!(devices.contains_key("plc"));
         assert!(!devices.contains_key("gone"), "taken out of the config");
         assert_eq!(devices.len(), 1 + OTHER_DEVICES);
+    }
+
+    #[test]
+    fn names_units_and_texts_are_bounded_in_bytes() {
+        let history = History::default();
+        history.follow(["plc"]);
+        let long = "n".repeat(MAX_NAME_BYTES + 1);
+        let mut batch = vec![sample(
+            "plc",
+            &[
+                (long.as_str(), good(1.0)),
+                ("text", Reading::Good(Value::Text("t".repeat(10_000)))),
+                ("bad", Reading::Bad("e".repeat(10_000))),
+                ("unit", good(2.0)),
+            ],
+        )];
+        batch[0].points[3].unit = Some("u".repeat(10_000).into());
+        batch.push(sample(&long, &[("x", good(1.0))]));
+        history.record(&batch);
+        let doc = history.to_json(5_000);
+        let points = &doc["devices"]["plc"]["points"];
+        assert!(points[long.as_str()].is_null());
+        assert_eq!(
+            points["text"]["value"].as_str().unwrap().len(),
+            MAX_TEXT_BYTES
+        );
+        assert_eq!(
+            points["bad"]["error"].as_str().unwrap().len(),
+            MAX_TEXT_BYTES
+        );
+        assert_eq!(
+            points["unit"]["unit"].as_str().unwrap().len(),
+            MAX_UNIT_BYTES
+        );
+        assert_eq!(doc["dropped"], 2);
+
+        // However many devices the config names, the series stay within MAX_BYTES.
+        let devices: Vec<String> = (0..100).map(|i| format!("d{i:03}")).collect();
+        history.follow(devices.iter().map(String::as_str));
+        let names: Vec<String> = (0..POINTS_PER_DEVICE)
+            .map(|i| format!("{i:0>128}"))
+            .collect();
+        for device in &devices {
+            let points: Vec<(&str, Reading)> = names
+                .iter()
+                .map(|name| (name.as_str(), good(1.0)))
+                .collect();
+            history.record(&[sample(device, &points)]);
+        }
+        let inner = history.lock();
+        let kept: usize = inner.devices.values().map(BTreeMap::len).sum();
+        assert!(inner.bytes <= MAX_BYTES);
+        assert_eq!(inner.bytes, kept * series_cost(&names[0]));
+        assert_eq!(
+            inner.dropped,
+            2 + (devices.len() * POINTS_PER_DEVICE - kept) as u64
+        );
+        assert!(kept < devices.len() * POINTS_PER_DEVICE);
     }
 
     #[test]

@@ -20,6 +20,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde_json::json;
+use subtle::ConstantTimeEq;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -98,7 +99,9 @@ async fn require_token(
         .get(header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.strip_prefix("Bearer "));
-    if given.is_some_and(|given| constant_time_eq(given.as_bytes(), token.as_bytes())) {
+    // Constant time: how long the comparison takes tells nothing about a guess.
+    let valid = given.is_some_and(|given| bool::from(given.as_bytes().ct_eq(token.as_bytes())));
+    if valid {
         next.run(request).await
     } else {
         (
@@ -107,12 +110,6 @@ async fn require_token(
         )
             .into_response()
     }
-}
-
-/// Compares without stopping at the first difference, so the time taken
-/// does not tell how much of a guess was right.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Once the pipeline has stopped, the vitals are gone.
@@ -284,13 +281,46 @@ fn render_metrics(vitals: &Vitals, verdict: &crate::vitals::Verdict) -> String {
             "Messages dropped by the buffer's size limit",
         );
         out.sample("kite_buffer_dropped_total", &[], stats.dropped as f64);
+        out.family(
+            "kite_buffer_set_aside_total",
+            "counter",
+            "Messages the broker cannot take (too large), moved to the buffer's set_aside table",
+        );
+        out.sample("kite_buffer_set_aside_total", &[], stats.set_aside as f64);
     }
+    let ingest = &vitals.ingest;
     out.family(
         "kite_buffer_lost_total",
         "counter",
-        "Messages that could not be stored (disk full, I/O error)",
+        "Messages read or produced that were never committed: the gateway stopped while the buffer kept failing",
     );
-    out.sample("kite_buffer_lost_total", &[], count(&vitals.ingest.lost));
+    out.sample("kite_buffer_lost_total", &[], ingest.lost() as f64);
+    out.family(
+        "kite_buffer_too_large_total",
+        "counter",
+        "Point values too large for any message, sent as bad readings",
+    );
+    out.sample("kite_buffer_too_large_total", &[], count(&ingest.too_large));
+    out.family(
+        "kite_buffer_commit_failures_total",
+        "counter",
+        "Commits that failed and were tried again (database locked, disk full, I/O error)",
+    );
+    out.sample(
+        "kite_buffer_commit_failures_total",
+        &[],
+        count(&ingest.commit_failures),
+    );
+    out.family(
+        "kite_history_dropped_total",
+        "counter",
+        "Readings the status page's history did not keep (bounds reached); they are in the buffer",
+    );
+    out.sample(
+        "kite_history_dropped_total",
+        &[],
+        vitals.history.dropped() as f64,
+    );
     out.family(
         "kite_ingest_committed_total",
         "counter",
@@ -333,6 +363,11 @@ fn render_metrics(vitals: &Vitals, verdict: &crate::vitals::Verdict) -> String {
             "kite_uplink_writes_rejected_total",
             "Writes from the cloud that failed or were refused",
             &uplink.writes_rejected,
+        ),
+        (
+            "kite_uplink_results_dropped_total",
+            "Write results that could not be handed to the buffer",
+            &uplink.results_dropped,
         ),
     ] {
         out.family(name, "counter", help);
@@ -382,21 +417,31 @@ fn render_metrics(vitals: &Vitals, verdict: &crate::vitals::Verdict) -> String {
         |h| f64::from(u8::from(h.quarantined.load(Ordering::Relaxed))),
     );
     out.each(
-        "kite_device_poll_duration_seconds_sum",
-        "counter",
-        "Time spent polling the device",
+        "kite_device_offline",
+        "gauge",
+        "1 while the device's link (connection, port, line) is down",
         "device",
         devices,
-        |h| count(&h.poll_micros) / 1e6,
+        |h| f64::from(u8::from(h.offline.load(Ordering::Relaxed))),
     );
-    out.each(
-        "kite_device_poll_duration_seconds_count",
-        "counter",
-        "Polls timed",
-        "device",
-        devices,
-        |h| count(&h.polls),
+    out.family(
+        "kite_device_poll_duration_seconds",
+        "summary",
+        "Time spent polling the device, and how many polls were timed",
     );
+    for (device, health) in devices {
+        let labels = [("device", device.as_str())];
+        out.sample(
+            "kite_device_poll_duration_seconds_sum",
+            &labels,
+            count(&health.poll_micros) / 1e6,
+        );
+        out.sample(
+            "kite_device_poll_duration_seconds_count",
+            &labels,
+            count(&health.polls),
+        );
+    }
 
     let buses = &field.buses;
     out.each(
@@ -465,6 +510,14 @@ fn render_metrics(vitals: &Vitals, verdict: &crate::vitals::Verdict) -> String {
         "plugin",
         plugins,
         |c| count(&c.busy_nanos) / 1e9,
+    );
+    out.each(
+        "kite_plugin_lost_batches_total",
+        "counter",
+        "Batches whose outputs were lost: the call failed, or the gateway stopped first",
+        "plugin",
+        plugins,
+        |c| count(&c.lost_batches),
     );
     out.each(
         "kite_plugin_skipped_batches_total",

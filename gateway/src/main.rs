@@ -77,6 +77,9 @@ enum Command {
         /// Port of the embedded broker (on 127.0.0.1).
         #[arg(long, default_value_t = 1883)]
         mqtt_port: u16,
+        /// Port of the local HTTP API and status page (on 127.0.0.1).
+        #[arg(long, default_value_t = 9870)]
+        http_port: u16,
         /// Where the buffer lives; a temporary directory when not given.
         #[arg(long)]
         data_dir: Option<PathBuf>,
@@ -135,13 +138,24 @@ fn main() -> ExitCode {
         Command::Plugin { command } => exit_code(plugin_cmd::run(command)),
         Command::Demo {
             mqtt_port,
+            http_port,
             data_dir,
             duration,
-        } => report(runtime().block_on(demo::run(mqtt_port, data_dir, duration, stop_signal()))),
+        } => report(runtime().block_on(demo::run(
+            demo::Ports {
+                mqtt: mqtt_port,
+                http: http_port,
+            },
+            data_dir,
+            duration,
+            stop_signal(),
+        ))),
     }
 }
 
-const DEFAULT_LOG: &str = "info,rumqttd=warn";
+/// rumqttd, the demo's embedded broker, logs clean disconnects of its
+/// clients as errors; what matters of it shows in Kite's own uplink log.
+const DEFAULT_LOG: &str = "info,rumqttd=off";
 
 /// Logs go to the journal when stderr is the journal (started by systemd,
 /// with levels as priorities and fields kept), to stderr otherwise. The

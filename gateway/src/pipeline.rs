@@ -14,24 +14,28 @@ use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use std::time::Duration;
+
 use anyhow::Context as _;
-use kite_core::Sample;
+use kite_core::{Backoff, Sample, SampleSink};
 use kite_plugins::PluginOutput;
 use serde::Serialize;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
-use crate::buffer::{Buffer, BufferHandle, Kind, NewRecord};
+use crate::buffer::{Buffer, BufferError, BufferHandle, NewRecord};
 use crate::config::{self, Config};
 use crate::field::{watch_plugins, Field, PluginHandles, Plugins, SandboxSlot};
 use crate::history::History;
 use crate::http::{self, LogControl};
 use crate::systemd;
-use crate::uplink::{Uplink, UplinkCounters, WriteRoutes};
+use crate::uplink::wire::{self, Topics};
+use crate::uplink::{Uplink, UplinkCounters, WriteOutcome, WriteRoutes};
 use crate::vitals::{Current, IngestCounters, Vitals};
 
 /// Samples between the pollers and the buffer; when it is full, pollers wait.
@@ -42,6 +46,12 @@ const MAX_BATCH: usize = 512;
 const PLUGIN_OUTPUTS: usize = 64;
 /// Reload requests from the HTTP API waiting for the one being applied.
 const RELOAD_QUEUE: usize = 4;
+/// Write results waiting to be committed; write tasks wait when it is full.
+const WRITE_RESULTS: usize = 64;
+/// At shutdown, how long pollers wait for room to hand over what they read,
+/// plug-ins get to finish their queued batches, and a failing commit keeps
+/// being tried; what still cannot be committed then is counted as lost.
+const STOP_GRACE: Duration = Duration::from_secs(5);
 
 /// What a reload did: one line per link or plug-in started, stopped or
 /// restarted, or uplink reconnected; the settings that wait for a restart.
@@ -69,6 +79,7 @@ pub async fn run(
     for warning in &config.warnings {
         tracing::warn!("{warning}");
     }
+    // Everything that can fail comes before any task starts.
     std::fs::create_dir_all(&config.gateway.data_dir)
         .with_context(|| format!("creating data_dir {}", config.gateway.data_dir.display()))?;
     let buffer = Buffer::open(
@@ -90,61 +101,77 @@ pub async fn run(
         ingest_counters.clone(),
         Arc::new(UplinkCounters::default()),
     ));
+    let routes = Arc::<Current<WriteRoutes>>::default();
+    let (results_tx, results_rx) = mpsc::channel(WRITE_RESULTS);
+    let uplink = Uplink::new(
+        config.mqtt.clone(),
+        &config.gateway.id,
+        routes.clone(),
+        results_tx.clone(),
+        vitals.clone(),
+    );
+    let http_listener = match config.http.listen {
+        Some(listen) => match tokio::net::TcpListener::bind(listen).await {
+            Ok(listener) => Some(listener),
+            // Observability failing must not stop the data: say so, run on.
+            Err(e) => {
+                error!(%listen, error = %e, "HTTP API not started");
+                None
+            }
+        },
+        None => None,
+    };
 
     let data_dir = &config.gateway.data_dir;
     let plugin_state = data_dir.join("plugins.sqlite3");
     let (outputs_tx, outputs_rx) = mpsc::channel(PLUGIN_OUTPUTS);
     let (samples_tx, samples_rx) = mpsc::channel(SAMPLE_CHANNEL);
+    let sink = SampleSink::new(samples_tx, STOP_GRACE, ingest_counters.unsent.clone());
     let mut workload = Workload {
         sandbox: SandboxSlot::new(data_dir.join("plugin-cache")),
-        field: Field::new(samples_tx, plugin_state.clone()),
-        plugins: Plugins::new(outputs_tx, plugin_state),
-        routes: Arc::default(),
+        field: Field::new(sink, plugin_state.clone()),
+        plugins: Plugins::new(outputs_tx, plugin_state, config.mqtt.max_message_bytes),
+        routes,
         vitals: vitals.clone(),
     };
     workload.apply(&config).await;
     let watching = CancellationToken::new();
     let plugin_handles = workload.plugins.handles.clone();
     tokio::spawn(watch_plugins(plugin_handles.clone(), watching.clone()));
-    let ingest = tokio::spawn(ingest(
-        samples_rx,
-        outputs_rx,
-        plugin_handles,
-        buffer.clone(),
-        ingest_counters,
-        vitals.history.clone(),
-    ));
+    let stopping = CancellationToken::new();
+    let (quiesced_tx, quiesced) = oneshot::channel();
+    let ingest = tokio::spawn(
+        Ingest {
+            buffer: buffer.clone(),
+            counters: ingest_counters,
+            history: vitals.history.clone(),
+            plugins: plugin_handles,
+            topics: Topics::new(&config.mqtt.topic_prefix, &config.gateway.id),
+            max_message_bytes: config.mqtt.max_message_bytes,
+            stopping: stopping.clone(),
+            give_up_at: None,
+        }
+        .run(samples_rx, outputs_rx, results_rx, quiesced_tx),
+    );
 
-    let uplink = Uplink::new(
-        config.mqtt.clone(),
-        config.gateway.id.clone(),
-        workload.routes.clone(),
-        vitals.clone(),
-    )?;
     let uplink_stop = CancellationToken::new();
     let uplink_task = tokio::spawn(uplink.run(uplink_stop.clone()));
     let observing = CancellationToken::new();
     // The watchdog holds the vitals, and so the buffer: shutdown waits for it.
     let observers = TaskTracker::new();
     let (reloads_tx, mut reloads) = mpsc::channel::<ReloadRequest>(RELOAD_QUEUE);
-    if let Some(listen) = config.http.listen {
-        match tokio::net::TcpListener::bind(listen).await {
-            Ok(listener) => {
-                tokio::spawn(http::serve(
-                    listener,
-                    http::Api::new(
-                        &vitals,
-                        config.gateway.id.clone(),
-                        config.http.token.clone(),
-                        log,
-                        reloads_tx,
-                    ),
-                    observing.clone(),
-                ));
-            }
-            // Observability failing must not stop the data: say so, run on.
-            Err(e) => error!(%listen, error = %e, "HTTP API not started"),
-        }
+    if let Some(listener) = http_listener {
+        tokio::spawn(http::serve(
+            listener,
+            http::Api::new(
+                &vitals,
+                config.gateway.id.clone(),
+                config.http.token.clone(),
+                log,
+                reloads_tx,
+            ),
+            observing.clone(),
+        ));
     }
     observers.spawn(systemd::watchdog(vitals.clone(), observing.clone()));
     observers.close();
@@ -158,6 +185,7 @@ pub async fn run(
         workload,
         uplink_task,
         uplink_stop,
+        results: results_tx,
     };
     let mut hangup = match signal(SignalKind::hangup()) {
         Ok(signal) => Some(signal),
@@ -184,20 +212,29 @@ pub async fn run(
     systemd::status("stopping: committing what was read, delivering the buffer");
     observing.cancel();
     watching.cancel();
+    stopping.cancel();
     let Running {
         workload,
         uplink_task,
         uplink_stop,
+        results,
         ..
     } = gateway;
     workload.stop().await;
-    ingest.await.context("ingest task")?;
+    // Every sample read and every plug-in output is committed (or counted)
+    // before the last delivery starts; write results keep being stored
+    // while it runs.
+    let _ = quiesced.await;
     uplink_stop.cancel();
     let uplink_result = match ended_early {
         Some(result) => result,
         None => uplink_task.await,
     }
     .context("uplink task")?;
+    drop(results);
+    if tokio::time::timeout(STOP_GRACE, ingest).await.is_err() {
+        error!("the ingest task did not finish within {STOP_GRACE:?}; stopping without it");
+    }
     // Everything read is committed and the delivery is over.
     systemd::stopping(buffer.stats().await.map(|stats| stats.rows).ok());
     observers.wait().await;
@@ -230,9 +267,10 @@ impl Workload {
     /// Brings links and plug-ins in line with `config` (at start, and at
     /// every reload) and publishes the result; what changed, a line each.
     async fn apply(&mut self, config: &Config) -> Vec<String> {
-        let mut changes =
-            self.plugins
-                .apply(&config.plugins, &config.plugin_trust, &mut self.sandbox);
+        let mut changes = self
+            .plugins
+            .apply(&config.plugins, &config.plugin_trust, &mut self.sandbox)
+            .await;
         changes.extend(
             self.field
                 .apply(
@@ -252,8 +290,8 @@ impl Workload {
         self.routes.set(self.field.routes());
         changes
     }
-    /// Stops every link and waits for it (what they read is in the sample
-    /// channel); the plug-ins finish the batches they have, then end.
+    /// Stops every link and waits for it (what they read is handed to the
+    /// sample channel); the plug-ins finish the batches they have, then end.
     async fn stop(self) {
         self.field.stop().await;
     }
@@ -267,6 +305,8 @@ struct Running {
     workload: Workload,
     uplink_task: JoinHandle<anyhow::Result<()>>,
     uplink_stop: CancellationToken,
+    /// Where every uplink sends its write results.
+    results: mpsc::Sender<WriteOutcome>,
 }
 
 impl Running {
@@ -297,19 +337,15 @@ impl Running {
         };
         let mut new = config::load(path).map_err(|e| e.to_string())?;
         let old = &self.config;
-        let uplink = if new.mqtt != old.mqtt {
-            Some(
-                Uplink::new(
-                    new.mqtt.clone(),
-                    old.gateway.id.clone(),
-                    self.workload.routes.clone(),
-                    self.workload.vitals.clone(),
-                )
-                .map_err(|e| format!("{}: mqtt: {e:#}", path.display()))?,
+        let uplink = (new.mqtt != old.mqtt).then(|| {
+            Uplink::new(
+                new.mqtt.clone(),
+                &old.gateway.id,
+                self.workload.routes.clone(),
+                self.results.clone(),
+                self.workload.vitals.clone(),
             )
-        } else {
-            None
-        };
+        });
         for warning in &new.warnings {
             tracing::warn!("{warning}");
         }
@@ -348,75 +384,212 @@ impl Running {
     }
 }
 
-/// Commits samples to the buffer in batches (whatever is waiting, up to
-/// `MAX_BATCH`, in one transaction), then offers them to the plug-ins;
-/// commits plug-in outputs the same way. Raw samples never wait for a plug-in.
-async fn ingest(
-    mut samples: mpsc::Receiver<Sample>,
-    mut outputs: mpsc::Receiver<PluginOutput>,
-    plugins: Arc<Current<PluginHandles>>,
+/// Commits what the gateway takes in: samples in batches (whatever is
+/// waiting, up to `MAX_BATCH`, in one transaction), then offers them to the
+/// plug-ins; plug-in outputs and write results the same way. Raw samples
+/// never wait for a plug-in.
+///
+/// A commit that fails (the database locked by another process, a full
+/// disk) is tried again with back-off, the batch kept: the bounded channels
+/// fill and the pollers wait, nothing is dropped. Only at shutdown, once
+/// [`STOP_GRACE`] has passed, is what still cannot be committed counted as
+/// lost.
+struct Ingest {
     buffer: BufferHandle,
     counters: Arc<IngestCounters>,
     history: Arc<History>,
-) {
-    let mut batch = Vec::with_capacity(MAX_BATCH);
-    loop {
-        tokio::select! {
-            received = samples.recv_many(&mut batch, MAX_BATCH) => {
-                if received == 0 {
-                    break;
+    plugins: Arc<Current<PluginHandles>>,
+    topics: Topics,
+    max_message_bytes: usize,
+    /// Cancelled when the gateway starts to stop.
+    stopping: CancellationToken,
+    /// When failing commits stop being retried: [`STOP_GRACE`] after `stopping`.
+    give_up_at: Option<Instant>,
+}
+
+/// Where the plug-ins are in the ingest task's shutdown.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum PluginsAtStop {
+    Running,
+    /// Finishing their queued batches until then.
+    Finishing(Instant),
+    /// No more outputs are taken.
+    Closed,
+}
+
+impl PluginsAtStop {
+    /// Completes when the plug-ins' time to finish is up; never otherwise.
+    async fn due(&self) {
+        match self {
+            PluginsAtStop::Finishing(due) => tokio::time::sleep_until(*due).await,
+            _ => std::future::pending().await,
+        }
+    }
+}
+
+impl Ingest {
+    /// Runs until every input is closed. `quiesced` fires once the pollers
+    /// and plug-ins are done and all they produced is committed (or
+    /// counted); write results are taken until the uplink is gone.
+    async fn run(
+        mut self,
+        mut samples: mpsc::Receiver<Sample>,
+        mut outputs: mpsc::Receiver<PluginOutput>,
+        mut results: mpsc::Receiver<WriteOutcome>,
+        quiesced: oneshot::Sender<()>,
+    ) {
+        let mut batch = Vec::with_capacity(MAX_BATCH);
+        let mut done = Vec::new();
+        let (mut samples_open, mut outputs_open, mut results_open) = (true, true, true);
+        let mut quiesced = Some(quiesced);
+        let mut plugins = PluginsAtStop::Running;
+        loop {
+            if !samples_open && plugins == PluginsAtStop::Running {
+                // Dropping the handles lets each plug-in finish its queued
+                // batches and end, which closes `outputs`.
+                self.plugins.set(Vec::new());
+                plugins = PluginsAtStop::Finishing(Instant::now() + STOP_GRACE);
+            }
+            if !samples_open && !outputs_open {
+                if let Some(quiesced) = quiesced.take() {
+                    let _ = quiesced.send(());
                 }
-                let records = batch.iter().map(telemetry).collect();
-                if store(&buffer, records, &counters).await {
-                    for plugin in plugins.get().iter() {
-                        plugin.offer(&batch);
+                if !results_open {
+                    return;
+                }
+            }
+            tokio::select! {
+                received = samples.recv_many(&mut batch, MAX_BATCH), if samples_open => {
+                    if received == 0 {
+                        samples_open = false;
+                        continue;
                     }
+                    self.store_samples(&batch).await;
+                    batch.clear();
                 }
-                // What the devices said, stored or not, for the status page.
-                history.record(&batch);
-                batch.clear();
-            }
-            Some(output) = outputs.recv() => {
-                let mut records: Vec<NewRecord> = output.samples.iter().map(telemetry).collect();
-                records.extend(output.events.iter().map(|event| NewRecord {
-                    kind: Kind::Event,
-                    ts_ms: event.ts,
-                    device: output.plugin.to_string(),
-                    body: serde_json::to_string(event).expect("an event serializes"),
-                }));
-                store(&buffer, records, &counters).await;
-                history.record(&output.samples);
+                output = outputs.recv(), if outputs_open => match output {
+                    Some(output) => self.store_output(output).await,
+                    None => outputs_open = false,
+                },
+                received = results.recv_many(&mut done, WRITE_RESULTS), if results_open => {
+                    if received == 0 {
+                        results_open = false;
+                        continue;
+                    }
+                    let records = done
+                        .drain(..)
+                        .map(|o| wire::result_record(&o.device, o.ts_ms, &o.result))
+                        .collect();
+                    self.store(records).await;
+                }
+                _ = plugins.due(), if outputs_open => {
+                    // Outputs already sent are still taken; plug-ins that
+                    // are not done count what they could not send.
+                    error!(
+                        "plug-ins did not finish their queued batches within {STOP_GRACE:?}; what they had not sent is lost (counted in each plug-in's lost_batches)"
+                    );
+                    outputs.close();
+                    plugins = PluginsAtStop::Closed;
+                }
             }
         }
     }
-}
 
-fn telemetry(sample: &Sample) -> NewRecord {
-    NewRecord {
-        kind: Kind::Telemetry,
-        ts_ms: sample.ts_ms,
-        device: sample.device.to_string(),
-        body: sample.points_json(),
-    }
-}
-
-/// Appends `records`; false (and a loud log line) when they could not be stored.
-async fn store(buffer: &BufferHandle, records: Vec<NewRecord>, counters: &IngestCounters) -> bool {
-    let count = records.len() as u64;
-    counters
-        .storing_since_ms
-        .store(kite_core::now_ms(), Ordering::Relaxed);
-    let result = buffer.append(records).await;
-    counters.storing_since_ms.store(0, Ordering::Relaxed);
-    match result {
-        Ok(_) => {
-            counters.committed.fetch_add(count, Ordering::Relaxed);
-            true
+    async fn store_samples(&mut self, batch: &[Sample]) {
+        let records = self.telemetry(batch);
+        if self.store(records).await {
+            for plugin in self.plugins.get().iter() {
+                plugin.offer(batch);
+            }
         }
-        Err(e) => {
-            counters.lost.fetch_add(count, Ordering::Relaxed);
-            error!(error = %e, messages = count, "messages could not be stored and are lost");
-            false
+        // What the devices said, stored or not, for the status page.
+        self.history.record(batch);
+    }
+
+    async fn store_output(&mut self, output: PluginOutput) {
+        let mut records = self.telemetry(&output.samples);
+        records.extend(
+            output
+                .events
+                .iter()
+                .map(|event| wire::event_record(&wire::Event::from(event))),
+        );
+        self.store(records).await;
+        self.history.record(&output.samples);
+    }
+
+    /// The rows of `samples`, each fitting one message.
+    fn telemetry(&self, samples: &[Sample]) -> Vec<NewRecord> {
+        let mut records = Vec::with_capacity(samples.len());
+        for sample in samples {
+            let budget = self
+                .topics
+                .points_budget(&sample.device, self.max_message_bytes);
+            let (rows, too_large) = wire::telemetry_records(sample, budget);
+            if too_large > 0 {
+                self.counters
+                    .too_large
+                    .fetch_add(too_large, Ordering::Relaxed);
+                warn!(device = %sample.device, values = too_large, "values too large for one message were sent as bad readings");
+            }
+            records.extend(rows);
+        }
+        records
+    }
+
+    /// Commits `records`, retrying while the buffer fails; false when they
+    /// were lost (the gateway stopped before they could be committed).
+    async fn store(&mut self, records: Vec<NewRecord>) -> bool {
+        let count = records.len() as u64;
+        let records: Arc<[NewRecord]> = records.into();
+        let counters = &self.counters;
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+        loop {
+            counters
+                .storing_since_ms
+                .store(kite_core::now_ms(), Ordering::Relaxed);
+            let result = self.buffer.append(records.clone()).await;
+            counters.storing_since_ms.store(0, Ordering::Relaxed);
+            let error = match result {
+                Ok(_) => {
+                    counters.committed.fetch_add(count, Ordering::Relaxed);
+                    let since = counters.failing_since_ms.swap(0, Ordering::Relaxed);
+                    if since != 0 {
+                        info!(
+                            failing_for_ms = kite_core::now_ms() - since,
+                            "buffer commits work again; nothing was lost"
+                        );
+                    }
+                    return true;
+                }
+                Err(e) => e,
+            };
+            let failures = counters.commit_failures.fetch_add(1, Ordering::Relaxed) + 1;
+            if counters
+                .failing_since_ms
+                .compare_exchange(0, kite_core::now_ms(), Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+                || failures.is_multiple_of(10)
+            {
+                warn!(error = %error, messages = count, "buffer commit failed; keeping the messages and trying again");
+            }
+            let give_up = match (&error, self.stopping.is_cancelled()) {
+                (BufferError::Stopped, _) => true,
+                (_, true) => {
+                    *self.give_up_at.get_or_insert(Instant::now() + STOP_GRACE) <= Instant::now()
+                }
+                (_, false) => false,
+            };
+            if give_up {
+                counters.lost.fetch_add(count, Ordering::Relaxed);
+                error!(error = %error, messages = count, "messages could not be committed before stopping: LOST");
+                return false;
+            }
+            let delay = backoff.next_delay();
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = self.stopping.cancelled(), if self.give_up_at.is_none() => {}
+            }
         }
     }
 }

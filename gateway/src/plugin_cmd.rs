@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Subcommand;
+use kite_gateway::uplink::wire;
 use kite_plugins::bindings::kite::plugin::types::{Reading, Value};
 use kite_plugins::sandbox::{Limits, Sandbox};
 use kite_plugins::signing;
@@ -161,15 +162,17 @@ fn test(
         match result {
             Ok(output) => {
                 for sample in &output.samples {
-                    writeln!(
-                        out,
-                        r#"{{"ts":{},"device":{},"points":{}}}"#,
-                        sample.ts_ms,
-                        serde_json::to_string(&*sample.device)?,
-                        sample.points_json()
-                    )?;
+                    let points = serde_json::value::RawValue::from_string(sample.points_json())?;
+                    let telemetry = wire::Telemetry {
+                        seq: None,
+                        ts: sample.ts_ms,
+                        device: &sample.device,
+                        points: &points,
+                    };
+                    writeln!(out, "{}", serde_json::to_string(&telemetry)?)?;
                 }
                 for event in &output.events {
+                    let event = wire::Event::from(event);
                     writeln!(out, "{}", serde_json::json!({ "event": event }))?;
                 }
             }

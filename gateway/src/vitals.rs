@@ -30,12 +30,30 @@ const BUFFER_PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 /// What the ingest task reports.
 #[derive(Debug, Default)]
 pub struct IngestCounters {
-    /// Samples and plug-in outputs committed to the buffer.
+    /// Samples, plug-in outputs and write results committed to the buffer.
     pub committed: AtomicU64,
-    /// Messages that could not be stored (disk full, I/O error): logged, and counted here.
+    /// Messages that were read or produced but never committed: the buffer
+    /// kept failing until the gateway had to stop. Logged, and counted here.
     pub lost: AtomicU64,
+    /// Samples pollers read but could not hand over before they stopped
+    /// (shared with their [`kite_core::SampleSink`]s).
+    pub unsent: Arc<AtomicU64>,
+    /// Point values too large for any message, sent as bad readings instead.
+    pub too_large: AtomicU64,
+    /// Commits that failed (the database locked by another process, a full
+    /// disk, an I/O error) and were tried again.
+    pub commit_failures: AtomicU64,
+    /// Since when commits have been failing (ms since the epoch), 0 when the last one worked.
+    pub failing_since_ms: AtomicI64,
     /// When the commit in progress started (ms since the epoch), 0 when none is.
     pub storing_since_ms: AtomicI64,
+}
+
+impl IngestCounters {
+    /// Everything read or produced and never committed.
+    pub fn lost(&self) -> u64 {
+        self.lost.load(Ordering::Relaxed) + self.unsent.load(Ordering::Relaxed)
+    }
 }
 
 /// A value a reload replaces as a whole; readers keep the one they took.
@@ -167,13 +185,21 @@ impl Vitals {
                 "bytes": stats.bytes,
                 "dropped": stats.dropped,
                 "oldest_ts": stats.oldest_ts_ms,
-                "lost": load(&self.ingest.lost),
+                "lost": self.ingest.lost(),
+                "set_aside": stats.set_aside,
+                "too_large": load(&self.ingest.too_large),
+                "commit_failures": load(&self.ingest.commit_failures),
             },
             "uplink": {
                 "connected": self.uplink.connected.load(Ordering::Relaxed),
                 "published": load(&self.uplink.published),
                 "acknowledged": load(&self.uplink.acknowledged),
                 "reconnects": load(&self.uplink.reconnects),
+                "writes_rejected": load(&self.uplink.writes_rejected),
+                "results_dropped": load(&self.uplink.results_dropped),
+            },
+            "history": {
+                "dropped": self.history.dropped(),
             },
         })
     }
@@ -239,6 +265,16 @@ impl Vitals {
             }
         }
 
+        // A failing commit that is being retried is progress, like an
+        // uplink that is down and reconnecting: not stuck, but not ready.
+        let failing_since = self.ingest.failing_since_ms.load(Ordering::Relaxed);
+        let committing = failing_since == 0;
+        if !committing {
+            let for_ms = (kite_core::now_ms() - failing_since).max(0);
+            reasons.push(format!(
+                "buffer: commits failing for {for_ms} ms, retrying; samples wait in memory"
+            ));
+        }
         let started = self.started.load(Ordering::Relaxed);
         if !started {
             reasons.push("starting".into());
@@ -248,7 +284,7 @@ impl Vitals {
         }
         Verdict {
             live,
-            ready: live && started && connected,
+            ready: live && started && connected && committing,
             reasons,
             buffer,
         }

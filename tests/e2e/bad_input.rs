@@ -60,9 +60,88 @@ fn kite_check_names_every_kind_of_mistake() {
         (format!("{HEAD}{DEVICE}[[plugins]]\nname = \"d\"\npath = \"kite.toml\"\ninputs = [\"d/*\"]\n"), 12, 8, "is taken"),
         (format!("{HEAD}[[plugins]]\nname = \"p\"\npath = \"kite.toml\"\ninputs = [\"nopattern\"]\n"), 10, 11, "must be device/point"),
         (format!("{HEAD}[[plugins]]\nname = \"p\"\npath = \"kite.toml\"\ninputs = [\"a/b\"]\ntime_limit = \"1h\"\n"), 11, 14, "time_limit"),
+        (format!("{HEAD}{DEVICE}max_frame = 64\n"), 11, 13, "`max_frame` does not apply to protocol modbus-tcp"),
+        (format!("{HEAD}{DEVICE}length_endian = \"little\"\n"), 11, 17, "`length_endian` does not apply"),
+        (HEAD.replace("127.0.0.1", "broker.example"), 6, 7, "plaintext"),
     ];
     for (text, line, column, expected) in cases {
         check_rejects(&text, line, column, expected);
+    }
+}
+
+/// Runs `kite check` on `text` written to `kite.toml` in `dir`; its stderr, and whether it passed.
+fn kite_check(dir: &std::path::Path, text: &str) -> (bool, String) {
+    let path = dir.join("kite.toml");
+    std::fs::write(&path, text).unwrap();
+    let output = Command::new(kite_bin())
+        .arg("check")
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_problem_without_a_place_is_printed_without_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let (passed, stderr) = kite_check(
+        dir.path(),
+        &format!("{HEAD}\n[plugin_trust]\nrequire_signed = true\n"),
+    );
+    assert!(!passed);
+    let expected = format!(
+        "{}: plugin_trust.require_signed needs at least one of plugin_trust.trusted_keys",
+        dir.path().join("kite.toml").display()
+    );
+    assert_eq!(stderr.trim_end(), expected);
+}
+
+#[test]
+fn kite_check_refuses_tls_files_that_kite_run_could_not_use() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["kite".to_string()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap()
+        .pem();
+    std::fs::write(d.join("good.pem"), &cert).unwrap();
+    std::fs::write(d.join("key.pem"), key.serialize_pem()).unwrap();
+    std::fs::write(
+        d.join("garbled.pem"),
+        cert.replace("CERTIFICATE-----\n", "CERTIFICATE-----\n!!"),
+    )
+    .unwrap();
+    std::fs::write(d.join("empty.pem"), "").unwrap();
+    let tls = |ca: &str, cert: &str, key: &str| {
+        format!(
+            "[gateway]\nid = \"gw\"\ndata_dir = \"/tmp/kite-check\"\n[mqtt]\nurl = \"mqtts://broker.example\"\n\
+             ca_file = \"{ca}\"\ncert_file = \"{cert}\"\nkey_file = \"{key}\"\n"
+        )
+    };
+    let (passed, stderr) = kite_check(d, &tls("good.pem", "good.pem", "key.pem"));
+    assert!(passed, "{stderr}");
+    let config = d.join("kite.toml").display().to_string();
+    for (ca, cert, key, line, expected) in [
+        ("garbled.pem", "good.pem", "key.pem", 6, "mqtt.ca_file"),
+        ("empty.pem", "good.pem", "key.pem", 6, "no certificate"),
+        ("good.pem", "garbled.pem", "key.pem", 7, "mqtt.cert_file"),
+        ("good.pem", "good.pem", "good.pem", 8, "no private key"),
+    ] {
+        let (passed, stderr) = kite_check(d, &tls(ca, cert, key));
+        assert!(!passed, "{ca} {cert} {key} accepted");
+        let location = format!("{config}:{line}:");
+        assert!(
+            stderr
+                .lines()
+                .any(|l| l.starts_with(&location) && l.contains(expected)),
+            "wanted {location} ... {expected}, got:\n{stderr}"
+        );
     }
 }
 
@@ -79,11 +158,22 @@ fn example_configs_pass_kite_check() {
         let text = std::fs::read_to_string(&path)
             .unwrap()
             .replace("{mqtt_port}", "1883")
+            .replace("{http_port}", "9870")
             .replace("{data_dir}", "/tmp/kite-example")
             .replace("{port_1}", "1502")
             .replace("{port_2}", "1503")
             .replace("{port_3}", "1504");
         let copy = tempfile::tempdir().unwrap();
+        // Files a config names are relative to it: the demo's plug-ins.
+        std::fs::create_dir(copy.path().join("demo")).unwrap();
+        for file in std::fs::read_dir(dir.join("demo")).unwrap() {
+            let file = file.unwrap().path();
+            std::fs::copy(
+                &file,
+                copy.path().join("demo").join(file.file_name().unwrap()),
+            )
+            .unwrap();
+        }
         let target = copy.path().join(path.file_name().unwrap());
         std::fs::write(&target, text).unwrap();
         let output = Command::new(kite_bin())

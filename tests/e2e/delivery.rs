@@ -178,3 +178,222 @@ async fn full_buffer_drops_oldest_counts_and_delivers_newest() {
     let seqs = sub.seqs_until("kite/gw-full/meter", newest).await;
     assert_complete_in_order(&[vec![oldest], seqs].concat(), oldest, newest);
 }
+
+/// The gateway's status document from its local API.
+async fn status(kite: &Kite) -> serde_json::Value {
+    let (code, body) = kite.http("GET", "/status", None, "").await;
+    assert_eq!(code, 200, "{body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+/// Polls the status until `condition` holds.
+async fn status_until(
+    kite: &Kite,
+    what: &str,
+    condition: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let status = status(kite).await;
+        if condition(&status) {
+            return status;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting until {what}: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_buffer_locked_by_another_process_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start(dir.path(), false).await;
+    let (_device, devices) = fast_device(4, "50ms").await;
+    let topic = "kite/gw-lock/meter";
+    let mut sub = Subscriber::connect(broker.port, topic, "lock-test", false).await;
+    let kite = Kite::start(
+        dir.path(),
+        &kite_config(dir.path(), "gw-lock", broker.port, &devices),
+    );
+    let first = last_seq(&sub.next_on(topic, |_| true).await);
+
+    // Another process takes the write lock for longer than the buffer's busy
+    // timeout (5 s): two commits in a row fail.
+    let locker = rusqlite::Connection::open(dir.path().join("data/buffer.sqlite3")).unwrap();
+    locker.busy_timeout(Duration::from_secs(10)).unwrap();
+    locker.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let failing = status_until(&kite, "commits fail and are retried", |s| {
+        s["buffer"]["commit_failures"].as_u64() >= Some(2)
+    })
+    .await;
+    assert_eq!(failing["buffer"]["lost"], 0, "{failing}");
+    let (code, body) = kite.http("GET", "/healthz", None, "").await;
+    assert_eq!(code, 200, "retrying is progress, not a hang: {body}");
+    assert!(body.contains("commits failing"), "{body}");
+    locker.execute_batch("ROLLBACK").unwrap();
+    drop(locker);
+    let unlocked_ms = kite_core::now_ms();
+
+    let settled = status_until(&kite, "commits work again", |s| {
+        s["health"]["reasons"].as_array().is_some_and(|reasons| {
+            !reasons
+                .iter()
+                .any(|r| r.as_str().unwrap().contains("commits failing"))
+        })
+    })
+    .await;
+    assert_eq!(settled["buffer"]["lost"], 0, "{settled}");
+    assert!(
+        kite.log().contains("buffer commits work again"),
+        "{}",
+        kite.log()
+    );
+    // Everything read while the lock was held goes out, in order, and
+    // polling goes on after it.
+    let mut seqs = vec![first];
+    loop {
+        let message = sub.next_on(topic, |_| true).await;
+        seqs.push(last_seq(&message));
+        if message["ts"].as_i64().unwrap() > unlocked_ms + 500 {
+            break;
+        }
+    }
+    let last = *seqs.iter().max().unwrap();
+    assert_complete_in_order(&seqs, first, last);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_row_the_broker_cannot_take_is_set_aside_and_delivery_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    // The broker closes the connection of a client that sends a packet
+    // over 64 KiB.
+    let port = free_port();
+    let broker = Mosquitto::with_config(
+        dir.path(),
+        port,
+        &format!("listener {port} 127.0.0.1\nallow_anonymous true\nmax_packet_size 65536\n"),
+    )
+    .await;
+    let (_device, devices) = fast_device(2, "100ms").await;
+    let config = kite_config(dir.path(), "gw-big", broker.port, &devices).replace(
+        "flush_timeout",
+        "max_message_bytes = \"32KiB\"\nflush_timeout",
+    );
+    let mut kite = Kite::start(dir.path(), &config);
+    let buffer = dir.path().join("data/buffer.sqlite3");
+    wait_until("the buffer exists", || buffer.exists()).await;
+    assert!(kite.terminate().await.success());
+    // A 100 kB row, as a run with a larger limit would have left it.
+    rusqlite::Connection::open(&buffer)
+        .unwrap()
+        .execute(
+            "INSERT INTO messages (ts, device, body, kind) VALUES (1, 'meter', ?1, 0)",
+            [format!(
+                r#"{{"blob":{{"value":"{}","quality":"good"}}}}"#,
+                "x".repeat(100_000)
+            )],
+        )
+        .unwrap();
+    let big = kite.buffer().newest;
+
+    let mut sub = Subscriber::connect(broker.port, "kite/gw-big/meter", "big-test", false).await;
+    kite.restart();
+    // Rows after the big one arrive: it did not block delivery.
+    let after = sub
+        .next_on("kite/gw-big/meter", |m| m["seq"].as_u64() > Some(big))
+        .await;
+    assert!(after["points"].is_object(), "{after}");
+    let status = status_until(&kite, "the big row is set aside", |s| {
+        s["buffer"]["set_aside"] == 1
+    })
+    .await;
+    assert_eq!(status["buffer"]["lost"], 0);
+    assert!(kite.log().contains("SET ASIDE"), "{}", kite.log());
+    let output = std::process::Command::new(kite_bin())
+        .args(["buffer", "inspect", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(text.contains("set aside 1"), "{text}");
+}
+
+/// A Modbus TCP device that never answers; `writes` counts the write
+/// requests (function 6) it received.
+async fn silent_device() -> (u16, tokio::sync::watch::Receiver<usize>) {
+    use tokio::io::AsyncReadExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (writes_tx, writes) = tokio::sync::watch::channel(0);
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let writes = writes_tx.clone();
+            tokio::spawn(async move {
+                let mut frame = [0u8; 260];
+                while let Ok(n) = socket.read(&mut frame).await {
+                    if n == 0 {
+                        return;
+                    }
+                    if n >= 8 && frame[7] == 6 {
+                        writes.send_modify(|count| *count += 1);
+                    }
+                }
+            });
+        }
+    });
+    (port, writes)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_write_result_made_while_the_link_is_down_survives_a_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start(dir.path(), false).await;
+    let proxy = Proxy::start(broker.port).await;
+    let (port, mut writes) = silent_device().await;
+    let device = format!(
+        "[[devices]]\nname = \"valve\"\nprotocol = \"modbus-tcp\"\naddress = \"127.0.0.1:{port}\"\npoll_interval = \"1h\"\ntimeout = \"1s\"\n\
+         [[devices.points]]\nname = \"setpoint\"\naddress = 0\nwritable = true\n"
+    );
+    let mut sub = Subscriber::connect(broker.port, "kite/gw-wr/#", "wr-test", false).await;
+    let mut kite = Kite::start(
+        dir.path(),
+        &kite_config(dir.path(), "gw-wr", proxy.port, &device),
+    );
+    sub.next_on("kite/gw-wr/status", |s| s["state"] == "online")
+        .await;
+    sub.publish(
+        "kite/gw-wr/valve/set",
+        r#"{"id":"w-1","point":"setpoint","value":5}"#,
+    )
+    .await;
+    // The request reached the device; the link goes down before it times out.
+    writes.wait_for(|count| *count >= 1).await.unwrap();
+    proxy.cut();
+    let buffer = dir.path().join("data/buffer.sqlite3");
+    let result_stored = || {
+        rusqlite::Connection::open_with_flags(&buffer, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .and_then(|conn| {
+                conn.query_row(
+                    "SELECT count(*) FROM messages WHERE kind = 2 AND device = 'valve'",
+                    [],
+                    |r| r.get::<_, i64>(0),
+                )
+            })
+            .unwrap_or(0)
+            == 1
+    };
+    wait_until("the write result is committed", result_stored).await;
+    kite.kill9();
+    kite.restart();
+    proxy.restore();
+    let result = sub.next_on("kite/gw-wr/valve/set/result", |_| true).await;
+    assert_eq!(result["id"], "w-1");
+    assert_eq!(result["point"], "setpoint");
+    assert_eq!(result["ok"], false);
+    assert!(
+        result["error"].as_str().unwrap().contains("no response"),
+        "{result}"
+    );
+}

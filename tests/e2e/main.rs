@@ -5,6 +5,7 @@
 mod bad_input;
 mod buffer_tools;
 mod delivery;
+mod demo;
 mod modbus;
 mod operations;
 #[path = "../../plugins/host/tests/common/mod.rs"]

@@ -299,3 +299,120 @@ async fn replacing_a_plugin_file_swaps_versions_without_a_gap() {
         .unwrap();
     assert!(last > first);
 }
+
+/// Rows of `device` in the buffer of the gateway in `dir`.
+fn buffered_rows(dir: &std::path::Path, device: &str) -> i64 {
+    let conn = rusqlite::Connection::open_with_flags(
+        dir.join("data/buffer.sqlite3"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap();
+    conn.query_row(
+        "SELECT count(*) FROM messages WHERE device = ?1",
+        [device],
+        |r| r.get(0),
+    )
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn plugin_outputs_of_the_last_readings_are_committed_at_shutdown() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_device, port) = modbus_device(json!({"size": 10, "holding": {"0": [215]}})).await;
+    let extra = format!(
+        "[[devices]]\nname = \"boiler-1\"\nprotocol = \"modbus-tcp\"\naddress = \"127.0.0.1:{port}\"\npoll_interval = \"100ms\"\n\
+         [[devices.points]]\nname = \"temperature\"\naddress = 0\ntype = \"i16\"\nscale = 0.1\nunit = \"degC\"\n\n\
+         [[plugins]]\nname = \"fahrenheit\"\npath = \"{}\"\ninputs = [\"*/temperature\"]\nconfig = {{ from = \"degC\", to = \"degF\" }}\n",
+        examples().join("kite_example_convert.wasm").display()
+    );
+    // No broker: everything stays in the buffer, where it can be counted.
+    let mut kite = Kite::start(
+        dir.path(),
+        &kite_config(dir.path(), "gw-drain", free_port(), &extra),
+    );
+    wait_until("readings and their conversions are buffered", || {
+        dir.path().join("data/buffer.sqlite3").exists()
+            && buffered_rows(dir.path(), "fahrenheit") >= 20
+    })
+    .await;
+    assert!(kite.terminate().await.success());
+    // One derived reading per reading, the last ones included.
+    assert_eq!(
+        buffered_rows(dir.path(), "fahrenheit"),
+        buffered_rows(dir.path(), "boiler-1"),
+        "{}",
+        kite.log()
+    );
+    assert!(!kite.log().contains("LOST"), "{}", kite.log());
+}
+
+#[test]
+fn the_demo_plugins_are_signed_and_behave_like_their_source() {
+    let dir = tempfile::tempdir().unwrap();
+    let demo = repo_root().join("config/demo");
+    let input = dir.path().join("readings.jsonl");
+    let readings: String = (0..40)
+        .map(|i| {
+            let value = 60.0 + 25.0 * (f64::from(i) / 3.0).sin();
+            format!("{{\"device\":\"boiler-1\",\"point\":\"temperature\",\"value\":{value},\"ts\":{i},\"unit\":\"degC\"}}\n")
+        })
+        .collect();
+    std::fs::write(&input, readings).unwrap();
+    for (file, example, config) in [
+        (
+            "average.wasm",
+            "kite_example_average.wasm",
+            r#"{"window": 5}"#,
+        ),
+        (
+            "threshold.wasm",
+            "kite_example_threshold.wasm",
+            r#"{"threshold": 80.0, "hysteresis": 5.0}"#,
+        ),
+    ] {
+        let prebuilt = demo.join(file);
+        let verified = kite_cli(&[
+            "plugin".as_ref(),
+            "verify".as_ref(),
+            "--key".as_ref(),
+            demo.join("demo-plugins.pub").as_os_str(),
+            prebuilt.as_os_str(),
+        ]);
+        assert!(
+            verified.status.success(),
+            "{file}: {}",
+            String::from_utf8_lossy(&verified.stderr)
+        );
+        let run = |wasm: &std::path::Path| {
+            let output = kite_cli(&[
+                "plugin".as_ref(),
+                "test".as_ref(),
+                wasm.as_os_str(),
+                "--input".as_ref(),
+                input.as_os_str(),
+                "--config".as_ref(),
+                config.as_ref(),
+                "--batch".as_ref(),
+                "7".as_ref(),
+                "--time-limit".as_ref(),
+                "1s".as_ref(),
+            ]);
+            assert!(
+                output.status.success(),
+                "{}: {}",
+                wasm.display(),
+                String::from_utf8_lossy(&output.stderr)
+            );
+            String::from_utf8(output.stdout).unwrap()
+        };
+        let from_prebuilt = run(&prebuilt);
+        assert!(
+            from_prebuilt.lines().count() >= 3,
+            "{file}: {from_prebuilt}"
+        );
+        // Under the same name: derived readings are named after the file.
+        let from_source = dir.path().join(file);
+        std::fs::copy(examples().join(example), &from_source).unwrap();
+        assert_eq!(from_prebuilt, run(&from_source), "{file}");
+    }
+}

@@ -102,13 +102,11 @@ pub(super) struct RawDevice {
     length: Option<Spanned<usize>>,
     start: Option<Spanned<RawBytes>>,
     end: Option<Spanned<RawBytes>>,
-    length_offset: Option<usize>,
-    length_width: Option<u8>,
-    #[serde(default)]
-    length_endian: Endian,
-    length_adjust: Option<i64>,
-    #[serde(default = "default_max_frame")]
-    max_frame: Spanned<usize>,
+    length_offset: Option<Spanned<usize>>,
+    length_width: Option<Spanned<u8>>,
+    length_endian: Option<Spanned<Endian>>,
+    length_adjust: Option<Spanned<i64>>,
+    max_frame: Option<Spanned<usize>>,
     request: Option<Spanned<RawBytes>>,
     decode: Option<Spanned<RawDecode>>,
     pattern: Option<Spanned<String>>,
@@ -125,10 +123,9 @@ enum RawFraming {
     LengthPrefix,
 }
 
-#[derive(Deserialize, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Deserialize, Clone, Copy, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 enum Endian {
-    #[default]
     Big,
     Little,
 }
@@ -158,9 +155,8 @@ impl RawBytes {
     }
 }
 
-fn default_max_frame() -> Spanned<usize> {
-    Spanned::new(0..0, 256)
-}
+/// Longest frame of a raw instrument unless `max_frame` says otherwise.
+const DEFAULT_MAX_FRAME: usize = 256;
 
 fn default_poll_interval() -> Spanned<Interval> {
     Spanned::new(0..0, Interval(Duration::from_secs(1)))
@@ -495,6 +491,23 @@ impl RawDevice {
             refuse(self.framing.as_ref().map(Spanned::span), "framing");
             refuse(self.delimiter.as_ref().map(Spanned::span), "delimiter");
             refuse(self.length.as_ref().map(Spanned::span), "length");
+            refuse(
+                self.length_offset.as_ref().map(Spanned::span),
+                "length_offset",
+            );
+            refuse(
+                self.length_width.as_ref().map(Spanned::span),
+                "length_width",
+            );
+            refuse(
+                self.length_endian.as_ref().map(Spanned::span),
+                "length_endian",
+            );
+            refuse(
+                self.length_adjust.as_ref().map(Spanned::span),
+                "length_adjust",
+            );
+            refuse(self.max_frame.as_ref().map(Spanned::span), "max_frame");
             refuse(self.start.as_ref().map(Spanned::span), "start");
             refuse(self.end.as_ref().map(Spanned::span), "end");
             refuse(self.request.as_ref().map(Spanned::span), "request");
@@ -597,16 +610,22 @@ impl RawDevice {
                 Framing::Markers { start, end }
             }
             RawFraming::LengthPrefix => Framing::LengthPrefix {
-                offset: self.length_offset.unwrap_or(0),
-                width: self.length_width.unwrap_or(1),
-                big_endian: self.length_endian == Endian::Big,
-                adjust: self.length_adjust.unwrap_or(0),
+                offset: self.length_offset.as_ref().map_or(0, |v| *v.get_ref()),
+                width: self.length_width.as_ref().map_or(1, |v| *v.get_ref()),
+                big_endian: self
+                    .length_endian
+                    .as_ref()
+                    .is_none_or(|v| *v.get_ref() == Endian::Big),
+                adjust: self.length_adjust.as_ref().map_or(0, |v| *v.get_ref()),
             },
         };
-        let max_frame = *self.max_frame.get_ref();
+        let max_frame = self
+            .max_frame
+            .as_ref()
+            .map_or(DEFAULT_MAX_FRAME, |v| *v.get_ref());
         if !(1..=65_536).contains(&max_frame) {
             report.push(
-                self.max_frame.span(),
+                self.max_frame.as_ref().expect("not the default").span(),
                 "max_frame must be 1 to 65536 bytes".into(),
             );
             return None;

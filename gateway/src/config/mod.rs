@@ -22,9 +22,15 @@ use serde::Deserialize;
 use toml::Spanned;
 
 mod devices;
+mod tls;
 
 pub use devices::{Decode, InstrumentConfig};
 use devices::{RawBus, RawDevice};
+pub use tls::{Tls, TlsFiles};
+
+/// Largest MQTT message unless `mqtt.max_message_bytes` says otherwise: what
+/// common cloud brokers accept.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 256 << 10;
 
 /// Topic levels under the gateway that belong to Kite, so no device may take them.
 const RESERVED_DEVICE_NAMES: &[&str] = &["status", "events"];
@@ -76,7 +82,8 @@ pub struct GatewayConfig {
 pub struct MqttConfig {
     pub host: String,
     pub port: u16,
-    pub tls: Option<TlsFiles>,
+    /// Read and parsed when the config is loaded.
+    pub tls: Option<Tls>,
     pub client_id: String,
     pub username: Option<String>,
     pub password: Option<String>,
@@ -87,14 +94,8 @@ pub struct MqttConfig {
     /// The retained status is refreshed this often, so buffer depth, drops
     /// and device health stay visible.
     pub status_interval: Duration,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct TlsFiles {
-    /// Trust anchors; the system's roots when absent.
-    pub ca_file: Option<PathBuf>,
-    /// Client certificate and key, for mutual TLS.
-    pub client_auth: Option<(PathBuf, PathBuf)>,
+    /// Largest MQTT message (topic and payload) Kite stores or publishes.
+    pub max_message_bytes: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -145,6 +146,10 @@ impl fmt::Display for ConfigError {
         for (i, problem) in self.problems.iter().enumerate() {
             if i > 0 {
                 writeln!(f)?;
+            }
+            if problem.line == 0 {
+                write!(f, "{}: {}", self.file.display(), problem.message)?;
+                continue;
             }
             write!(
                 f,
@@ -215,7 +220,18 @@ struct Report<'a> {
 }
 
 impl Report<'_> {
+    /// A problem at `span`; `0..0` (the span of a default value, or of a
+    /// rule about the whole file) has no position in the text.
     fn push(&mut self, span: Range<usize>, message: String) {
+        if span == (0..0) {
+            self.problems.push(Problem {
+                line: 0,
+                column: 0,
+                message,
+                source_line: None,
+            });
+            return;
+        }
         let start = span.start.min(self.text.len());
         let before = &self.text[..start];
         let line = before.matches('\n').count() + 1;
@@ -435,6 +451,15 @@ struct RawMqtt {
     flush_timeout: Interval,
     #[serde(default = "default_status_interval")]
     status_interval: Spanned<Interval>,
+    #[serde(default = "default_max_message_bytes")]
+    max_message_bytes: Spanned<ByteSize>,
+    /// Allows plaintext `mqtt://` to a broker off this host.
+    #[serde(default)]
+    insecure: bool,
+}
+
+fn default_max_message_bytes() -> Spanned<ByteSize> {
+    Spanned::new(0..0, ByteSize(DEFAULT_MAX_MESSAGE_BYTES as u64))
 }
 
 fn default_topic_prefix() -> Spanned<String> {
@@ -561,9 +586,20 @@ impl RawMqtt {
         let is_loopback =
             host == "localhost" || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback());
         if !tls && !host.is_empty() && !is_loopback {
-            warnings.push(format!(
-                "mqtt.url sends telemetry and credentials in plaintext to {host}; use mqtts:// for anything off this host"
-            ));
+            if self.insecure {
+                warnings.push(format!(
+                    "mqtt.url sends telemetry and credentials in plaintext to {host} (mqtt.insecure = true)"
+                ));
+            } else {
+                report.push(
+                    self.url.span(),
+                    format!(
+                        "mqtt.url {:?} would send telemetry, commands and credentials in plaintext to {host}: \
+                         use mqtts://, or set mqtt.insecure = true to accept that",
+                        self.url.get_ref()
+                    ),
+                );
+            }
         }
         let mut existing_file = |file: Option<Spanned<PathBuf>>, key: &str| {
             let file = file?;
@@ -573,42 +609,68 @@ impl RawMqtt {
                     file.span(),
                     format!("mqtt.{key}: no such file {}", resolved.display()),
                 );
+                return None;
             }
-            Some(resolved)
+            Some((resolved, file.span()))
         };
         let password_path = existing_file(self.password_file, "password_file");
-        let ca_file = existing_file(self.ca_file, "ca_file");
+        let ca_span = self.ca_file.as_ref().map(Spanned::span);
         let cert_span = self.cert_file.as_ref().map(Spanned::span);
         let key_span = self.key_file.as_ref().map(Spanned::span);
+        let ca_file = existing_file(self.ca_file, "ca_file");
         let cert_file = existing_file(self.cert_file, "cert_file");
         let key_file = existing_file(self.key_file, "key_file");
+        // Missing files are reported above; only files that are all there are parsed.
+        let mut usable = ca_span.is_none() || ca_file.is_some();
         let client_auth = match (cert_file, key_file) {
-            (Some(cert), Some(key)) => Some((cert, key)),
-            (None, None) => None,
+            (Some((cert, _)), Some((key, _))) => Some((cert, key)),
             _ => {
-                let span = cert_span.or(key_span).unwrap_or(0..0);
-                report.push(
-                    span,
-                    "mqtt.cert_file and mqtt.key_file go together: give both or neither".into(),
-                );
+                if cert_span.is_some() != key_span.is_some() {
+                    report.push(
+                        cert_span.clone().or(key_span.clone()).unwrap_or(0..0),
+                        "mqtt.cert_file and mqtt.key_file go together: give both or neither".into(),
+                    );
+                }
+                usable &= cert_span.is_none() && key_span.is_none();
                 None
             }
         };
-        if !tls && (ca_file.is_some() || client_auth.is_some()) {
+        let ca_file = ca_file.map(|(path, _)| path);
+        if !tls && (ca_span.is_some() || cert_span.is_some() || key_span.is_some()) {
             report.push(
                 self.url.span(),
                 "TLS files are set but the url is not mqtts://".into(),
             );
         }
-        // A missing file was reported above; reading it again would say so twice.
-        let password_path = password_path.filter(|path| path.is_file());
-        let password = password_path.and_then(|path| match std::fs::read_to_string(&path) {
-            Ok(text) => Some(text.trim_end_matches(['\r', '\n']).to_string()),
-            Err(e) => {
-                report.push(0..0, format!("mqtt.password_file {}: {e}", path.display()));
-                None
+        let tls = if tls && usable {
+            let files = TlsFiles {
+                ca_file,
+                client_auth,
+            };
+            match tls::load(files) {
+                Ok(settings) => Some(settings),
+                Err(problem) => {
+                    let span = match problem.file {
+                        Some(tls::TlsFile::Ca) => ca_span,
+                        Some(tls::TlsFile::Cert) => cert_span,
+                        Some(tls::TlsFile::Key) => key_span,
+                        None => None,
+                    };
+                    report.push(span.unwrap_or(self.url.span()), problem.message);
+                    None
+                }
             }
-        });
+        } else {
+            None
+        };
+        let password =
+            password_path.and_then(|(path, span)| match std::fs::read_to_string(&path) {
+                Ok(text) => Some(text.trim_end_matches(['\r', '\n']).to_string()),
+                Err(e) => {
+                    report.push(span, format!("mqtt.password_file {}: {e}", path.display()));
+                    None
+                }
+            });
         if password.is_some() && self.username.is_none() {
             report.push(
                 self.url.span(),
@@ -654,13 +716,17 @@ impl RawMqtt {
                 "mqtt.status_interval must be at least 1s".into(),
             );
         }
+        let max_message_bytes = self.max_message_bytes.get_ref().0;
+        if !((1 << 10)..=(16 << 20)).contains(&max_message_bytes) {
+            report.push(
+                self.max_message_bytes.span(),
+                "mqtt.max_message_bytes must be 1KiB to 16MiB".into(),
+            );
+        }
         MqttConfig {
             host,
             port,
-            tls: tls.then_some(TlsFiles {
-                ca_file,
-                client_auth,
-            }),
+            tls,
             client_id: client_id.into_inner(),
             username: self.username,
             password,
@@ -669,6 +735,7 @@ impl RawMqtt {
             max_inflight,
             flush_timeout: self.flush_timeout.0,
             status_interval: self.status_interval.get_ref().0,
+            max_message_bytes: max_message_bytes as usize,
         }
     }
 }
@@ -1057,6 +1124,31 @@ mod tests {
             16,
             "`unit_id` does not apply",
         );
+        // Keys of raw instruments are mistakes on Modbus devices, each at its line.
+        let tcp = "[[devices]]\nname = \"t\"\nprotocol = \"modbus-tcp\"\naddress = \"h:1\"\n";
+        for (key, value) in [
+            ("length_offset", "1"),
+            ("length_width", "2"),
+            ("length_endian", "\"little\""),
+            ("length_adjust", "-1"),
+            ("max_frame", "64"),
+        ] {
+            check_error(
+                &format!("{tcp}{key} = {value}\n"),
+                10,
+                &format!("`{key}` does not apply to protocol modbus-tcp"),
+            );
+            check_error(
+                &format!("{BUS}{rtu}{key} = {value}\n"),
+                15,
+                &format!("`{key}` does not apply to protocol modbus-rtu"),
+            );
+        }
+        check_error(
+            "max_message_bytes = \"100B\"\n",
+            6,
+            "mqtt.max_message_bytes must be 1KiB to 16MiB",
+        );
     }
 
     #[test]
@@ -1107,9 +1199,26 @@ mod tests {
     }
 
     #[test]
-    fn plaintext_off_host_warns() {
+    fn plaintext_off_host_is_refused_unless_insecure() {
         let text = MINIMAL.replace("127.0.0.1", "broker.example");
-        let config = parse(&text, Path::new("kite.toml")).unwrap();
+        let error = parse(&text, Path::new("kite.toml")).unwrap_err();
+        assert_eq!((error.problems[0].line, error.problems[0].column), (5, 7));
+        assert!(
+            error.problems[0].message.contains("plaintext")
+                && error.problems[0].message.contains("mqtt.insecure"),
+            "{error}"
+        );
+        let config = parse(&format!("{text}insecure = true\n"), Path::new("kite.toml")).unwrap();
         assert_eq!(config.warnings.len(), 1);
+    }
+
+    #[test]
+    fn problems_without_a_place_are_printed_without_one() {
+        let text = format!("{MINIMAL}[plugin_trust]\nrequire_signed = true\n");
+        let error = parse(&text, Path::new("kite.toml")).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "kite.toml: plugin_trust.require_signed needs at least one of plugin_trust.trusted_keys"
+        );
     }
 }

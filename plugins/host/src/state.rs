@@ -3,6 +3,7 @@
 //! keep at most its configured number of bytes (keys plus values).
 
 use std::path::Path;
+use std::sync::Mutex;
 
 use rusqlite::{params, Connection, OptionalExtension};
 
@@ -12,8 +13,14 @@ pub struct StateStore {
     limit: u64,
 }
 
+/// Plug-ins start on threads of their own, often at once. Switching a new
+/// file to WAL needs it to itself and fails at once (no busy wait) when
+/// another connection is opening it: opens take turns.
+static OPENING: Mutex<()> = Mutex::new(());
+
 impl StateStore {
     pub fn open(path: &Path, plugin: &str, limit: u64) -> rusqlite::Result<Self> {
+        let _turn = OPENING.lock().unwrap_or_else(|e| e.into_inner());
         let conn = Connection::open(path)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
@@ -44,7 +51,12 @@ impl StateStore {
 
     /// Stores `value`, unless that would take the plug-in past its limit.
     pub fn set(&mut self, key: &str, value: &[u8]) -> Result<(), String> {
-        let tx = self.conn.transaction().map_err(|e| e.to_string())?;
+        // Immediate: a read that later writes could not wait for another
+        // plug-in's write and would fail at once.
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(|e| e.to_string())?;
         let others: i64 = tx
             .query_row(
                 "SELECT coalesce(sum(length(CAST(key AS BLOB)) + length(value)), 0) FROM state WHERE plugin = ?1 AND key != ?2",
@@ -103,5 +115,27 @@ mod tests {
         assert_eq!(a.get("k").unwrap().as_deref(), Some(&b"short"[..]));
         a.delete("k").unwrap();
         assert_eq!(a.get("k").unwrap(), None);
+    }
+
+    #[test]
+    fn plug_ins_opening_and_writing_at_once_all_succeed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("plugins.sqlite3");
+        let writers: Vec<_> = (0..8)
+            .map(|i| {
+                let path = path.clone();
+                std::thread::spawn(move || {
+                    let mut store = StateStore::open(&path, &format!("p{i}"), 1 << 20).unwrap();
+                    for key in 0..50 {
+                        store.set(&format!("k{key}"), &[i; 16]).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for writer in writers {
+            writer.join().unwrap();
+        }
+        let store = StateStore::open(&path, "p7", 1 << 20).unwrap();
+        assert_eq!(store.get("k49").unwrap(), Some(vec![7; 16]));
     }
 }

@@ -6,6 +6,20 @@ use std::sync::Mutex;
 
 use serde_json::{json, Value as Json};
 
+/// Longest `last_error` kept, in bytes.
+pub const MAX_ERROR_BYTES: usize = 256;
+
+/// Cuts `text` to at most `max` bytes, on a character boundary.
+pub fn truncate(text: &mut String, max: usize) {
+    if text.len() > max {
+        let mut end = max;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+}
+
 /// One device's health.
 #[derive(Debug, Default)]
 pub struct DeviceHealth {
@@ -21,6 +35,9 @@ pub struct DeviceHealth {
     pub poll_micros: AtomicU64,
     /// Not answering: polled only by occasional probes until it answers again.
     pub quarantined: AtomicBool,
+    /// Its link is down: the connection, port or line it is reached through
+    /// failed or cannot be opened, and is being reopened.
+    pub offline: AtomicBool,
     /// Not started: its configuration could not be put to work (a codec
     /// plug-in refused, say); `last_error` says why.
     pub refused: AtomicBool,
@@ -48,6 +65,8 @@ impl DeviceHealth {
     pub fn state(&self) -> &'static str {
         if self.refused.load(Ordering::Relaxed) {
             "refused"
+        } else if self.offline.load(Ordering::Relaxed) {
+            "offline"
         } else if self.quarantined.load(Ordering::Relaxed) {
             "quarantined"
         } else {
@@ -55,8 +74,12 @@ impl DeviceHealth {
         }
     }
 
+    /// Keeps the error, cut to [`MAX_ERROR_BYTES`]: its text may come from
+    /// a device or a codec.
     pub fn set_last_error(&self, error: impl Into<String>) {
-        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(error.into());
+        let mut error = error.into();
+        truncate(&mut error, MAX_ERROR_BYTES);
+        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(error);
     }
 
     pub fn to_json(&self) -> Json {
@@ -90,5 +113,32 @@ impl BusHealth {
             "missed_polls": self.missed_polls.load(Ordering::Relaxed),
             "link_failures": self.link_failures.load(Ordering::Relaxed),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_state_says_the_worst_that_is_true() {
+        let health = DeviceHealth::default();
+        assert_eq!(health.state(), "polling");
+        health.quarantined.store(true, Ordering::Relaxed);
+        assert_eq!(health.state(), "quarantined");
+        health.offline.store(true, Ordering::Relaxed);
+        assert_eq!(health.state(), "offline");
+        health.refused.store(true, Ordering::Relaxed);
+        assert_eq!(health.state(), "refused");
+    }
+
+    #[test]
+    fn last_error_is_bounded_on_a_character_boundary() {
+        let health = DeviceHealth::default();
+        health.set_last_error("é".repeat(MAX_ERROR_BYTES));
+        let kept = health.last_error().unwrap();
+        assert_eq!(kept.len(), MAX_ERROR_BYTES);
+        health.set_last_error(format!("x{}", "é".repeat(MAX_ERROR_BYTES)));
+        assert_eq!(health.last_error().unwrap().len(), MAX_ERROR_BYTES - 1);
     }
 }

@@ -1,6 +1,6 @@
 //! The small core shared by Kite's field-bus crates: what a sample is, how to
-//! back off between retries, what health a device and a bus report, and how a
-//! serial line is set up.
+//! back off between retries, what health a device and a bus report, how a
+//! serial line is set up, and how a poller hands over what it read.
 //!
 //! It knows nothing about MQTT, SQLite or WASM: protocol crates depend on it,
 //! and the gateway turns its types into messages.
@@ -9,7 +9,9 @@ pub mod backoff;
 pub mod health;
 pub mod sample;
 pub mod serial;
+pub mod sink;
 
 pub use backoff::Backoff;
-pub use health::{BusHealth, DeviceHealth};
-pub use sample::{now_ms, PointSample, Reading, Sample, Value};
+pub use health::{truncate, BusHealth, DeviceHealth, MAX_ERROR_BYTES};
+pub use sample::{now_ms, points_json, PointSample, Reading, Sample, Value};
+pub use sink::{SampleSink, Unsent};

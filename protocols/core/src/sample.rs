@@ -44,17 +44,7 @@ impl Sample {
     /// The `points` object of the telemetry message:
     /// `{"temperature":{"value":21.5,"quality":"good","unit":"degC"}}`.
     pub fn points_json(&self) -> String {
-        struct Points<'a>(&'a [PointSample]);
-        impl Serialize for Points<'_> {
-            fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-                let mut map = serializer.serialize_map(Some(self.0.len()))?;
-                for point in self.0 {
-                    map.serialize_entry(&*point.name, &PointJson::from(point))?;
-                }
-                map.end()
-            }
-        }
-        serde_json::to_string(&Points(&self.points)).expect("points serialize to JSON")
+        points_json(&self.points)
     }
 
     pub fn good_count(&self) -> usize {
@@ -63,6 +53,21 @@ impl Sample {
             .filter(|p| matches!(p.reading, Reading::Good(_)))
             .count()
     }
+}
+
+/// The `points` object of a telemetry message for `points`, in order.
+pub fn points_json(points: &[PointSample]) -> String {
+    struct Points<'a>(&'a [PointSample]);
+    impl Serialize for Points<'_> {
+        fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+            let mut map = serializer.serialize_map(Some(self.0.len()))?;
+            for point in self.0 {
+                map.serialize_entry(&*point.name, &PointJson::from(point))?;
+            }
+            map.end()
+        }
+    }
+    serde_json::to_string(&Points(points)).expect("points serialize to JSON")
 }
 
 #[derive(Serialize)]

@@ -22,7 +22,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kite_core::serial::SerialLine;
-use kite_core::{now_ms, Backoff, BusHealth, DeviceHealth, PointSample, Reading, Sample};
+use kite_core::{
+    now_ms, Backoff, BusHealth, DeviceHealth, PointSample, Reading, Sample, SampleSink,
+};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{sleep_until, timeout, Instant};
 use tokio_modbus::client::{Client, Context};
@@ -330,6 +332,7 @@ impl Bus {
                     info!(bus = %self.name, link = %self.link.describe(), "link open");
                 }
                 self.health.link_up.store(true, Ordering::Relaxed);
+                self.set_offline(false);
                 self.link_backoff.reset();
                 self.context = Some(context);
                 // Whatever was on the line before we opened it is not ours.
@@ -346,10 +349,26 @@ impl Bus {
     fn link_failed(&mut self, error: &CallError) {
         self.context = None;
         self.health.link_up.store(false, Ordering::Relaxed);
+        self.set_offline(true);
         self.health.link_failures.fetch_add(1, Ordering::Relaxed);
         let delay = self.link_backoff.next_delay();
         self.link_retry_at = Some(Instant::now() + delay);
         warn!(bus = %self.name, %error, retry_in = ?delay, "link failed");
+    }
+
+    /// Every device on the link is offline while the link is down.
+    fn set_offline(&self, offline: bool) {
+        for slot in &self.slots {
+            slot.health.offline.store(offline, Ordering::Relaxed);
+        }
+    }
+
+    /// A reply that does not fit its request: whatever else is in flight on
+    /// the connection or line is dropped with it, so that a late answer
+    /// cannot be paired with the next request.
+    fn garbled(&mut self, reason: String) -> CallError {
+        self.context = None;
+        CallError::Garbled(reason)
     }
 
     /// One request to one unit, after the line's silent interval.
@@ -391,7 +410,7 @@ impl Bus {
                 Words::Registers(r)
             }
             Response::ReadCoils(b) | Response::ReadDiscreteInputs(b) => Words::Bits(b),
-            other => return Err(CallError::Garbled(format!("unexpected response {other:?}"))),
+            other => return Err(self.garbled(format!("unexpected response {other:?}"))),
         };
         let got = match &words {
             Words::Registers(r) => r.len(),
@@ -399,9 +418,7 @@ impl Bus {
         };
         // Bit reads come back padded to whole bytes.
         if got < usize::from(count) {
-            return Err(CallError::Garbled(format!(
-                "asked for {count} values, device sent {got}"
-            )));
+            return Err(self.garbled(format!("asked for {count} values, device sent {got}")));
         }
         Ok(words)
     }
@@ -593,12 +610,13 @@ fn decode(point: &PointSpec, block: &ReadBlock, words: &Words) -> Reading {
     }
 }
 
-/// Serves every device of one bus until `shutdown`, sending one sample per
-/// poll to `samples` (waiting when it is full: backpressure, not loss).
+/// Serves every device of one bus until `shutdown`, handing one sample per
+/// poll to `samples` (waiting when it is full: backpressure, not loss; what
+/// was read before `shutdown` is handed over too).
 pub async fn run_bus(
     spec: BusSpec,
     monitor: BusMonitor,
-    samples: mpsc::Sender<Sample>,
+    samples: SampleSink,
     mut writes: mpsc::Receiver<WriteRequest>,
     shutdown: CancellationToken,
 ) {
@@ -606,7 +624,7 @@ pub async fn run_bus(
         return;
     }
     let mut bus = Bus::new(spec, monitor);
-    'serve: loop {
+    loop {
         let (index, at) = bus.next();
         tokio::select! {
             biased;
@@ -619,11 +637,9 @@ pub async fn run_bus(
             }
             _ = sleep_until(at) => {}
         }
-        for sample in bus.poll(index).await {
-            tokio::select! {
-                _ = shutdown.cancelled() => break 'serve,
-                sent = samples.send(sample) => if sent.is_err() { break 'serve },
-            }
+        let read = bus.poll(index).await;
+        if samples.send_all(read, &shutdown).await.is_err() {
+            break;
         }
     }
     while let Ok(request) = writes.try_recv() {
@@ -631,5 +647,199 @@ pub async fn run_bus(
     }
     if let Some(mut context) = bus.context.take() {
         let _ = timeout(Duration::from_millis(200), context.disconnect()).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Edge cases of one link, against a Modbus TCP peer of the test's own
+    //! that misbehaves on purpose (interoperability is proven against
+    //! pymodbus in the end-to-end tests).
+
+    use std::sync::atomic::{AtomicU64, AtomicUsize};
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    use super::*;
+    use crate::point::{ByteOrder, DataType};
+
+    /// How the peer answers one read of holding registers.
+    #[derive(Clone, Copy)]
+    enum Answer {
+        Correct,
+        /// One register fewer than asked for.
+        Short,
+    }
+
+    /// A Modbus TCP peer answering reads of holding registers (value: the
+    /// address). `answer(connection, request)` decides each reply, both
+    /// counted from 0; `on_request` runs before each reply.
+    async fn peer(
+        answer: impl Fn(usize, usize) -> Answer + Send + Sync + 'static,
+        on_request: impl Fn() + Send + Sync + 'static,
+    ) -> (String, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let (answer, on_request) = (Arc::new(answer), Arc::new(on_request));
+        let counted = connections.clone();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let connection = counted.fetch_add(1, Ordering::SeqCst);
+                let (answer, on_request) = (answer.clone(), on_request.clone());
+                tokio::spawn(async move {
+                    let mut request = 0;
+                    let mut frame = [0u8; 12];
+                    while stream.read_exact(&mut frame).await.is_ok() {
+                        on_request();
+                        let start = u16::from_be_bytes([frame[8], frame[9]]);
+                        let mut count = u16::from_be_bytes([frame[10], frame[11]]);
+                        if let Answer::Short = answer(connection, request) {
+                            count -= 1;
+                        }
+                        let mut pdu = vec![frame[7], (count * 2) as u8];
+                        for register in start..start + count {
+                            pdu.extend_from_slice(&register.to_be_bytes());
+                        }
+                        let mut reply = frame[..4].to_vec();
+                        reply.extend_from_slice(&(pdu.len() as u16 + 1).to_be_bytes());
+                        reply.push(frame[6]);
+                        reply.extend_from_slice(&pdu);
+                        if stream.write_all(&reply).await.is_err() {
+                            return;
+                        }
+                        request += 1;
+                    }
+                });
+            }
+        });
+        (address, connections)
+    }
+
+    fn bus(address: String) -> BusSpec {
+        let point = |name: &str, address| PointSpec {
+            name: name.into(),
+            area: Area::Holding,
+            address,
+            data_type: DataType::U16,
+            order: ByteOrder::Abcd,
+            scale: 1.0,
+            offset: 0.0,
+            unit: None,
+            writable: false,
+            bit: None,
+            length: None,
+        };
+        BusSpec {
+            name: "plc".into(),
+            link: Link::Tcp { address },
+            devices: vec![DeviceSpec {
+                name: "plc".into(),
+                unit_id: 1,
+                poll_interval: Duration::from_millis(20),
+                timeout: Duration::from_secs(5),
+                max_gap: 0,
+                points: vec![point("a", 3), point("b", 4)],
+            }],
+        }
+    }
+
+    fn good(sample: &Sample) -> bool {
+        sample.good_count() == sample.points.len()
+    }
+
+    #[tokio::test]
+    async fn a_short_reply_reopens_the_connection() {
+        let (address, connections) = peer(
+            |connection, request| match (connection, request) {
+                (0, 0) => Answer::Short,
+                _ => Answer::Correct,
+            },
+            || {},
+        )
+        .await;
+        let spec = bus(address);
+        let monitor = BusMonitor::new(&spec);
+        let health = monitor.devices[0].clone();
+        let (tx, mut rx) = mpsc::channel(16);
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(run_bus(
+            spec,
+            monitor,
+            SampleSink::new(tx, Duration::from_secs(1), Arc::default()),
+            mpsc::channel(1).1,
+            stop.clone(),
+        ));
+        let first = rx.recv().await.unwrap();
+        assert!(!good(&first), "{first:?}");
+        let second = rx.recv().await.unwrap();
+        assert!(good(&second), "{second:?}");
+        assert_eq!(
+            connections.load(Ordering::SeqCst),
+            2,
+            "the read after the short reply came on a new connection"
+        );
+        assert_eq!(health.errors.load(Ordering::Relaxed), 1);
+        stop.cancel();
+        task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_sample_read_when_the_stop_comes_is_still_handed_over() {
+        let stop = CancellationToken::new();
+        // The stop arrives while the device is being read.
+        let stopping = stop.clone();
+        let (address, _) = peer(|_, _| Answer::Correct, move || stopping.cancel()).await;
+        let (tx, mut rx) = mpsc::channel(1);
+        // The channel is full: handing over has to wait for room.
+        tx.send(Sample {
+            device: "earlier".into(),
+            ts_ms: 0,
+            points: Vec::new(),
+        })
+        .await
+        .unwrap();
+        let spec = bus(address);
+        let monitor = BusMonitor::new(&spec);
+        let unsent = Arc::new(AtomicU64::new(0));
+        let task = tokio::spawn(run_bus(
+            spec,
+            monitor,
+            SampleSink::new(tx, Duration::from_secs(60), unsent.clone()),
+            mpsc::channel(1).1,
+            stop.clone(),
+        ));
+        stop.cancelled().await;
+        assert_eq!(&*rx.recv().await.unwrap().device, "earlier");
+        let read = rx.recv().await.expect("the sample read before the stop");
+        assert!(good(&read), "{read:?}");
+        task.await.unwrap();
+        assert!(rx.recv().await.is_none(), "one poll, one sample");
+        assert_eq!(unsent.load(Ordering::Relaxed), 0);
+    }
+
+    #[tokio::test]
+    async fn devices_behind_a_link_that_is_down_are_offline() {
+        let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = closed.local_addr().unwrap().to_string();
+        drop(closed);
+        let spec = bus(address);
+        let monitor = BusMonitor::new(&spec);
+        let health = monitor.devices[0].clone();
+        let (tx, mut rx) = mpsc::channel(16);
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(run_bus(
+            spec,
+            monitor,
+            SampleSink::new(tx, Duration::from_secs(1), Arc::default()),
+            mpsc::channel(1).1,
+            stop.clone(),
+        ));
+        let sample = rx.recv().await.unwrap();
+        assert!(!good(&sample));
+        assert_eq!(health.state(), "offline");
+        stop.cancel();
+        task.await.unwrap();
     }
 }

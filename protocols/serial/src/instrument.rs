@@ -11,9 +11,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kite_core::serial::SerialLine;
-use kite_core::{now_ms, Backoff, DeviceHealth, PointSample, Reading, Sample};
+use kite_core::{now_ms, Backoff, DeviceHealth, PointSample, Reading, Sample, SampleSink};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::mpsc;
 use tokio::time::{timeout, Instant, MissedTickBehavior};
 use tokio_serial::SerialStream;
 use tokio_util::sync::CancellationToken;
@@ -86,7 +85,7 @@ struct Instrument {
     spec: InstrumentSpec,
     decoder: Box<dyn FrameDecoder>,
     health: Arc<DeviceHealth>,
-    samples: mpsc::Sender<Sample>,
+    samples: SampleSink,
     framer: Framer,
     events: Vec<FrameEvent>,
     /// Whether the last frame decoded, so that a run of failures logs once.
@@ -148,10 +147,10 @@ impl Instrument {
             ts_ms: now_ms(),
             points,
         };
-        tokio::select! {
-            _ = shutdown.cancelled() => Err(Ended::Shutdown),
-            sent = self.samples.send(sample) => sent.map_err(|_| Ended::Shutdown),
-        }
+        self.samples
+            .send(sample, shutdown)
+            .await
+            .map_err(|_| Ended::Shutdown)
     }
 
     fn discard_partial(&mut self) {
@@ -269,12 +268,13 @@ impl Instrument {
 }
 
 /// Runs one instrument until `shutdown`, reopening its port with back-off
-/// whenever it fails or disappears.
+/// whenever it fails or disappears. What was read before `shutdown` is
+/// handed over too.
 pub async fn run_instrument(
     spec: InstrumentSpec,
     decoder: Box<dyn FrameDecoder>,
     health: Arc<DeviceHealth>,
-    samples: mpsc::Sender<Sample>,
+    samples: SampleSink,
     shutdown: CancellationToken,
 ) {
     let framer = match Framer::new(spec.framing.clone(), spec.max_frame) {
@@ -300,6 +300,7 @@ pub async fn run_instrument(
         let ended = match instrument.spec.line.open() {
             Ok(mut port) => {
                 info!(device = %instrument.spec.name, port = %instrument.spec.line.port, "port open");
+                instrument.health.offline.store(false, Ordering::Relaxed);
                 backoff.reset();
                 instrument.discard_partial();
                 match instrument.spec.request.clone() {
@@ -314,6 +315,7 @@ pub async fn run_instrument(
         };
         DeviceHealth::count(&instrument.health.errors);
         instrument.health.set_last_error(reason.clone());
+        instrument.health.offline.store(true, Ordering::Relaxed);
         let delay = backoff.next_delay();
         warn!(device = %instrument.spec.name, error = %reason, retry_in = ?delay, "serial port unavailable");
         let bad = instrument

@@ -7,7 +7,17 @@
 //! buffer. The buffer is the source of truth; a row is deleted only when a
 //! PUBACK arrives whose packet id was assigned to that row's publish on the
 //! current connection. Duplicates after a reconnect are possible (consumers
-//! drop them by `seq`); loss is not.
+//! drop them by `seq`); loss is not. A row the broker can never take (larger
+//! than `mqtt.max_message_bytes`, or not a valid message) is set aside in
+//! the buffer, counted, so that no single row can block delivery.
+//!
+//! Write requests from the cloud are checked here and handed to their
+//! device's link; every result goes through the buffer like any message
+//! (see [`WriteOutcome`]), so a result is not lost in an outage.
+//!
+//! [`wire`] owns every topic and payload.
+
+pub mod wire;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -21,14 +31,14 @@ use rumqttc::{
     Publish, QoS, TlsConfiguration, Transport,
 };
 use serde::Deserialize;
-use serde_json::json;
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::buffer::{BufferError, Kind, Record};
-use crate::config::{MqttConfig, TlsFiles};
+use crate::buffer::{BufferError, Record};
+use crate::config::MqttConfig;
 use crate::vitals::{Current, Vitals};
+use wire::{Topics, WriteResult};
 
 /// How long a write waits for its device before the result says so.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -38,6 +48,9 @@ const MAX_CONCURRENT_WRITES: usize = 32;
 /// Where each device's write requests go.
 pub type WriteRoutes = HashMap<String, mpsc::Sender<WriteRequest>>;
 
+/// Longest request `id` a write result echoes, in bytes of JSON.
+const MAX_REQUEST_ID_BYTES: usize = 256;
+
 /// Counters an operator (and the status message) can read.
 #[derive(Debug, Default)]
 pub struct UplinkCounters {
@@ -45,58 +58,33 @@ pub struct UplinkCounters {
     pub acknowledged: AtomicU64,
     pub reconnects: AtomicU64,
     pub writes_rejected: AtomicU64,
+    /// Write results that could not be handed to the buffer (it was not
+    /// keeping up with a flood of requests); logged.
+    pub results_dropped: AtomicU64,
     /// Connections tried, successful or not: progress while the broker is away.
     pub attempts: AtomicU64,
     /// Between the broker's CONNACK and the loss of the connection.
     pub connected: AtomicBool,
 }
 
+/// The result of a write request, on its way to the buffer (and from
+/// there to `{device}/set/result`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct WriteOutcome {
+    pub device: String,
+    pub ts_ms: i64,
+    pub result: WriteResult,
+}
+
 pub struct Uplink {
     config: MqttConfig,
-    gateway_id: String,
+    topics: Topics,
     routes: Arc<Current<WriteRoutes>>,
-    /// Built (TLS files read) when the uplink is made, so a reload can refuse bad settings.
+    /// Where write results go: to the ingest task, which stores them.
+    results: mpsc::Sender<WriteOutcome>,
     options: MqttOptions,
     /// Also the uplink's way to the buffer (`vitals.buffer`) and its counters.
     vitals: Arc<Vitals>,
-}
-
-/// The topics of one gateway.
-struct Topics {
-    base: String,
-}
-
-impl Topics {
-    fn new(config: &MqttConfig, gateway_id: &str) -> Self {
-        Self {
-            base: format!("{}/{gateway_id}", config.topic_prefix),
-        }
-    }
-
-    /// Where a buffered row is published.
-    fn for_record(&self, record: &Record) -> String {
-        match record.kind {
-            Kind::Telemetry => format!("{}/{}", self.base, record.device),
-            Kind::Event => format!("{}/events", self.base),
-        }
-    }
-    fn status(&self) -> String {
-        format!("{}/status", self.base)
-    }
-    fn set_topic(&self, device: &str) -> String {
-        format!("{}/{device}/set", self.base)
-    }
-    fn set_filter(&self) -> String {
-        format!("{}/+/set", self.base)
-    }
-    /// The device a `.../{device}/set` topic addresses.
-    fn set_device<'t>(&self, topic: &'t str) -> Option<&'t str> {
-        topic
-            .strip_prefix(&self.base)?
-            .strip_prefix('/')?
-            .strip_suffix("/set")
-            .filter(|device| !device.contains('/'))
-    }
 }
 
 /// What ended a connection.
@@ -113,12 +101,6 @@ struct SetRequest {
     id: serde_json::Value,
     point: String,
     value: serde_json::Value,
-}
-
-/// A result on its way to `.../set/result`.
-struct SetResult {
-    device: String,
-    payload: String,
 }
 
 /// Which buffered row each publish of one connection carries. Pure state:
@@ -147,6 +129,11 @@ impl Delivery {
         }
     }
 
+    /// The row `seq` was not published (it was set aside); reading goes on after it.
+    fn skipped(&mut self, seq: i64) {
+        self.sent_up_to = self.sent_up_to.max(seq);
+    }
+
     /// rumqttc wrote the next publish with packet id `pkid`.
     fn assigned(&mut self, pkid: u16) {
         if let Some(Some(seq)) = self.awaiting_pkid.pop_front() {
@@ -167,48 +154,36 @@ impl Delivery {
 }
 
 impl Uplink {
-    /// Fails when the TLS files cannot be used.
     pub fn new(
         config: MqttConfig,
-        gateway_id: String,
+        gateway_id: &str,
         routes: Arc<Current<WriteRoutes>>,
+        results: mpsc::Sender<WriteOutcome>,
         vitals: Arc<Vitals>,
-    ) -> anyhow::Result<Self> {
-        let options = options(&config, &Topics::new(&config, &gateway_id))?;
-        Ok(Self {
+    ) -> Self {
+        let topics = Topics::new(&config.topic_prefix, gateway_id);
+        Self {
+            options: options(&config, &topics),
             config,
-            gateway_id,
+            topics,
             routes,
-            options,
+            results,
             vitals,
-        })
-    }
-
-    fn topics(&self) -> Topics {
-        Topics::new(&self.config, &self.gateway_id)
+        }
     }
 
     /// Runs until `shutdown`; then delivers what it can within the flush
     /// timeout, marks the gateway offline and disconnects.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let options = self.options.clone();
-        let (results_tx, mut results_rx) = mpsc::channel(64);
         let writes = Arc::new(Semaphore::new(MAX_CONCURRENT_WRITES));
         let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(10));
         loop {
             self.vitals.uplink.attempts.fetch_add(1, Ordering::Relaxed);
-            let (client, eventloop) =
-                AsyncClient::new(options.clone(), usize::from(self.config.max_inflight) + 64);
-            let ended = self
-                .connection(
-                    client,
-                    eventloop,
-                    &shutdown,
-                    &results_tx,
-                    &mut results_rx,
-                    &writes,
-                )
-                .await;
+            let (client, eventloop) = AsyncClient::new(
+                self.options.clone(),
+                usize::from(self.config.max_inflight) + 64,
+            );
+            let ended = self.connection(client, eventloop, &shutdown, &writes).await;
             self.vitals.uplink.connected.store(false, Ordering::Relaxed);
             match ended {
                 Ended::Shutdown => return Ok(()),
@@ -239,11 +214,9 @@ impl Uplink {
         client: AsyncClient,
         mut eventloop: EventLoop,
         shutdown: &CancellationToken,
-        results_tx: &mpsc::Sender<SetResult>,
-        results_rx: &mut mpsc::Receiver<SetResult>,
         writes: &Arc<Semaphore>,
     ) -> Ended {
-        let topics = self.topics();
+        let topics = &self.topics;
         let window = usize::from(self.config.max_inflight);
         let mut last_seq = self.vitals.buffer.last_seq();
         let mut delivery = Delivery::default();
@@ -290,7 +263,7 @@ impl Uplink {
                         if let Err(e) = client.try_subscribe(topics.set_filter(), QoS::AtLeastOnce) {
                             return lost(connected, e);
                         }
-                        if let Err(e) = self.publish_status(&client, &topics, &mut delivery).await {
+                        if let Err(e) = self.publish_status(&client, &mut delivery).await {
                             return lost(connected, e);
                         }
                     }
@@ -304,7 +277,7 @@ impl Uplink {
                         }
                     }
                     Ok(Event::Incoming(Incoming::Publish(publish))) => {
-                        self.on_set(&topics, &publish, results_tx, writes);
+                        self.on_set(&publish, writes);
                     }
                     Ok(_) => {}
                     Err(e) => return lost(connected, connection_error(e)),
@@ -317,8 +290,18 @@ impl Uplink {
                     };
                     let exhausted = records.len() < limit;
                     for record in records {
-                        let payload = message(&record);
-                        if let Err(e) = client.try_publish(topics.for_record(&record), QoS::AtLeastOnce, false, payload) {
+                        let topic = topics.for_record(&record);
+                        let payload = match self.deliverable(&topic, &record) {
+                            Ok(payload) => payload,
+                            Err(reason) => {
+                                if let Err(e) = self.vitals.buffer.set_aside(record.seq, reason).await {
+                                    return lost(connected, e);
+                                }
+                                delivery.skipped(record.seq);
+                                continue;
+                            }
+                        };
+                        if let Err(e) = client.try_publish(topic, QoS::AtLeastOnce, false, payload) {
                             return lost(connected, e);
                         }
                         self.vitals.uplink.published.fetch_add(1, Ordering::Relaxed);
@@ -334,15 +317,8 @@ impl Uplink {
                         return lost(connected, "the buffer has stopped");
                     }
                 }
-                Some(result) = results_rx.recv(), if connected => {
-                    let topic = format!("{}/result", topics.set_topic(&result.device));
-                    if let Err(e) = client.try_publish(topic, QoS::AtLeastOnce, false, result.payload) {
-                        return lost(connected, e);
-                    }
-                    delivery.sent(None);
-                }
                 _ = status_tick.tick(), if connected => {
-                    if let Err(e) = self.publish_status(&client, &topics, &mut delivery).await {
+                    if let Err(e) = self.publish_status(&client, &mut delivery).await {
                         return lost(connected, e);
                     }
                 }
@@ -350,10 +326,22 @@ impl Uplink {
         }
     }
 
+    /// The payload of `record` for `topic`, or why the broker can never take it.
+    fn deliverable(&self, topic: &str, record: &Record) -> Result<String, String> {
+        let payload = wire::message(record).map_err(|e| e.to_string())?;
+        let size = topic.len() + payload.len();
+        if size > self.config.max_message_bytes {
+            return Err(format!(
+                "{size} bytes, over mqtt.max_message_bytes ({})",
+                self.config.max_message_bytes
+            ));
+        }
+        Ok(payload)
+    }
+
     async fn publish_status(
         &self,
         client: &AsyncClient,
-        topics: &Topics,
         delivery: &mut Delivery,
     ) -> Result<(), String> {
         let stats = self
@@ -362,9 +350,21 @@ impl Uplink {
             .stats()
             .await
             .map_err(|e| e.to_string())?;
-        let payload = self.vitals.status_json(&stats);
+        let topic = self.topics.status();
+        let mut payload = self.vitals.status_json(&stats).to_string();
+        if topic.len() + payload.len() > self.config.max_message_bytes {
+            // The details of very many devices do not fit; the totals do,
+            // and the local API shows the rest.
+            let mut status = self.vitals.status_json(&stats);
+            for details in ["devices", "buses", "plugins"] {
+                status[details] = serde_json::json!({});
+            }
+            status["details_omitted"] =
+                "larger than mqtt.max_message_bytes: see /status on the gateway's local API".into();
+            payload = status.to_string();
+        }
         client
-            .try_publish(topics.status(), QoS::AtLeastOnce, true, payload.to_string())
+            .try_publish(topic, QoS::AtLeastOnce, true, payload)
             .map_err(|e| e.to_string())?;
         delivery.sent(None);
         Ok(())
@@ -377,9 +377,13 @@ impl Uplink {
         } else {
             warn!("stopping with messages still buffered; they are delivered after the next start");
         }
-        let offline = json!({"state": "offline"}).to_string();
         if client
-            .try_publish(self.topics().status(), QoS::AtLeastOnce, true, offline)
+            .try_publish(
+                self.topics.status(),
+                QoS::AtLeastOnce,
+                true,
+                wire::offline(),
+            )
             .is_err()
         {
             return;
@@ -397,15 +401,9 @@ impl Uplink {
     }
 
     /// Checks a write request and hands it to its device; the result is
-    /// published whatever happens, so every request gets an answer.
-    fn on_set(
-        &self,
-        topics: &Topics,
-        publish: &Publish,
-        results: &mpsc::Sender<SetResult>,
-        writes: &Arc<Semaphore>,
-    ) {
-        let Some(device) = topics.set_device(&publish.topic) else {
+    /// stored and published whatever happens, so every request gets an answer.
+    fn on_set(&self, publish: &Publish, writes: &Arc<Semaphore>) {
+        let Some(device) = self.topics.set_device(&publish.topic) else {
             return;
         };
         let device = device.to_string();
@@ -413,7 +411,6 @@ impl Uplink {
         if publish.retain {
             // A retained command would run again on every reconnect.
             self.reject(
-                results,
                 device,
                 request_id(payload),
                 None,
@@ -425,7 +422,6 @@ impl Uplink {
             Ok(request) => request,
             Err(e) => {
                 self.reject(
-                    results,
                     device,
                     request_id(payload),
                     None,
@@ -434,9 +430,17 @@ impl Uplink {
                 return;
             }
         };
+        if request.id.to_string().len() > MAX_REQUEST_ID_BYTES {
+            self.reject(
+                device,
+                serde_json::Value::Null,
+                Some(request.point),
+                format!("bad request: the id is longer than {MAX_REQUEST_ID_BYTES} bytes"),
+            );
+            return;
+        }
         let Some(route) = self.routes.get().get(&device).cloned() else {
             self.reject(
-                results,
                 device.clone(),
                 request.id,
                 Some(request.point),
@@ -446,7 +450,6 @@ impl Uplink {
         };
         let Ok(permit) = writes.clone().try_acquire_owned() else {
             self.reject(
-                results,
                 device,
                 request.id,
                 Some(request.point),
@@ -454,7 +457,7 @@ impl Uplink {
             );
             return;
         };
-        let results = results.clone();
+        let results = self.results.clone();
         let counters = self.vitals.uplink.clone();
         tokio::spawn(async move {
             let _permit = permit;
@@ -466,7 +469,12 @@ impl Uplink {
                 reply,
             };
             let outcome = match route.try_send(write) {
-                Err(_) => Err("busy: the device has too many writes queued".to_string()),
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    Err("busy: the device has too many writes queued".to_string())
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    Err(WriteError::ShuttingDown.to_string())
+                }
                 Ok(()) => match tokio::time::timeout(WRITE_TIMEOUT, response).await {
                     Err(_) => Err(format!(
                         "no answer from the device within {WRITE_TIMEOUT:?}"
@@ -475,42 +483,54 @@ impl Uplink {
                     Ok(Ok(result)) => result.map_err(|e| e.to_string()),
                 },
             };
-            let payload = match &outcome {
-                Ok(()) => json!({"id": request.id, "point": request.point, "ok": true}),
+            match &outcome {
+                Ok(()) => info!(device = %device, point = %request.point, "write done"),
                 Err(error) => {
                     counters.writes_rejected.fetch_add(1, Ordering::Relaxed);
                     warn!(device = %device, point = %request.point, %error, "write failed");
-                    json!({"id": request.id, "point": request.point, "ok": false, "error": error})
                 }
-            };
-            if outcome.is_ok() {
-                info!(device = %device, point = %request.point, "write done");
             }
-            let _ = results
-                .send(SetResult {
-                    device,
-                    payload: payload.to_string(),
-                })
-                .await;
+            let result = WriteResult {
+                id: request.id,
+                point: Some(request.point),
+                ok: outcome.is_ok(),
+                error: outcome.err(),
+            };
+            let outcome = WriteOutcome {
+                device,
+                ts_ms: kite_core::now_ms(),
+                result,
+            };
+            // Bounded by the write permits; waits while the buffer catches up.
+            if results.send(outcome).await.is_err() {
+                counters.results_dropped.fetch_add(1, Ordering::Relaxed);
+                warn!("the gateway stopped before a write result could be stored");
+            }
         });
     }
 
-    fn reject(
-        &self,
-        results: &mpsc::Sender<SetResult>,
-        device: String,
-        id: serde_json::Value,
-        point: Option<String>,
-        error: String,
-    ) {
+    fn reject(&self, device: String, id: serde_json::Value, point: Option<String>, error: String) {
         self.vitals
             .uplink
             .writes_rejected
             .fetch_add(1, Ordering::Relaxed);
         warn!(device = %device, %error, "write rejected");
-        let payload = json!({"id": id, "point": point, "ok": false, "error": error}).to_string();
-        if results.try_send(SetResult { device, payload }).is_err() {
-            warn!("write results are backing up; a result was not sent");
+        let outcome = WriteOutcome {
+            device,
+            ts_ms: kite_core::now_ms(),
+            result: WriteResult {
+                id,
+                point,
+                ok: false,
+                error: Some(error),
+            },
+        };
+        if self.results.try_send(outcome).is_err() {
+            self.vitals
+                .uplink
+                .results_dropped
+                .fetch_add(1, Ordering::Relaxed);
+            warn!("write results are backing up; the result of a rejected request was dropped");
         }
     }
 }
@@ -520,6 +540,7 @@ fn request_id(payload: &[u8]) -> serde_json::Value {
     serde_json::from_slice::<serde_json::Value>(payload)
         .ok()
         .and_then(|v| v.get("id").cloned())
+        .filter(|id| id.to_string().len() <= MAX_REQUEST_ID_BYTES)
         .unwrap_or_default()
 }
 
@@ -539,8 +560,8 @@ fn connection_error(error: ConnectionError) -> String {
     error.to_string()
 }
 
-/// rumqttc's options for `config`; the TLS files are read here.
-fn options(config: &MqttConfig, topics: &Topics) -> anyhow::Result<MqttOptions> {
+/// rumqttc's options for `config`.
+fn options(config: &MqttConfig, topics: &Topics) -> MqttOptions {
     let mut options = MqttOptions::new(&config.client_id, &config.host, config.port);
     options
         .set_keep_alive(config.keep_alive)
@@ -550,7 +571,7 @@ fn options(config: &MqttConfig, topics: &Topics) -> anyhow::Result<MqttOptions> 
         .set_max_packet_size(256 << 10, 64 << 20)
         .set_last_will(LastWill::new(
             topics.status(),
-            json!({"state": "offline"}).to_string(),
+            wire::offline(),
             QoS::AtLeastOnce,
             true,
         ));
@@ -559,94 +580,15 @@ fn options(config: &MqttConfig, topics: &Topics) -> anyhow::Result<MqttOptions> 
     }
     if let Some(tls) = &config.tls {
         options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
-            Arc::new(tls_config(tls)?),
+            tls.client.clone(),
         )));
     }
-    Ok(options)
-}
-
-/// The message of one buffered row.
-pub fn message(record: &Record) -> String {
-    match record.kind {
-        Kind::Telemetry => {
-            let device = serde_json::to_string(&record.device).expect("a string serializes");
-            format!(
-                r#"{{"seq":{},"ts":{},"device":{},"points":{}}}"#,
-                record.seq, record.ts_ms, device, record.body
-            )
-        }
-        // The body is the event's own object; `seq` goes first.
-        Kind::Event => match record.body.strip_prefix('{') {
-            Some(rest) if rest.trim_start().starts_with('}') => {
-                format!(r#"{{"seq":{}}}"#, record.seq)
-            }
-            Some(rest) => format!(r#"{{"seq":{},{rest}"#, record.seq),
-            None => format!(r#"{{"seq":{}}}"#, record.seq),
-        },
-    }
-}
-
-fn tls_config(files: &TlsFiles) -> anyhow::Result<rustls::ClientConfig> {
-    use anyhow::Context as _;
-    let mut roots = rustls::RootCertStore::empty();
-    match &files.ca_file {
-        Some(path) => {
-            let pem =
-                std::fs::read(path).with_context(|| format!("mqtt.ca_file {}", path.display()))?;
-            for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
-                roots
-                    .add(cert.with_context(|| format!("mqtt.ca_file {}", path.display()))?)
-                    .with_context(|| format!("mqtt.ca_file {}", path.display()))?;
-            }
-        }
-        None => {
-            let native = rustls_native_certs::load_native_certs();
-            for cert in native.certs {
-                let _ = roots.add(cert);
-            }
-        }
-    }
-    if roots.is_empty() {
-        anyhow::bail!("no trusted CA certificates for mqtts://: set mqtt.ca_file");
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots);
-    Ok(match &files.client_auth {
-        None => builder.with_no_client_auth(),
-        Some((cert_path, key_path)) => {
-            let cert_pem = std::fs::read(cert_path)
-                .with_context(|| format!("mqtt.cert_file {}", cert_path.display()))?;
-            let certs = rustls_pemfile::certs(&mut cert_pem.as_slice())
-                .collect::<Result<Vec<_>, _>>()
-                .with_context(|| format!("mqtt.cert_file {}", cert_path.display()))?;
-            let key_pem = std::fs::read(key_path)
-                .with_context(|| format!("mqtt.key_file {}", key_path.display()))?;
-            let key = rustls_pemfile::private_key(&mut key_pem.as_slice())
-                .with_context(|| format!("mqtt.key_file {}", key_path.display()))?
-                .with_context(|| {
-                    format!("mqtt.key_file {}: no private key found", key_path.display())
-                })?;
-            builder.with_client_auth_cert(certs, key)?
-        }
-    })
+    options
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn set_topics_name_exactly_one_device() {
-        let topics = Topics {
-            base: "kite/gw".into(),
-        };
-        assert_eq!(topics.set_device("kite/gw/boiler-1/set"), Some("boiler-1"));
-        assert_eq!(topics.set_device("kite/gw/a/b/set"), None);
-        assert_eq!(topics.set_device("kite/gw2/boiler-1/set"), None);
-        assert_eq!(topics.set_device("kite/gw/boiler-1/set/result"), None);
-    }
 
     #[test]
     fn acks_map_to_the_rows_their_publish_carried() {
@@ -683,35 +625,5 @@ mod tests {
         );
         assert_eq!(delivery.acknowledged(3), Some(11));
         assert_eq!(delivery.unacknowledged(), 0);
-    }
-
-    #[test]
-    fn message_wraps_the_stored_points() {
-        let record = Record {
-            seq: 7,
-            kind: Kind::Telemetry,
-            ts_ms: 1000,
-            device: "b\"1".into(),
-            body: r#"{"t":{"value":1,"quality":"good"}}"#.into(),
-        };
-        let parsed: serde_json::Value = serde_json::from_str(&message(&record)).unwrap();
-        assert_eq!(parsed["seq"], 7);
-        assert_eq!(parsed["ts"], 1000);
-        assert_eq!(parsed["device"], "b\"1");
-        assert_eq!(parsed["points"]["t"]["value"], 1);
-        let event = Record {
-            seq: 8,
-            kind: Kind::Event,
-            ts_ms: 1000,
-            device: "overheat".into(),
-            body: r#"{"ts":1000,"plugin":"overheat","severity":"critical","message":"hot"}"#.into(),
-        };
-        let parsed: serde_json::Value = serde_json::from_str(&message(&event)).unwrap();
-        assert_eq!(parsed["seq"], 8);
-        assert_eq!(parsed["severity"], "critical");
-        assert_eq!(
-            Topics { base: "k/g".into() }.for_record(&event),
-            "k/g/events"
-        );
     }
 }

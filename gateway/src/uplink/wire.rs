@@ -1,0 +1,428 @@
+//! Kite's JSON format on the wire, in one place: every topic, and every
+//! payload built with serde (telemetry, plug-in events, write results, the
+//! offline state), and how a sample becomes buffered rows that each fit one
+//! MQTT message.
+
+use kite_core::{points_json, PointSample, Reading, Sample};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::buffer::{Kind, NewRecord, Record};
+
+/// Bytes of a telemetry message besides its topic, device name and points:
+/// `{"seq":…,"ts":…,"device":…,"points":}` with 20-digit numbers, and the
+/// MQTT header and packet id.
+const ENVELOPE_BYTES: usize = 96;
+
+/// The topics of one gateway: everything under `{prefix}/{gateway}`.
+#[derive(Debug, Clone)]
+pub struct Topics {
+    base: String,
+}
+
+impl Topics {
+    pub fn new(prefix: &str, gateway_id: &str) -> Self {
+        Self {
+            base: format!("{prefix}/{gateway_id}"),
+        }
+    }
+
+    pub fn telemetry(&self, device: &str) -> String {
+        format!("{}/{device}", self.base)
+    }
+    pub fn events(&self) -> String {
+        format!("{}/events", self.base)
+    }
+    pub fn status(&self) -> String {
+        format!("{}/status", self.base)
+    }
+    pub fn set(&self, device: &str) -> String {
+        format!("{}/{device}/set", self.base)
+    }
+    pub fn set_filter(&self) -> String {
+        format!("{}/+/set", self.base)
+    }
+    pub fn set_result(&self, device: &str) -> String {
+        format!("{}/{device}/set/result", self.base)
+    }
+
+    /// The device a `.../{device}/set` topic addresses.
+    pub fn set_device<'t>(&self, topic: &'t str) -> Option<&'t str> {
+        topic
+            .strip_prefix(&self.base)?
+            .strip_prefix('/')?
+            .strip_suffix("/set")
+            .filter(|device| !device.contains('/'))
+    }
+
+    /// Where a buffered row is published.
+    pub fn for_record(&self, record: &Record) -> String {
+        match record.kind {
+            Kind::Telemetry => self.telemetry(&record.device),
+            Kind::Event => self.events(),
+            Kind::WriteResult => self.set_result(&record.device),
+        }
+    }
+
+    /// Room for the `points` object of a telemetry message of `device`
+    /// within `max_message_bytes`.
+    pub fn points_budget(&self, device: &str, max_message_bytes: usize) -> usize {
+        let device_json = serde_json::to_string(device).map_or(0, |text| text.len());
+        max_message_bytes
+            .saturating_sub(self.telemetry(device).len() + device_json + ENVELOPE_BYTES)
+    }
+}
+
+/// A telemetry message; without `seq` where nothing was stored (`kite
+/// plugin test`).
+#[derive(Serialize)]
+pub struct Telemetry<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seq: Option<i64>,
+    pub ts: i64,
+    pub device: &'a str,
+    pub points: &'a RawValue,
+}
+
+/// A plug-in's event as it is stored; published with `seq` first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    pub ts: i64,
+    pub plugin: String,
+    pub severity: String,
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub point: Option<String>,
+}
+
+impl From<&kite_plugins::runner::PluginEvent> for Event {
+    fn from(event: &kite_plugins::runner::PluginEvent) -> Self {
+        Self {
+            ts: event.ts,
+            plugin: event.plugin.clone(),
+            severity: event.severity.to_string(),
+            message: event.message.clone(),
+            device: event.device.clone(),
+            point: event.point.clone(),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Sequenced<'a, T> {
+    seq: i64,
+    #[serde(flatten)]
+    body: &'a T,
+}
+
+/// The answer to a write request, on `{device}/set/result`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct WriteResult {
+    /// The request's `id`, whatever JSON it was.
+    pub id: serde_json::Value,
+    pub point: Option<String>,
+    pub ok: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// The retained status while the gateway is away (last will, clean stop).
+pub fn offline() -> String {
+    serde_json::json!({"state": "offline"}).to_string()
+}
+
+/// A stored row that cannot be made into a message.
+#[derive(Debug, thiserror::Error)]
+#[error("row {seq} is not a valid {kind:?} message: {source}")]
+pub struct BadRow {
+    seq: i64,
+    kind: Kind,
+    source: serde_json::Error,
+}
+
+/// The payload of one buffered row.
+pub fn message(record: &Record) -> Result<String, BadRow> {
+    let bad = |source| BadRow {
+        seq: record.seq,
+        kind: record.kind,
+        source,
+    };
+    match record.kind {
+        Kind::Telemetry => {
+            let points: &RawValue = serde_json::from_str(&record.body).map_err(bad)?;
+            serde_json::to_string(&Telemetry {
+                seq: Some(record.seq),
+                ts: record.ts_ms,
+                device: &record.device,
+                points,
+            })
+            .map_err(bad)
+        }
+        Kind::Event => {
+            let event: Event = serde_json::from_str(&record.body).map_err(bad)?;
+            serde_json::to_string(&Sequenced {
+                seq: record.seq,
+                body: &event,
+            })
+            .map_err(bad)
+        }
+        Kind::WriteResult => {
+            // Stored whole, as published.
+            let result: &RawValue = serde_json::from_str(&record.body).map_err(bad)?;
+            Ok(result.get().to_string())
+        }
+    }
+}
+
+/// The rows to store for one event.
+pub fn event_record(event: &Event) -> NewRecord {
+    NewRecord {
+        kind: Kind::Event,
+        ts_ms: event.ts,
+        device: event.plugin.clone(),
+        body: serde_json::to_string(event).expect("an event serializes"),
+    }
+}
+
+/// The row to store for one write result.
+pub fn result_record(device: &str, ts_ms: i64, result: &WriteResult) -> NewRecord {
+    NewRecord {
+        kind: Kind::WriteResult,
+        ts_ms,
+        device: device.to_string(),
+        body: serde_json::to_string(result).expect("a write result serializes"),
+    }
+}
+
+/// The telemetry rows of one sample, each of which fits a message whose
+/// `points` object may be `budget` bytes long: one row, or (for a device
+/// with more points than one message carries) several rows with the same
+/// time, the points split between them in order. A single point too large
+/// for a message of its own is sent as a bad reading saying so; the second
+/// value is how many were.
+pub fn telemetry_records(sample: &Sample, budget: usize) -> (Vec<NewRecord>, u64) {
+    let record = |body| NewRecord {
+        kind: Kind::Telemetry,
+        ts_ms: sample.ts_ms,
+        device: sample.device.to_string(),
+        body,
+    };
+    let whole = points_json(&sample.points);
+    if whole.len() <= budget {
+        return (vec![record(whole)], 0);
+    }
+    let mut too_large = 0;
+    let mut records = Vec::new();
+    let mut chunk: Vec<PointSample> = Vec::new();
+    // `{}` around the entries, a comma between them.
+    let mut chunk_len = 2;
+    for point in &sample.points {
+        let mut point = point.clone();
+        let mut len = points_json(std::slice::from_ref(&point)).len() - 2;
+        if len + 2 > budget {
+            too_large += 1;
+            point.reading = Reading::Bad(format!(
+                "value too large for one message ({len} bytes of JSON; mqtt.max_message_bytes)"
+            ));
+            len = points_json(std::slice::from_ref(&point)).len() - 2;
+        }
+        let separator = usize::from(!chunk.is_empty());
+        if !chunk.is_empty() && chunk_len + separator + len > budget {
+            records.push(record(points_json(&chunk)));
+            chunk.clear();
+            chunk_len = 2;
+        }
+        chunk_len += usize::from(!chunk.is_empty()) + len;
+        chunk.push(point);
+    }
+    if !chunk.is_empty() {
+        records.push(record(points_json(&chunk)));
+    }
+    (records, too_large)
+}
+
+#[cfg(test)]
+mod tests {
+    use kite_core::Value;
+
+    use super::*;
+
+    fn point(name: &str, reading: Reading) -> PointSample {
+        PointSample {
+            name: name.into(),
+            unit: None,
+            reading,
+        }
+    }
+
+    fn row(seq: i64, kind: Kind, device: &str, body: &str) -> Record {
+        Record {
+            seq,
+            kind,
+            ts_ms: 1000,
+            device: device.into(),
+            body: body.into(),
+        }
+    }
+
+    #[test]
+    fn set_topics_name_exactly_one_device() {
+        let topics = Topics::new("kite", "gw");
+        assert_eq!(topics.set_device("kite/gw/boiler-1/set"), Some("boiler-1"));
+        assert_eq!(topics.set_device("kite/gw/a/b/set"), None);
+        assert_eq!(topics.set_device("kite/gw2/boiler-1/set"), None);
+        assert_eq!(topics.set_device("kite/gw/boiler-1/set/result"), None);
+    }
+
+    #[test]
+    fn every_kind_of_row_becomes_its_message() {
+        let topics = Topics::new("k", "g");
+        let telemetry = row(
+            7,
+            Kind::Telemetry,
+            "b\"1",
+            r#"{"t":{"value":1,"quality":"good"}}"#,
+        );
+        let parsed: serde_json::Value =
+            serde_json::from_str(&message(&telemetry).unwrap()).unwrap();
+        assert_eq!(
+            parsed,
+            serde_json::json!({"seq": 7, "ts": 1000, "device": "b\"1",
+                "points": {"t": {"value": 1, "quality": "good"}}})
+        );
+        assert_eq!(topics.for_record(&telemetry), "k/g/b\"1");
+
+        let event = Event {
+            ts: 1000,
+            plugin: "overheat".into(),
+            severity: "critical".into(),
+            message: "hot".into(),
+            device: Some("boiler".into()),
+            point: None,
+        };
+        let stored = event_record(&event);
+        let published = message(&row(8, Kind::Event, &stored.device, &stored.body)).unwrap();
+        assert!(published.starts_with(r#"{"seq":8,"#), "{published}");
+        let parsed: serde_json::Value = serde_json::from_str(&published).unwrap();
+        assert_eq!(
+            parsed,
+            serde_json::json!({"seq": 8, "ts": 1000, "plugin": "overheat",
+                "severity": "critical", "message": "hot", "device": "boiler"})
+        );
+        assert_eq!(
+            topics.for_record(&row(8, Kind::Event, "overheat", "")),
+            "k/g/events"
+        );
+
+        let result = WriteResult {
+            id: serde_json::json!("r-1"),
+            point: Some("setpoint".into()),
+            ok: false,
+            error: Some("busy".into()),
+        };
+        let stored = result_record("boiler-1", 5, &result);
+        let published = message(&row(9, Kind::WriteResult, "boiler-1", &stored.body)).unwrap();
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(&published).unwrap(),
+            serde_json::json!({"id": "r-1", "point": "setpoint", "ok": false, "error": "busy"})
+        );
+        assert_eq!(
+            topics.for_record(&row(9, Kind::WriteResult, "boiler-1", "")),
+            "k/g/boiler-1/set/result"
+        );
+    }
+
+    #[test]
+    fn a_row_that_is_not_its_kind_is_an_error_not_a_made_up_message() {
+        for (kind, body) in [
+            (Kind::Telemetry, "not json"),
+            (Kind::Telemetry, r#"{"t":1"#),
+            (Kind::Event, "[]"),
+            (Kind::Event, r#"{"ts":1}"#),
+            (Kind::WriteResult, ""),
+        ] {
+            assert!(
+                message(&row(1, kind, "d", body)).is_err(),
+                "{kind:?} {body}"
+            );
+        }
+    }
+
+    fn sample(points: Vec<PointSample>) -> Sample {
+        Sample {
+            device: "meter".into(),
+            ts_ms: 42,
+            points,
+        }
+    }
+
+    #[test]
+    fn a_sample_that_fits_is_one_row() {
+        let sample = sample(vec![point("a", Reading::Good(Value::Int(1)))]);
+        let (rows, too_large) = telemetry_records(&sample, 1000);
+        assert_eq!(too_large, 0);
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].body, sample.points_json());
+        assert_eq!((rows[0].ts_ms, rows[0].device.as_str()), (42, "meter"));
+    }
+
+    #[test]
+    fn a_sample_too_large_for_one_message_is_split_in_order() {
+        let points: Vec<PointSample> = (0..500)
+            .map(|i| point(&format!("register_{i}"), Reading::Good(Value::Int(i))))
+            .collect();
+        let sample = sample(points.clone());
+        let budget = 1000;
+        let (rows, too_large) = telemetry_records(&sample, budget);
+        assert_eq!(too_large, 0);
+        assert!(rows.len() > 1);
+        let mut names = Vec::new();
+        for row in &rows {
+            assert!(row.body.len() <= budget, "{} > {budget}", row.body.len());
+            let object: serde_json::Map<String, serde_json::Value> =
+                serde_json::from_str(&row.body).unwrap();
+            names.extend(object.keys().cloned());
+            assert_eq!(row.ts_ms, 42);
+        }
+        let mut expected: Vec<String> = points.iter().map(|p| p.name.to_string()).collect();
+        expected.sort();
+        names.sort();
+        assert_eq!(names, expected, "every point, once");
+    }
+
+    #[test]
+    fn a_point_too_large_for_any_message_is_sent_bad() {
+        let sample = sample(vec![
+            point("small", Reading::Good(Value::Int(1))),
+            point("huge", Reading::Good(Value::Text("x".repeat(5000)))),
+        ]);
+        let (rows, too_large) = telemetry_records(&sample, 1000);
+        assert_eq!(too_large, 1);
+        let all: String = rows.iter().map(|r| r.body.as_str()).collect();
+        assert!(all.contains(r#""small":{"value":1"#), "{all}");
+        assert!(
+            all.contains(r#""huge":{"quality":"bad","error":"value too large"#),
+            "{all}"
+        );
+        assert!(rows.iter().all(|r| r.body.len() <= 1000));
+    }
+
+    #[test]
+    fn the_budget_leaves_room_for_the_envelope() {
+        let topics = Topics::new("kite", "gw");
+        let budget = topics.points_budget("meter", 1024);
+        let body = format!(r#"{{"p":{{"value":"{}"}}}}"#, "x".repeat(budget - 18));
+        assert_eq!(body.len(), budget);
+        let payload = message(&Record {
+            seq: i64::MAX,
+            kind: Kind::Telemetry,
+            ts_ms: i64::MIN,
+            device: "meter".into(),
+            body,
+        })
+        .unwrap();
+        assert!(payload.len() + topics.telemetry("meter").len() + 16 <= 1024);
+    }
+}
