@@ -293,6 +293,18 @@ async fn failing_devices_are_reported_and_do_not_disturb_the_others() {
         );
         good += 1;
     }
+    // Each device's state says what is happening to it, in the status and the metrics.
+    let (_, body) = kite.http("GET", "/status", None, "").await;
+    let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let devices = &status["devices"];
+    assert_eq!(devices["good"]["state"], "polling", "{devices}");
+    assert_eq!(devices["silent"]["state"], "quarantined", "{devices}");
+    assert_eq!(devices["refused"]["state"], "offline", "{devices}");
+    let (_, metrics) = kite.http("GET", "/metrics", None, "").await;
+    for (device, offline) in [("refused", 1), ("good", 0), ("silent", 0)] {
+        let series = format!("kite_device_offline{{device=\"{device}\"}} {offline}");
+        assert!(metrics.lines().any(|l| l == series), "{series}\n{metrics}");
+    }
     // Failing devices recover on their own: the daemon is still alive and well.
     assert!(!kite.log().contains("panicked"), "{}", kite.log());
 }

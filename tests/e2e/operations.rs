@@ -60,6 +60,33 @@ async fn health_metrics_status_and_log_level_over_http() {
         ) >= 1.0
     );
     assert!(page.contains("# TYPE kite_buffer_rows gauge"), "{page}");
+    // One family per summary, and every place that can drop or lose data has its counter.
+    assert_eq!(
+        page.matches("# TYPE kite_device_poll_duration_seconds summary")
+            .count(),
+        1,
+        "{page}"
+    );
+    assert!(!page.contains("# TYPE kite_device_poll_duration_seconds_sum"));
+    for family in [
+        "kite_buffer_dropped_total",
+        "kite_buffer_lost_total",
+        "kite_buffer_set_aside_total",
+        "kite_buffer_too_large_total",
+        "kite_buffer_commit_failures_total",
+        "kite_history_dropped_total",
+        "kite_uplink_results_dropped_total",
+        "kite_device_discarded_bytes_total",
+        "kite_bus_missed_polls_total",
+        "kite_plugin_lost_batches_total",
+        "kite_plugin_skipped_batches_total",
+    ] {
+        assert!(
+            page.contains(&format!("# TYPE {family} counter")),
+            "{family} missing:\n{page}"
+        );
+    }
+    assert_eq!(metric(&page, "kite_buffer_lost_total"), 0.0);
 
     let (code, body) = kite.http("GET", "/status", None, "").await;
     let status: Value = serde_json::from_str(&body).unwrap();
