@@ -22,9 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kite_core::serial::SerialLine;
-use kite_core::{
-    now_ms, Backoff, BusHealth, DeviceHealth, PointSample, Reading, Sample, SampleSink,
-};
+use kite_core::{now_ms, BusHealth, DeviceHealth, PointSample, Reading, Sample, SampleSink};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{sleep_until, timeout, Instant};
 use tokio_modbus::client::{Client, Context};
@@ -35,6 +33,7 @@ use tracing::{debug, info, trace, warn};
 
 use crate::plan::{plan_reads, ReadBlock};
 use crate::point::{Area, PointSpec, WriteError, WritePayload};
+use crate::schedule::Schedule;
 
 /// How the gateway reaches the devices of one bus.
 #[derive(Debug, Clone, PartialEq)]
@@ -193,15 +192,11 @@ enum Words {
     Bits(Vec<bool>),
 }
 
-/// One device's place in the schedule.
+/// One device on the link.
 struct Slot {
     spec: DeviceSpec,
     blocks: Vec<ReadBlock>,
     health: Arc<DeviceHealth>,
-    /// When the next poll (or, while quarantined, the next probe) is due.
-    due: Instant,
-    quarantine: Backoff,
-    quarantined: bool,
 }
 
 impl Slot {
@@ -229,40 +224,25 @@ impl Slot {
     }
 }
 
-/// Missed polls are logged at most this often per bus.
-const MISSED_POLL_LOG_INTERVAL: Duration = Duration::from_secs(60);
-
 struct Bus {
     name: Arc<str>,
     link: Link,
     health: Arc<BusHealth>,
     slots: Vec<Slot>,
+    schedule: Schedule,
     context: Option<Context>,
-    /// Set when the link failed: no attempt to reopen before then.
-    link_retry_at: Option<Instant>,
-    link_backoff: Backoff,
-    /// The line must stay silent until then before the next request.
-    quiet_until: Instant,
     connect_timeout: Duration,
-    missed_unlogged: u64,
-    missed_logged_at: Option<Instant>,
 }
 
 impl Bus {
     fn new(spec: BusSpec, monitor: BusMonitor) -> Self {
-        let now = Instant::now();
         let connect_timeout = spec
             .devices
             .iter()
             .map(|d| d.timeout)
             .max()
             .unwrap_or(Duration::from_secs(1));
-        let shortest_interval = spec
-            .devices
-            .iter()
-            .map(|d| d.poll_interval)
-            .min()
-            .unwrap_or(Duration::from_secs(1));
+        let intervals: Vec<Duration> = spec.devices.iter().map(|d| d.poll_interval).collect();
         let slots = spec
             .devices
             .into_iter()
@@ -271,43 +251,21 @@ impl Bus {
                 let blocks = plan_reads(&spec.points, spec.max_gap);
                 debug!(device = %spec.name, requests = blocks.len(), points = spec.points.len(), "read plan");
                 Slot {
-                    quarantine: probe_backoff(spec.poll_interval),
-                    quarantined: false,
                     blocks,
                     health,
-                    due: now,
                     spec,
                 }
             })
             .collect();
         Self {
             name: spec.name,
-            link_backoff: probe_backoff(shortest_interval),
             link: spec.link,
             health: monitor.bus,
             slots,
+            schedule: Schedule::new(&intervals, Instant::now()),
             context: None,
-            link_retry_at: None,
-            quiet_until: now,
             connect_timeout,
-            missed_unlogged: 0,
-            missed_logged_at: None,
         }
-    }
-
-    /// The slot to serve next (earliest deadline first) and when.
-    fn next(&self) -> (usize, Instant) {
-        let (index, slot) = self
-            .slots
-            .iter()
-            .enumerate()
-            .min_by_key(|(_, slot)| slot.due)
-            .expect("a bus has at least one device");
-        let mut at = slot.due.max(self.quiet_until);
-        if let Some(retry) = self.link_retry_at {
-            at = at.max(retry);
-        }
-        (index, at)
     }
 
     /// Opens the link unless it is open; a failure takes it down for a
@@ -318,25 +276,16 @@ impl Bus {
         }
         match self.link.open(self.connect_timeout).await {
             Ok(context) => {
-                if self.link_retry_at.take().is_some() {
-                    // Polls that fell due while the link was down were not
-                    // missed for lack of line time: start afresh, uncounted.
-                    let now = Instant::now();
-                    for slot in self.slots.iter_mut().filter(|slot| !slot.quarantined) {
-                        if now.saturating_duration_since(slot.due) >= slot.spec.poll_interval {
-                            slot.due = now;
-                        }
-                    }
-                    info!(bus = %self.name, link = %self.link.describe(), "link open");
-                } else if !self.health.link_up.load(Ordering::Relaxed) {
+                let now = Instant::now();
+                let was_down = self.schedule.link_opened(now);
+                if was_down || !self.health.link_up.load(Ordering::Relaxed) {
                     info!(bus = %self.name, link = %self.link.describe(), "link open");
                 }
                 self.health.link_up.store(true, Ordering::Relaxed);
                 self.set_offline(false);
-                self.link_backoff.reset();
                 self.context = Some(context);
                 // Whatever was on the line before we opened it is not ours.
-                self.quiet_until = Instant::now() + self.link.frame_gap();
+                self.schedule.line_used(now, self.link.frame_gap());
                 Ok(())
             }
             Err(e) => {
@@ -351,8 +300,7 @@ impl Bus {
         self.health.link_up.store(false, Ordering::Relaxed);
         self.set_offline(true);
         self.health.link_failures.fetch_add(1, Ordering::Relaxed);
-        let delay = self.link_backoff.next_delay();
-        self.link_retry_at = Some(Instant::now() + delay);
+        let delay = self.schedule.link_failed(Instant::now());
         warn!(bus = %self.name, %error, retry_in = ?delay, "link failed");
     }
 
@@ -379,11 +327,12 @@ impl Bus {
         request: Request<'_>,
     ) -> Result<Response, CallError> {
         self.ensure_open().await?;
-        sleep_until(self.quiet_until).await;
+        sleep_until(self.schedule.quiet_until()).await;
         let context = self.context.as_mut().expect("opened above");
         context.set_slave(Slave(unit));
         let result = classify(timeout(limit, context.call(request)).await, limit);
-        self.quiet_until = Instant::now() + self.link.frame_gap();
+        self.schedule
+            .line_used(Instant::now(), self.link.frame_gap());
         match &result {
             Err(CallError::Timeout(_) | CallError::Garbled(_)) => self.context = None,
             Err(e @ CallError::Link(_)) => self.link_failed(e),
@@ -494,63 +443,45 @@ impl Bus {
         }
     }
 
-    /// Moves the slot's deadline on by whole intervals, counting the polls
-    /// that could not happen because the bus was busy.
+    /// Moves the slot's deadline on, counting the polls that could not
+    /// happen because the bus was busy.
     fn schedule_next(&mut self, index: usize, now: Instant) {
-        let slot = &mut self.slots[index];
-        if slot.quarantined || self.link_retry_at.is_some() {
-            // Probes are rescheduled by their outcome.
-            slot.due = now + slot.spec.poll_interval;
-            return;
-        }
-        let interval = slot.spec.poll_interval;
-        let late = now.saturating_duration_since(slot.due);
-        let missed = (late.as_nanos() / interval.as_nanos().max(1)) as u64;
-        slot.due += interval * u32::try_from(missed + 1).unwrap_or(u32::MAX);
-        if missed > 0 {
+        let missed = self.schedule.poll_started(index, now);
+        if missed.polls > 0 {
             self.health
                 .missed_polls
-                .fetch_add(missed, Ordering::Relaxed);
-            self.missed_unlogged += missed;
-            let log_due = self
-                .missed_logged_at
-                .is_none_or(|at| now.duration_since(at) >= MISSED_POLL_LOG_INTERVAL);
-            if log_due {
-                warn!(
-                    bus = %self.name,
-                    missed_polls = self.missed_unlogged,
-                    device = %slot.spec.name,
-                    "bus oversubscribed: polls start late; lengthen poll intervals or split the bus"
-                );
-                self.missed_unlogged = 0;
-                self.missed_logged_at = Some(now);
-            }
+                .fetch_add(missed.polls, Ordering::Relaxed);
+        }
+        if let Some(missed_polls) = missed.report {
+            warn!(
+                bus = %self.name,
+                missed_polls,
+                device = %self.slots[index].spec.name,
+                "bus oversubscribed: polls start late; lengthen poll intervals or split the bus"
+            );
         }
     }
 
     fn answered(&mut self, index: usize) {
-        let slot = &mut self.slots[index];
-        if slot.quarantined {
+        if self.schedule.answered(index) {
+            let slot = &self.slots[index];
             info!(bus = %self.name, device = %slot.spec.name, "device answering again");
-            slot.quarantined = false;
             slot.health.quarantined.store(false, Ordering::Relaxed);
         }
-        slot.quarantine.reset();
     }
 
     fn not_answering(&mut self, index: usize, error: &CallError) {
-        let slot = &mut self.slots[index];
+        let slot = &self.slots[index];
         let counter = match error {
             CallError::Timeout(_) => &slot.health.timeouts,
             _ => &slot.health.errors,
         };
         DeviceHealth::count(counter);
         slot.health.set_last_error(error.to_string());
-        let delay = slot.quarantine.next_delay();
-        slot.due = Instant::now() + delay;
-        if !slot.quarantined {
+        let probe = self.schedule.not_answering(index, Instant::now());
+        let delay = probe.delay;
+        if probe.newly_quarantined {
             warn!(bus = %self.name, device = %slot.spec.name, %error, probe_in = ?delay, "device quarantined");
-            slot.quarantined = true;
             slot.health.quarantined.store(true, Ordering::Relaxed);
         } else {
             debug!(bus = %self.name, device = %slot.spec.name, %error, probe_in = ?delay, "probe failed");
@@ -593,13 +524,6 @@ impl Bus {
     }
 }
 
-fn probe_backoff(poll_interval: Duration) -> Backoff {
-    Backoff::new(
-        poll_interval.min(Duration::from_secs(1)),
-        (poll_interval * 8).clamp(Duration::from_secs(5), Duration::from_secs(60)),
-    )
-}
-
 fn decode(point: &PointSpec, block: &ReadBlock, words: &Words) -> Reading {
     let offset = usize::from(point.address - block.start);
     match words {
@@ -625,7 +549,7 @@ pub async fn run_bus(
     }
     let mut bus = Bus::new(spec, monitor);
     loop {
-        let (index, at) = bus.next();
+        let (index, at) = bus.schedule.next();
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => break,
