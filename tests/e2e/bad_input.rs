@@ -16,17 +16,12 @@ const DEVICE: &str =
 /// Runs `kite check` on `text`; it must fail and name `file:line:column` and `expected`.
 fn check_rejects(text: &str, line: usize, column: usize, expected: &str) {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("kite.toml");
-    std::fs::write(&path, text).unwrap();
-    let output = Command::new(kite_bin())
-        .arg("check")
-        .arg("--config")
-        .arg(&path)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(!output.status.success(), "accepted:\n{text}");
-    let location = format!("{}:{line}:{column}: ", path.display());
+    let (passed, stderr) = kite_check(dir.path(), text);
+    assert!(!passed, "accepted:\n{text}");
+    let location = format!(
+        "{}:{line}:{column}: ",
+        dir.path().join("kite.toml").display()
+    );
     assert!(
         stderr
             .lines()

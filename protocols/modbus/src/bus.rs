@@ -673,6 +673,28 @@ mod tests {
         sample.good_count() == sample.points.len()
     }
 
+    /// A running bus task for one device at `address`, handing its samples
+    /// to `samples`: the device's health, and the task.
+    fn start(
+        address: String,
+        samples: mpsc::Sender<Sample>,
+        unsent: Arc<AtomicU64>,
+        stop: &CancellationToken,
+    ) -> (Arc<DeviceHealth>, tokio::task::JoinHandle<()>) {
+        let spec = bus(address);
+        let monitor = BusMonitor::new(&spec);
+        let health = monitor.devices[0].clone();
+        let sink = SampleSink::new(samples, Duration::from_secs(60), unsent);
+        let task = tokio::spawn(run_bus(
+            spec,
+            monitor,
+            sink,
+            mpsc::channel(1).1,
+            stop.clone(),
+        ));
+        (health, task)
+    }
+
     #[tokio::test]
     async fn a_short_reply_reopens_the_connection() {
         let (address, connections) = peer(
@@ -683,18 +705,9 @@ mod tests {
             || {},
         )
         .await;
-        let spec = bus(address);
-        let monitor = BusMonitor::new(&spec);
-        let health = monitor.devices[0].clone();
         let (tx, mut rx) = mpsc::channel(16);
         let stop = CancellationToken::new();
-        let task = tokio::spawn(run_bus(
-            spec,
-            monitor,
-            SampleSink::new(tx, Duration::from_secs(1), Arc::default()),
-            mpsc::channel(1).1,
-            stop.clone(),
-        ));
+        let (health, task) = start(address, tx, Arc::default(), &stop);
         let first = rx.recv().await.unwrap();
         assert!(!good(&first), "{first:?}");
         let second = rx.recv().await.unwrap();
@@ -724,16 +737,8 @@ mod tests {
         })
         .await
         .unwrap();
-        let spec = bus(address);
-        let monitor = BusMonitor::new(&spec);
         let unsent = Arc::new(AtomicU64::new(0));
-        let task = tokio::spawn(run_bus(
-            spec,
-            monitor,
-            SampleSink::new(tx, Duration::from_secs(60), unsent.clone()),
-            mpsc::channel(1).1,
-            stop.clone(),
-        ));
+        let (_, task) = start(address, tx, unsent.clone(), &stop);
         stop.cancelled().await;
         assert_eq!(&*rx.recv().await.unwrap().device, "earlier");
         let read = rx.recv().await.expect("the sample read before the stop");
@@ -748,18 +753,9 @@ mod tests {
         let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = closed.local_addr().unwrap().to_string();
         drop(closed);
-        let spec = bus(address);
-        let monitor = BusMonitor::new(&spec);
-        let health = monitor.devices[0].clone();
         let (tx, mut rx) = mpsc::channel(16);
         let stop = CancellationToken::new();
-        let task = tokio::spawn(run_bus(
-            spec,
-            monitor,
-            SampleSink::new(tx, Duration::from_secs(1), Arc::default()),
-            mpsc::channel(1).1,
-            stop.clone(),
-        ));
+        let (health, task) = start(address, tx, Arc::default(), &stop);
         let sample = rx.recv().await.unwrap();
         assert!(!good(&sample));
         assert_eq!(health.state(), "offline");
