@@ -65,7 +65,8 @@ pub struct Location {
 impl Location {
     fn buffer_path(&self) -> anyhow::Result<PathBuf> {
         let data_dir = match &self.config {
-            Some(file) => config::load(file)?.gateway.data_dir,
+            // Only where the buffer is: the tools work when the rest of the config is broken.
+            Some(file) => config::locate(file)?.data_dir,
             None => self.data_dir.clone().context("--config or --data-dir")?,
         };
         let path = Buffer::path_in(&data_dir);

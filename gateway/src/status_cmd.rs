@@ -23,8 +23,8 @@ async fn call(
     path: &str,
     body: String,
 ) -> anyhow::Result<(u16, String)> {
-    let config = config::load(config_path)?;
-    let Some(listen) = config.http.listen else {
+    let location = config::locate(config_path)?;
+    let Some(listen) = location.listen else {
         bail!(
             "{}: the HTTP API is disabled (http.enabled = false)",
             config_path.display()
@@ -42,7 +42,7 @@ async fn call(
             .method(method)
             .uri(path)
             .header(hyper::header::HOST, address.to_string());
-        if let Some(token) = &config.http.token {
+        if let Some(token) = &location.token {
             request = request.header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
         }
         let response = sender

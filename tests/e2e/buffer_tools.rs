@@ -71,8 +71,16 @@ async fn buffer_tools_inspect_export_verify_and_repair() {
     let rows = stored_rows(&path);
     let last_seq = rows.last().unwrap().0;
 
+    // A recovery tool: it needs only data_dir, so mistakes elsewhere in
+    // the config do not stop it.
+    std::fs::write(
+        Kite::config_path(dir.path()),
+        format!("{config}[[devices]]\nname = \"x\"\nprotocol = \"bacnet\"\n"),
+    )
+    .unwrap();
     let inspect = kite_buffer(dir.path(), &["inspect", "--json"]);
     assert!(inspect.status.success(), "{inspect:?}");
+    std::fs::write(Kite::config_path(dir.path()), &config).unwrap();
     let summary: Value = serde_json::from_str(&stdout(&inspect)).unwrap();
     let bytes: usize = rows.iter().map(|r| r.2.len() + r.3.len() + 32).sum();
     let oldest = rows.iter().map(|r| r.1).min().unwrap();
@@ -84,6 +92,7 @@ async fn buffer_tools_inspect_export_verify_and_repair() {
             "rows": rows.len(),
             "bytes": bytes,
             "dropped": 0,
+            "set_aside": 0,
             "last_seq": last_seq,
             "oldest_ts": oldest,
             "newest_ts": newest,

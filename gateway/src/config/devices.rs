@@ -15,7 +15,9 @@ use kite_serial::InstrumentSpec;
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::{check_topic_level, Interval, Report, RESERVED_DEVICE_NAMES};
+use super::resolve::{FileRef, Files};
+use super::units::Interval;
+use super::{check_topic_level, Report, RESERVED_DEVICE_NAMES};
 
 /// A raw serial instrument and how its frames become points.
 #[derive(Debug, Clone, PartialEq)]
@@ -206,6 +208,7 @@ pub(super) fn build(
     base: &Path,
     report: &mut Report<'_>,
     warnings: &mut Vec<String>,
+    files: &mut Files,
 ) -> Devices {
     let mut lines: BTreeMap<String, (SerialLine, Spanned<u8>)> = BTreeMap::new();
     for bus in buses {
@@ -233,9 +236,14 @@ pub(super) fn build(
                 format!("duplicate device name {name:?}"),
             );
         }
-        let Some((link_key, link, spec)) =
-            device.build(report, base, &lines, &mut bus_users, &mut out.instruments)
-        else {
+        let Some((link_key, link, spec)) = device.build(
+            report,
+            base,
+            &lines,
+            &mut bus_users,
+            &mut out.instruments,
+            files,
+        ) else {
             continue;
         };
         match link_index.get(&link_key) {
@@ -331,6 +339,7 @@ impl RawDevice {
         lines: &BTreeMap<String, (SerialLine, Spanned<u8>)>,
         bus_users: &mut HashMap<String, (Protocol, String)>,
         instruments: &mut Vec<InstrumentConfig>,
+        files: &mut Files,
     ) -> Option<(String, Link, DeviceSpec)> {
         check_topic_level(report, &self.name, "device name");
         let name = self.name.get_ref().clone();
@@ -405,7 +414,7 @@ impl RawDevice {
         if protocol == Protocol::Serial {
             let line = line?;
             if let Some(instrument) =
-                self.build_instrument(report, base, line, poll_interval, timeout)
+                self.build_instrument(report, base, line, poll_interval, timeout, files)
             {
                 instruments.push(instrument);
             }
@@ -573,6 +582,7 @@ impl RawDevice {
         line: SerialLine,
         poll_interval: Duration,
         timeout: Duration,
+        files: &mut Files,
     ) -> Option<InstrumentConfig> {
         let device = self.name.get_ref();
         let bytes = |value: &Option<Spanned<RawBytes>>| {
@@ -693,13 +703,9 @@ impl RawDevice {
                     report.push(self.name.span(), format!("device {device:?}: decode = \"codec\" needs `codec`, the path of a codec plug-in"));
                     return None;
                 };
-                let path = base.join(codec.get_ref());
-                if !path.is_file() {
-                    report.push(
-                        codec.span(),
-                        format!("codec: no such file {}", path.display()),
-                    );
-                }
+                let file = FileRef::at(base, codec);
+                let path = file.path.clone();
+                files.components.push((file, "codec"));
                 let config_json = self.codec_config.as_ref().map_or_else(
                     || "{}".to_string(),
                     |table| {

@@ -1,0 +1,549 @@
+//! The text of a config into a typed [`Config`]: TOML with positions,
+//! strict (unknown keys are errors), every mistake TOML cannot see reported
+//! with its place. Pure: it reads no file; the files a config names are
+//! collected as [`Files`] for [`super::resolve`].
+
+use std::collections::HashSet;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use kite_plugins::{Limits, Pattern, Trust};
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::devices::{self, RawBus, RawDevice};
+use super::resolve::{FileRef, Files, TlsRefs};
+use super::units::{ByteSize, Interval};
+use super::{
+    check_topic_level, BufferConfig, Config, Durability, GatewayConfig, HttpConfig, MqttConfig,
+    PluginConfig, Report, DEFAULT_HTTP_LISTEN, DEFAULT_MAX_MESSAGE_BYTES, RESERVED_DEVICE_NAMES,
+};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawConfig {
+    gateway: RawGateway,
+    mqtt: RawMqtt,
+    #[serde(default)]
+    buffer: RawBuffer,
+    #[serde(default)]
+    buses: Vec<RawBus>,
+    #[serde(default)]
+    devices: Vec<RawDevice>,
+    #[serde(default)]
+    plugins: Vec<RawPlugin>,
+    #[serde(default)]
+    plugin_trust: RawTrust,
+    #[serde(default)]
+    http: RawHttp,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHttp {
+    #[serde(default = "default_true")]
+    enabled: bool,
+    #[serde(default = "default_http_listen")]
+    listen: Spanned<String>,
+    token_file: Option<Spanned<PathBuf>>,
+}
+
+impl Default for RawHttp {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: default_http_listen(),
+            token_file: None,
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_http_listen() -> Spanned<String> {
+    Spanned::new(0..0, DEFAULT_HTTP_LISTEN.to_string())
+}
+
+impl RawHttp {
+    fn build(self, report: &mut Report<'_>, base: &Path, files: &mut Files) -> HttpConfig {
+        // The token is read from its file when the config is resolved.
+        files.token = self.token_file.as_ref().map(|file| FileRef::at(base, file));
+        if !self.enabled {
+            return HttpConfig::default();
+        }
+        let listen = match self.listen.get_ref().parse::<std::net::SocketAddr>() {
+            Ok(listen) => listen,
+            Err(_) => {
+                report.push(
+                    self.listen.span(),
+                    format!(
+                        "http.listen {:?}: expected ip:port, like \"127.0.0.1:9870\"",
+                        self.listen.get_ref()
+                    ),
+                );
+                return HttpConfig::default();
+            }
+        };
+        if !listen.ip().is_loopback() && self.token_file.is_none() {
+            report.push(
+                self.listen.span(),
+                "http.listen off loopback needs http.token_file: metrics and status would be open to the network".into(),
+            );
+        }
+        HttpConfig {
+            listen: Some(listen),
+            token: None,
+        }
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawTrust {
+    #[serde(default)]
+    require_signed: bool,
+    #[serde(default)]
+    trusted_keys: Vec<Spanned<PathBuf>>,
+}
+
+impl RawTrust {
+    fn build(self, report: &mut Report<'_>, base: &Path, files: &mut Files) -> Trust {
+        if self.require_signed && self.trusted_keys.is_empty() {
+            report.push(
+                0..0,
+                "plugin_trust.require_signed needs at least one of plugin_trust.trusted_keys"
+                    .into(),
+            );
+        }
+        // The keys are read from their files when the config is resolved.
+        files.trusted_keys = self
+            .trusted_keys
+            .iter()
+            .map(|file| FileRef::at(base, file))
+            .collect();
+        Trust {
+            keys: Vec::new().into(),
+            require_signed: self.require_signed,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPlugin {
+    name: Spanned<String>,
+    path: Spanned<PathBuf>,
+    inputs: Spanned<Vec<Spanned<String>>>,
+    #[serde(default = "default_memory_limit")]
+    memory_limit: Spanned<ByteSize>,
+    #[serde(default = "default_time_limit")]
+    time_limit: Spanned<Interval>,
+    #[serde(default = "default_state_limit")]
+    state_limit: Spanned<ByteSize>,
+    #[serde(default)]
+    config: toml::Table,
+}
+
+fn default_memory_limit() -> Spanned<ByteSize> {
+    Spanned::new(0..0, ByteSize(Limits::default().memory_bytes as u64))
+}
+
+fn default_time_limit() -> Spanned<Interval> {
+    Spanned::new(0..0, Interval(Limits::default().time))
+}
+
+fn default_state_limit() -> Spanned<ByteSize> {
+    Spanned::new(0..0, ByteSize(Limits::default().state_bytes))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGateway {
+    id: Spanned<String>,
+    data_dir: PathBuf,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMqtt {
+    url: Spanned<String>,
+    client_id: Option<Spanned<String>>,
+    username: Option<String>,
+    password_file: Option<Spanned<PathBuf>>,
+    ca_file: Option<Spanned<PathBuf>>,
+    cert_file: Option<Spanned<PathBuf>>,
+    key_file: Option<Spanned<PathBuf>>,
+    #[serde(default = "default_topic_prefix")]
+    topic_prefix: Spanned<String>,
+    #[serde(default = "default_keep_alive")]
+    keep_alive: Spanned<Interval>,
+    #[serde(default = "default_max_inflight")]
+    max_inflight: Spanned<u16>,
+    #[serde(default = "default_flush_timeout")]
+    flush_timeout: Interval,
+    #[serde(default = "default_status_interval")]
+    status_interval: Spanned<Interval>,
+    #[serde(default = "default_max_message_bytes")]
+    max_message_bytes: Spanned<ByteSize>,
+    /// Allows plaintext `mqtt://` to a broker off this host.
+    #[serde(default)]
+    insecure: bool,
+}
+
+fn default_max_message_bytes() -> Spanned<ByteSize> {
+    Spanned::new(0..0, ByteSize(DEFAULT_MAX_MESSAGE_BYTES as u64))
+}
+
+fn default_topic_prefix() -> Spanned<String> {
+    Spanned::new(0..0, "kite".to_string())
+}
+
+fn default_keep_alive() -> Spanned<Interval> {
+    Spanned::new(0..0, Interval(Duration::from_secs(30)))
+}
+
+fn default_max_inflight() -> Spanned<u16> {
+    Spanned::new(0..0, 64)
+}
+
+fn default_status_interval() -> Spanned<Interval> {
+    Spanned::new(0..0, Interval(Duration::from_secs(30)))
+}
+
+fn default_flush_timeout() -> Interval {
+    Interval(Duration::from_secs(5))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBuffer {
+    #[serde(default = "default_max_bytes")]
+    max_bytes: Spanned<ByteSize>,
+    #[serde(default = "default_durability")]
+    durability: Durability,
+}
+
+impl Default for RawBuffer {
+    fn default() -> Self {
+        Self {
+            max_bytes: default_max_bytes(),
+            durability: default_durability(),
+        }
+    }
+}
+
+fn default_max_bytes() -> Spanned<ByteSize> {
+    Spanned::new(0..0, ByteSize(256 << 20))
+}
+
+fn default_durability() -> Durability {
+    Durability::Normal
+}
+
+impl RawConfig {
+    /// The config as the text says it, without reading any file; the files
+    /// it names, for [`super::resolve`].
+    pub(super) fn build(self, report: &mut Report<'_>, base: &Path) -> (Config, Files) {
+        let mut warnings = Vec::new();
+        let mut files = Files::default();
+        check_topic_level(report, &self.gateway.id, "gateway.id");
+        let mqtt = self
+            .mqtt
+            .build(report, base, &self.gateway.id, &mut warnings, &mut files);
+        if self.buffer.max_bytes.get_ref().0 < 64 << 10 {
+            report.push(
+                self.buffer.max_bytes.span(),
+                "buffer.max_bytes must be at least 64KiB".into(),
+            );
+        }
+        let devices = devices::build(
+            self.buses,
+            self.devices,
+            base,
+            report,
+            &mut warnings,
+            &mut files,
+        );
+        let device_names = devices.names;
+        let mut plugin_names = HashSet::new();
+        let plugins = self
+            .plugins
+            .into_iter()
+            .map(|plugin| {
+                if !plugin_names.insert(plugin.name.get_ref().clone()) {
+                    report.push(
+                        plugin.name.span(),
+                        format!("duplicate plug-in name {:?}", plugin.name.get_ref()),
+                    );
+                }
+                plugin.build(report, base, &device_names, &mut files)
+            })
+            .collect();
+        let config = Config {
+            plugins,
+            plugin_trust: self.plugin_trust.build(report, base, &mut files),
+            http: self.http.build(report, base, &mut files),
+            gateway: GatewayConfig {
+                id: self.gateway.id.into_inner(),
+                data_dir: self.gateway.data_dir,
+            },
+            mqtt,
+            buffer: BufferConfig {
+                max_bytes: self.buffer.max_bytes.into_inner().0,
+                durability: self.buffer.durability,
+            },
+            modbus: devices.modbus,
+            instruments: devices.instruments,
+            warnings,
+        };
+        (config, files)
+    }
+}
+
+impl RawMqtt {
+    fn build(
+        self,
+        report: &mut Report<'_>,
+        base: &Path,
+        gateway_id: &Spanned<String>,
+        warnings: &mut Vec<String>,
+        files: &mut Files,
+    ) -> MqttConfig {
+        let (tls, host, port) = match parse_url(self.url.get_ref()) {
+            Ok(parts) => parts,
+            Err(message) => {
+                report.push(self.url.span(), message);
+                (false, String::new(), 0)
+            }
+        };
+        let is_loopback =
+            host == "localhost" || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback());
+        if !tls && !host.is_empty() && !is_loopback {
+            if self.insecure {
+                warnings.push(format!(
+                    "mqtt.url sends telemetry and credentials in plaintext to {host} (mqtt.insecure = true)"
+                ));
+            } else {
+                report.push(
+                    self.url.span(),
+                    format!(
+                        "mqtt.url {:?} would send telemetry, commands and credentials in plaintext to {host}: \
+                         use mqtts://, or set mqtt.insecure = true to accept that",
+                        self.url.get_ref()
+                    ),
+                );
+            }
+        }
+        // The files are read when the config is resolved.
+        let file = |file: &Option<Spanned<PathBuf>>| file.as_ref().map(|f| FileRef::at(base, f));
+        files.password = file(&self.password_file);
+        let (ca, cert, key) = (
+            file(&self.ca_file),
+            file(&self.cert_file),
+            file(&self.key_file),
+        );
+        let client = match (cert, key) {
+            (Some(cert), Some(key)) => Some((cert, key)),
+            (None, None) => None,
+            (cert, key) => {
+                report.push(
+                    cert.or(key).expect("one of them").span,
+                    "mqtt.cert_file and mqtt.key_file go together: give both or neither".into(),
+                );
+                None
+            }
+        };
+        if tls {
+            files.tls = Some(TlsRefs {
+                url: self.url.span(),
+                ca,
+                client,
+            });
+        } else if ca.is_some() || client.is_some() {
+            report.push(
+                self.url.span(),
+                "TLS files are set but the url is not mqtts://".into(),
+            );
+        }
+        if self.password_file.is_some() && self.username.is_none() {
+            report.push(
+                self.url.span(),
+                "mqtt.password_file needs mqtt.username".into(),
+            );
+        }
+        let topic_prefix = self.topic_prefix;
+        let prefix = topic_prefix.get_ref();
+        if prefix.is_empty()
+            || prefix.contains(['+', '#', '\0'])
+            || prefix.starts_with('/')
+            || prefix.ends_with('/')
+        {
+            report.push(
+                topic_prefix.span(),
+                format!("mqtt.topic_prefix {prefix:?} must be non-empty, without wildcards or a leading or trailing '/'"),
+            );
+        }
+        let client_id = self.client_id.unwrap_or_else(|| gateway_id.clone());
+        if client_id.get_ref().is_empty() || client_id.get_ref().len() > 256 {
+            report.push(
+                client_id.span(),
+                "mqtt.client_id must be 1 to 256 characters".into(),
+            );
+        }
+        let keep_alive = self.keep_alive.get_ref().0;
+        if keep_alive < Duration::from_secs(5) {
+            report.push(
+                self.keep_alive.span(),
+                "mqtt.keep_alive must be at least 5s".into(),
+            );
+        }
+        let max_inflight = *self.max_inflight.get_ref();
+        if !(1..=1000).contains(&max_inflight) {
+            report.push(
+                self.max_inflight.span(),
+                "mqtt.max_inflight must be 1 to 1000".into(),
+            );
+        }
+        if self.status_interval.get_ref().0 < Duration::from_secs(1) {
+            report.push(
+                self.status_interval.span(),
+                "mqtt.status_interval must be at least 1s".into(),
+            );
+        }
+        let max_message_bytes = self.max_message_bytes.get_ref().0;
+        if !((1 << 10)..=(16 << 20)).contains(&max_message_bytes) {
+            report.push(
+                self.max_message_bytes.span(),
+                "mqtt.max_message_bytes must be 1KiB to 16MiB".into(),
+            );
+        }
+        MqttConfig {
+            host,
+            port,
+            tls: None,
+            client_id: client_id.into_inner(),
+            username: self.username,
+            password: None,
+            topic_prefix: topic_prefix.into_inner(),
+            keep_alive,
+            max_inflight,
+            flush_timeout: self.flush_timeout.0,
+            status_interval: self.status_interval.get_ref().0,
+            max_message_bytes: max_message_bytes as usize,
+        }
+    }
+}
+
+/// `mqtt://host[:port]` or `mqtts://host[:port]`, IPv6 hosts in brackets.
+pub(super) fn parse_url(url: &str) -> Result<(bool, String, u16), String> {
+    let expected = "expected mqtt://host[:port] or mqtts://host[:port]";
+    let (tls, rest) = if let Some(rest) = url.strip_prefix("mqtts://") {
+        (true, rest)
+    } else if let Some(rest) = url.strip_prefix("mqtt://") {
+        (false, rest)
+    } else {
+        return Err(format!("unsupported url {url:?}: {expected}"));
+    };
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    let default_port = if tls { 8883 } else { 1883 };
+    let (host, port) = if let Some(bracketed) = rest.strip_prefix('[') {
+        let (host, after) = bracketed
+            .split_once(']')
+            .ok_or_else(|| format!("unclosed '[' in {url:?}: {expected}"))?;
+        (host, after.strip_prefix(':'))
+    } else {
+        match rest.rsplit_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (rest, None),
+        }
+    };
+    if host.is_empty() || host.contains(['/', '@', '?']) {
+        return Err(format!("bad host in {url:?}: {expected}"));
+    }
+    let port = match port {
+        None => default_port,
+        Some(port) => port
+            .parse::<u16>()
+            .ok()
+            .filter(|&p| p != 0)
+            .ok_or_else(|| format!("bad port in {url:?}: {expected}"))?,
+    };
+    Ok((tls, host.to_string(), port))
+}
+
+impl RawPlugin {
+    fn build(
+        self,
+        report: &mut Report<'_>,
+        base: &Path,
+        device_names: &HashSet<String>,
+        files: &mut Files,
+    ) -> PluginConfig {
+        check_topic_level(report, &self.name, "plug-in name");
+        let name = self.name.get_ref();
+        if RESERVED_DEVICE_NAMES.contains(&name.as_str()) || device_names.contains(name) {
+            report.push(
+                self.name.span(),
+                format!("plug-in name {name:?} is taken: its derived readings are published as a device of that name"),
+            );
+        }
+        let file = FileRef::at(base, &self.path);
+        let path = file.path.clone();
+        files.components.push((file, "plug-in"));
+        if self.inputs.get_ref().is_empty() {
+            report.push(
+                self.inputs.span(),
+                "inputs must name at least one device/point pattern".into(),
+            );
+        }
+        let inputs = self
+            .inputs
+            .into_inner()
+            .into_iter()
+            .filter_map(|input| match Pattern::parse(input.get_ref()) {
+                Ok(pattern) => Some(pattern),
+                Err(e) => {
+                    report.push(input.span(), e.to_string());
+                    None
+                }
+            })
+            .collect();
+        let memory = self.memory_limit.get_ref().0;
+        if !((1 << 20)..=(4 << 30)).contains(&memory) {
+            report.push(
+                self.memory_limit.span(),
+                "memory_limit must be 1MiB to 4GiB".into(),
+            );
+        }
+        let time = self.time_limit.get_ref().0;
+        if time < Duration::from_millis(1) || time > Duration::from_secs(10) {
+            report.push(
+                self.time_limit.span(),
+                "time_limit must be 1ms to 10s".into(),
+            );
+        }
+        let state = self.state_limit.get_ref().0;
+        if state > 16 << 20 {
+            report.push(
+                self.state_limit.span(),
+                "state_limit must be at most 16MiB".into(),
+            );
+        }
+        let config_json =
+            serde_json::to_string(&self.config).expect("a TOML table serializes to JSON");
+        PluginConfig {
+            name: name.clone(),
+            path,
+            inputs,
+            limits: Limits {
+                memory_bytes: memory.min(usize::MAX as u64) as usize,
+                time,
+                state_bytes: state,
+            },
+            config_json,
+        }
+    }
+}

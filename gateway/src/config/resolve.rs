@@ -1,0 +1,152 @@
+//! The files a config names, read: the MQTT password, the API token, the TLS
+//! certificates and key, the trusted plug-in keys; and the plug-ins and
+//! codecs it names checked to exist. `kite check` resolves exactly what
+//! `kite run` and a reload do, so a config that passes the check starts.
+
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use toml::Spanned;
+
+use super::tls::{self, TlsFile, TlsFiles};
+use super::{Config, Report};
+
+/// A file a config names (relative to the config's own directory), at its
+/// place in the text.
+#[derive(Debug, Clone)]
+pub(super) struct FileRef {
+    pub path: PathBuf,
+    pub span: Range<usize>,
+}
+
+impl FileRef {
+    pub fn at(base: &Path, file: &Spanned<PathBuf>) -> Self {
+        Self {
+            path: base.join(file.get_ref()),
+            span: file.span(),
+        }
+    }
+
+    fn exists(&self, report: &mut Report<'_>, what: &str) -> bool {
+        let found = self.path.is_file();
+        if !found {
+            report.push(
+                self.span.clone(),
+                format!("{what}: no such file {}", self.path.display()),
+            );
+        }
+        found
+    }
+}
+
+/// The TLS files of `mqtts://`.
+#[derive(Debug, Clone)]
+pub(super) struct TlsRefs {
+    /// Where a problem of no particular file is reported.
+    pub url: Range<usize>,
+    pub ca: Option<FileRef>,
+    pub client: Option<(FileRef, FileRef)>,
+}
+
+/// Every file a config names.
+#[derive(Debug, Default)]
+pub(super) struct Files {
+    pub password: Option<FileRef>,
+    pub token: Option<FileRef>,
+    pub tls: Option<TlsRefs>,
+    pub trusted_keys: Vec<FileRef>,
+    /// Plug-ins and codecs, with what each is: they must exist.
+    pub components: Vec<(FileRef, &'static str)>,
+}
+
+/// Reads what `files` names into `config`; what cannot be read is a problem at its place.
+pub(super) fn resolve(config: &mut Config, files: Files, report: &mut Report<'_>) {
+    if let Some(file) = files.password {
+        if file.exists(report, "mqtt.password_file") {
+            match std::fs::read_to_string(&file.path) {
+                Ok(text) => {
+                    config.mqtt.password = Some(text.trim_end_matches(['\r', '\n']).to_string());
+                }
+                Err(e) => report.push(
+                    file.span,
+                    format!("mqtt.password_file {}: {e}", file.path.display()),
+                ),
+            }
+        }
+    }
+    if let Some(file) = files.token {
+        match std::fs::read_to_string(&file.path) {
+            Ok(text) if !text.trim().is_empty() => {
+                config.http.token = Some(text.trim().to_string());
+            }
+            Ok(_) => report.push(
+                file.span,
+                format!("http.token_file {} is empty", file.path.display()),
+            ),
+            Err(e) => report.push(
+                file.span,
+                format!("http.token_file {}: {e}", file.path.display()),
+            ),
+        }
+    }
+    let keys: Vec<_> = files
+        .trusted_keys
+        .into_iter()
+        .filter_map(
+            |file| match kite_plugins::signing::read_public_key(&file.path) {
+                Ok(key) => Some(key),
+                Err(e) => {
+                    report.push(file.span, format!("plugin_trust.trusted_keys: {e}"));
+                    None
+                }
+            },
+        )
+        .collect();
+    config.plugin_trust.keys = keys.into();
+    if let Some(refs) = files.tls {
+        config.mqtt.tls = resolve_tls(refs, report);
+    }
+    for (file, what) in files.components {
+        if !file.path.is_file() {
+            report.push(
+                file.span,
+                format!("no such {what} file {}", file.path.display()),
+            );
+        }
+    }
+}
+
+fn resolve_tls(refs: TlsRefs, report: &mut Report<'_>) -> Option<tls::Tls> {
+    // Only files that are all there are parsed; missing ones are reported.
+    let mut all_there = true;
+    if let Some(ca) = &refs.ca {
+        all_there &= ca.exists(report, "mqtt.ca_file");
+    }
+    if let Some((cert, key)) = &refs.client {
+        all_there &= cert.exists(report, "mqtt.cert_file");
+        all_there &= key.exists(report, "mqtt.key_file");
+    }
+    if !all_there {
+        return None;
+    }
+    let files = TlsFiles {
+        ca_file: refs.ca.as_ref().map(|ca| ca.path.clone()),
+        client_auth: refs
+            .client
+            .as_ref()
+            .map(|(cert, key)| (cert.path.clone(), key.path.clone())),
+    };
+    match tls::load(files) {
+        Ok(settings) => Some(settings),
+        Err(problem) => {
+            let span = match problem.file {
+                Some(TlsFile::Ca) => refs.ca.map(|ca| ca.span),
+                Some(TlsFile::Cert) => refs.client.map(|(cert, _)| cert.span),
+                Some(TlsFile::Key) => refs.client.map(|(_, key)| key.span),
+                None => None,
+            };
+            report.push(span.unwrap_or(refs.url), problem.message);
+            None
+        }
+    }
+}
