@@ -9,8 +9,8 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use kite_gateway::buffer::{self, Buffer, BufferReader, Inspection};
 use kite_gateway::config;
+use kite_gateway::store::{self, Buffer, BufferReader, Inspection};
 use kite_gateway::uplink::wire;
 
 #[derive(Subcommand)]
@@ -90,14 +90,14 @@ pub fn run(command: BufferCommand) -> anyhow::Result<ExitCode> {
         }
         BufferCommand::Verify { at } => {
             let path = at.buffer_path()?;
-            let problems = buffer::check(&path)?;
+            let problems = store::check(&path)?;
             if !problems.is_empty() {
                 println!("{}: damaged", path.display());
                 for problem in &problems {
                     println!("{problem}");
                 }
                 // SQLite often stops at the first bad page; say what it costs.
-                match buffer::unreadable_seqs(&path)? {
+                match store::unreadable_seqs(&path)? {
                     lost if lost.is_empty() => println!("every row can still be read"),
                     lost => println!("rows that cannot be read: seq {lost}"),
                 }
@@ -123,7 +123,7 @@ pub fn run(command: BufferCommand) -> anyhow::Result<ExitCode> {
         }
         BufferCommand::Repair { at, output } => {
             let path = at.buffer_path()?;
-            let recovered = buffer::recover(&path, &output)?;
+            let recovered = store::recover(&path, &output)?;
             println!(
                 "recovered {} rows into {} (next seq {}, dropped {})",
                 recovered.rows,
@@ -310,7 +310,7 @@ mod tests {
             last_seq: 9,
             oldest_ts_ms: Some(1_000),
             newest_ts_ms: Some(61_000),
-            devices: vec![buffer::DeviceStats {
+            devices: vec![store::DeviceStats {
                 device: "meter".into(),
                 rows: 3,
                 bytes: 300,

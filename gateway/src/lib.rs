@@ -2,7 +2,7 @@
 //! uplink and the wiring between them and the field-bus crates.
 //!
 //! - [`config`]: the only place that reads TOML; strict, with positions.
-//! - [`buffer`]: SQLite store-and-forward; the source of truth for delivery.
+//! - [`store`]: SQLite store-and-forward; the source of truth for delivery.
 //! - [`uplink`]: MQTT (rumqttc): telemetry, status, writes from the cloud.
 //! - [`pipeline`]: pollers -> ingest -> buffer -> uplink, ordered shutdown, reload.
 //! - [`field`]: the running links and plug-ins, and applying a new config to them.
@@ -13,13 +13,13 @@
 //!   and the status page.
 //! - [`history`]: recent readings and buffer depth for the status page, bounded.
 
-pub mod buffer;
 pub mod config;
 pub mod demo;
 pub mod field;
 pub mod history;
 pub mod http;
 pub mod pipeline;
+pub mod store;
 pub mod systemd;
 pub mod uplink;
 pub mod vitals;

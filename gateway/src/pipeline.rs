@@ -28,11 +28,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
-use crate::buffer::{Buffer, BufferError, BufferHandle, NewRecord};
 use crate::config::{self, Config};
 use crate::field::{watch_plugins, Field, PluginHandles, Plugins, SandboxSlot};
 use crate::history::History;
 use crate::http::{self, LogControl};
+use crate::store::{Buffer, BufferError, BufferHandle, NewRecord};
 use crate::systemd;
 use crate::uplink::wire::{self, Topics};
 use crate::uplink::{Uplink, UplinkCounters, WriteOutcome, WriteRoutes};

@@ -17,8 +17,8 @@ use kite_plugins::PluginCounters;
 use serde::Serialize;
 use serde_json::json;
 
-use crate::buffer::{BufferHandle, Stats};
 use crate::history::History;
+use crate::store::{BufferHandle, Stats};
 use crate::uplink::UplinkCounters;
 
 /// How long a stage may make no progress while it has work before the

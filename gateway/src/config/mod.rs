@@ -18,7 +18,6 @@ use std::time::Duration;
 
 use kite_modbus::BusSpec;
 use kite_plugins::{Limits, Pattern, Trust};
-use serde::Deserialize;
 use toml::Spanned;
 
 mod devices;
@@ -48,7 +47,7 @@ const RESERVED_DEVICE_NAMES: &[&str] = &["status", "events"];
 pub struct Config {
     pub gateway: GatewayConfig,
     pub mqtt: MqttConfig,
-    pub buffer: BufferConfig,
+    pub buffer: crate::store::Settings,
     pub http: HttpConfig,
     /// Modbus devices, grouped by the link (connection, line, converter) that polls them.
     pub modbus: Vec<BusSpec>,
@@ -106,16 +105,6 @@ pub struct MqttConfig {
     pub max_message_bytes: usize,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Durability {
-    /// WAL with synchronous=NORMAL: survives a crash of the process; a power
-    /// cut may lose the last commits but never corrupts the buffer.
-    Normal,
-    /// WAL with synchronous=FULL: every commit is fsynced.
-    Full,
-}
-
 /// The local HTTP API (health, metrics, status).
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct HttpConfig {
@@ -123,12 +112,6 @@ pub struct HttpConfig {
     pub listen: Option<std::net::SocketAddr>,
     /// Required for everything but `/healthz` when set.
     pub token: Option<String>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct BufferConfig {
-    pub max_bytes: u64,
-    pub durability: Durability,
 }
 
 /// Every problem found in one config file.

@@ -16,9 +16,10 @@ use super::devices::{self, RawBus, RawDevice};
 use super::resolve::{FileRef, Files, TlsRefs};
 use super::units::{ByteSize, Interval};
 use super::{
-    check_topic_level, BufferConfig, Config, Durability, GatewayConfig, HttpConfig, MqttConfig,
-    PluginConfig, Report, DEFAULT_HTTP_LISTEN, DEFAULT_MAX_MESSAGE_BYTES, RESERVED_DEVICE_NAMES,
+    check_topic_level, Config, GatewayConfig, HttpConfig, MqttConfig, PluginConfig, Report,
+    DEFAULT_HTTP_LISTEN, DEFAULT_MAX_MESSAGE_BYTES, RESERVED_DEVICE_NAMES,
 };
+use crate::store::{Durability, Settings};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -291,7 +292,7 @@ impl RawConfig {
                 data_dir: self.gateway.data_dir,
             },
             mqtt,
-            buffer: BufferConfig {
+            buffer: Settings {
                 max_bytes: self.buffer.max_bytes.into_inner().0,
                 durability: self.buffer.durability,
             },

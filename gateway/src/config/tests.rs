@@ -13,7 +13,7 @@ fn minimal_config_takes_documented_defaults() {
     assert_eq!(config.mqtt.topic_prefix, "kite");
     assert_eq!(config.mqtt.port, 1883);
     assert_eq!(config.buffer.max_bytes, 256 << 20);
-    assert_eq!(config.buffer.durability, Durability::Normal);
+    assert_eq!(config.buffer.durability, crate::store::Durability::Normal);
     assert!(config.warnings.is_empty());
 }
 

@@ -35,8 +35,8 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::buffer::{BufferError, Record};
 use crate::config::MqttConfig;
+use crate::store::{BufferError, Record};
 use crate::vitals::{Current, Vitals};
 use wire::{Topics, WriteResult};
 

@@ -7,7 +7,7 @@ use kite_core::{points_json, PointSample, Reading, Sample};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use crate::buffer::{Kind, NewRecord, Record};
+use crate::store::{Kind, NewRecord, Record};
 
 /// Bytes of a telemetry message besides its topic, device name and points:
 /// `{"seq":…,"ts":…,"device":…,"points":}` with 20-digit numbers, and the
