@@ -1,25 +1,24 @@
-//! Kite's gateway: configuration, the store-and-forward buffer, the MQTT
-//! uplink and the wiring between them and the field-bus crates.
+//! Kite's gateway: the daemon that joins the field-bus crates, the plug-in
+//! host, the store-and-forward buffer and the MQTT uplink, and what an
+//! operator sees of it. Each room is a folder; each arrow between them
+//! points one way (see ARCHITECTURE.md).
 //!
-//! - [`config`]: the only place that reads TOML; strict, with positions.
+//! - [`config`]: the only place that reads TOML: parse (pure) and resolve
+//!   (the files a config names).
 //! - [`store`]: SQLite store-and-forward; the source of truth for delivery.
-//! - [`uplink`]: MQTT (rumqttc): telemetry, status, writes from the cloud.
-//! - [`pipeline`]: pollers -> ingest -> buffer -> uplink, ordered shutdown, reload.
-//! - [`field`]: the running links and plug-ins, and applying a new config to them.
-//! - [`demo`]: the whole pipeline with simulated devices and an embedded broker.
-//! - [`vitals`]: liveness and readiness, the status payload and the metrics.
-//! - [`systemd`]: readiness and the data-flow watchdog.
-//! - [`http`]: the local HTTP API: health, metrics, status, log level, reload,
-//!   and the status page.
-//! - [`history`]: recent readings and buffer depth for the status page, bounded.
+//! - [`uplink`]: MQTT: delivery from the buffer, status, writes from the
+//!   cloud; [`uplink::wire`] owns every topic and payload.
+//! - [`daemon`]: start, the ingest task, the workload (links and
+//!   plug-ins), reload, and the order of shutdown.
+//! - [`ops`]: vitals (live, ready, status), systemd, the status page's
+//!   history, the local HTTP API.
+//! - [`counters`], [`current`], [`control`]: small leaves the rooms share.
 
 pub mod config;
-pub mod demo;
-pub mod field;
-pub mod history;
-pub mod http;
-pub mod pipeline;
+pub mod control;
+pub mod counters;
+pub mod current;
+pub mod daemon;
+pub mod ops;
 pub mod store;
-pub mod systemd;
 pub mod uplink;
-pub mod vitals;

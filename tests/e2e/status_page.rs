@@ -21,7 +21,7 @@ const CHROMIUM_PATIENCE: Duration = Duration::from_secs(180);
 /// poll and one more (the page polls every 2 s; fetches pause virtual time).
 const PAGE_TIME_MS: u32 = 5_000;
 /// The page as it is in the source.
-const PAGE: &str = include_str!("../../gateway/src/http/status_page.html");
+const PAGE: &str = include_str!("../../gateway/src/ops/http/status_page.html");
 /// Names longer than a phone is wide, with no place to break a line.
 const LONG_DEVICE: &str = "feedwater_pump_controller_of_the_north_boiler_house_unreachable";
 const LONG_POINT: &str = "differential_pressure_across_the_secondary_heat_exchanger_inlet";

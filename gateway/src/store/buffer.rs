@@ -9,7 +9,8 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use super::recovery::replace_if_damaged;
 use super::schema::{migrate, read_counter, read_last_seq, record_from_row};
 use super::{
-    Appended, BufferError, Durability, NewRecord, Record, Stats, BUSY_TIMEOUT, ROW_OVERHEAD,
+    Appended, BufferError, Durability, NewRecord, Record, Settings, Stats, BUSY_TIMEOUT,
+    ROW_OVERHEAD,
 };
 
 pub struct Buffer {
@@ -29,7 +30,11 @@ impl Buffer {
 
     /// Opens the buffer, creating or upgrading it; a damaged file is first
     /// replaced by what can be recovered from it (see the module header).
-    pub fn open(path: &Path, durability: Durability, max_bytes: u64) -> Result<Self, BufferError> {
+    pub fn open(path: &Path, settings: Settings) -> Result<Self, BufferError> {
+        let Settings {
+            max_bytes,
+            durability,
+        } = settings;
         if path.exists() {
             replace_if_damaged(path)?;
         }
@@ -274,7 +279,7 @@ mod tests {
             let dir = tempfile::tempdir().unwrap();
             let path = dir.path().join("b.sqlite3");
             let max_bytes = 2_000;
-            let mut buffer = Buffer::open(&path, Durability::Normal, max_bytes).unwrap();
+            let mut buffer = Buffer::open(&path, Settings { max_bytes, durability: Durability::Normal }).unwrap();
             let mut model = Model::default();
             let mut counter = 0;
             for op in ops {
@@ -314,7 +319,7 @@ mod tests {
                     }
                     Op::Crash => {
                         drop(buffer);
-                        buffer = Buffer::open(&path, Durability::Normal, max_bytes).unwrap();
+                        buffer = Buffer::open(&path, Settings { max_bytes, durability: Durability::Normal }).unwrap();
                     }
                 }
                 let stats = buffer.stats().unwrap();
@@ -354,7 +359,14 @@ mod tests {
         )
         .unwrap();
         drop(v1);
-        let buffer = Buffer::open(&path, Durability::Normal, 1 << 20).unwrap();
+        let buffer = Buffer::open(
+            &path,
+            Settings {
+                max_bytes: 1 << 20,
+                durability: Durability::Normal,
+            },
+        )
+        .unwrap();
         let rows = buffer.read_after(0, 10).unwrap();
         assert_eq!(rows.len(), 1);
         assert_eq!(
@@ -368,11 +380,25 @@ mod tests {
     fn seq_is_never_reused_even_when_everything_was_acked() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("b.sqlite3");
-        let mut buffer = Buffer::open(&path, Durability::Full, 1 << 20).unwrap();
+        let mut buffer = Buffer::open(
+            &path,
+            Settings {
+                max_bytes: 1 << 20,
+                durability: Durability::Full,
+            },
+        )
+        .unwrap();
         let appended = buffer.append(&[record(1, 10), record(2, 10)]).unwrap();
         buffer.ack(&[1, 2]).unwrap();
         drop(buffer);
-        let mut buffer = Buffer::open(&path, Durability::Full, 1 << 20).unwrap();
+        let mut buffer = Buffer::open(
+            &path,
+            Settings {
+                max_bytes: 1 << 20,
+                durability: Durability::Full,
+            },
+        )
+        .unwrap();
         assert_eq!(buffer.stats().unwrap().rows, 0);
         let next = buffer.append(&[record(3, 10)]).unwrap();
         assert_eq!(next.last_seq, appended.last_seq + 1);

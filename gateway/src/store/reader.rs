@@ -161,13 +161,20 @@ impl Iterator for Rows<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{Buffer, Durability, Kind, NewRecord};
+    use crate::store::{Buffer, Durability, Kind, NewRecord, Settings};
 
     #[test]
     fn the_reader_sees_what_the_buffer_holds_while_it_runs() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("b.sqlite3");
-        let mut buffer = Buffer::open(&path, Durability::Normal, 1 << 30).unwrap();
+        let mut buffer = Buffer::open(
+            &path,
+            Settings {
+                max_bytes: 1 << 30,
+                durability: Durability::Normal,
+            },
+        )
+        .unwrap();
         let records: Vec<_> = (0..1500)
             .map(|i| NewRecord {
                 kind: Kind::Telemetry,

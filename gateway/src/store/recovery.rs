@@ -375,13 +375,20 @@ mod tests {
 
     use super::*;
     use crate::store::testing::record;
-    use crate::store::{Buffer, BufferReader, Durability, Kind, NewRecord, Stats};
+    use crate::store::{Buffer, BufferReader, Durability, Kind, NewRecord, Settings, Stats};
 
     /// Fills a new buffer at `path` with `count` rows from two devices, with
     /// a size limit that drops the first ones; returns what it holds, closed.
     fn filled(path: &Path, count: usize) -> (Vec<Record>, Stats) {
         let max_bytes = (count as u64 - count as u64 / 10) * 200;
-        let mut buffer = Buffer::open(path, Durability::Normal, max_bytes).unwrap();
+        let mut buffer = Buffer::open(
+            path,
+            Settings {
+                max_bytes,
+                durability: Durability::Normal,
+            },
+        )
+        .unwrap();
         let records: Vec<_> = (0..count)
             .map(|i| NewRecord {
                 kind: if i % 7 == 0 {
@@ -432,7 +439,14 @@ mod tests {
         let path = dir.path().join("b.sqlite3");
         let (stored, stats) = filled(&path, 500);
         assert_eq!(check(&path).unwrap(), Vec::<String>::new());
-        let buffer = Buffer::open(&path, Durability::Normal, 1 << 20).unwrap();
+        let buffer = Buffer::open(
+            &path,
+            Settings {
+                max_bytes: 1 << 20,
+                durability: Durability::Normal,
+            },
+        )
+        .unwrap();
         assert_eq!(buffer.read_after(0, 1000).unwrap(), stored);
         assert_eq!(buffer.stats().unwrap(), stats);
         assert_eq!(
@@ -484,7 +498,14 @@ mod tests {
         assert_eq!(recovered.last_seq, stats.last_seq);
         assert_eq!(check(&output).unwrap(), Vec::<String>::new());
 
-        let mut buffer = Buffer::open(&output, Durability::Normal, 1 << 30).unwrap();
+        let mut buffer = Buffer::open(
+            &output,
+            Settings {
+                max_bytes: 1 << 30,
+                durability: Durability::Normal,
+            },
+        )
+        .unwrap();
         assert_eq!(buffer.stats().unwrap().dropped, stats.dropped);
         let next = buffer.append(&[record(1, 10)]).unwrap();
         assert_eq!(next.last_seq, stats.last_seq + 1);
@@ -513,7 +534,14 @@ mod tests {
             "{recovered:?}"
         );
         assert_eq!(recovered.last_seq, stats.last_seq);
-        let mut buffer = Buffer::open(&output, Durability::Normal, 1 << 30).unwrap();
+        let mut buffer = Buffer::open(
+            &output,
+            Settings {
+                max_bytes: 1 << 30,
+                durability: Durability::Normal,
+            },
+        )
+        .unwrap();
         let next = buffer.append(&[record(1, 10)]).unwrap();
         assert_eq!(
             next.last_seq,
@@ -533,7 +561,14 @@ mod tests {
         assert_eq!((recovered.rows, recovered.last_seq), (0, 0));
         assert_eq!(recovered.unreadable.to_string(), "1 and above");
 
-        let mut buffer = Buffer::open(&path, Durability::Normal, 1 << 20).unwrap();
+        let mut buffer = Buffer::open(
+            &path,
+            Settings {
+                max_bytes: 1 << 20,
+                durability: Durability::Normal,
+            },
+        )
+        .unwrap();
         assert_eq!(buffer.append(&[record(1, 10)]).unwrap().last_seq, 1);
         let aside: Vec<_> = files_in(dir.path())
             .into_iter()
@@ -551,7 +586,14 @@ mod tests {
         damage_middle(&path, 2);
         let damaged = std::fs::read(&path).unwrap();
 
-        let mut buffer = Buffer::open(&path, Durability::Normal, 1 << 30).unwrap();
+        let mut buffer = Buffer::open(
+            &path,
+            Settings {
+                max_bytes: 1 << 30,
+                durability: Durability::Normal,
+            },
+        )
+        .unwrap();
         let after = buffer.stats().unwrap();
         assert!(
             after.rows < stored.len() as u64 && after.rows >= stored.len() as u64 * 9 / 10,

@@ -1,7 +1,9 @@
 //! Kite's JSON format on the wire, in one place: every topic, and every
 //! payload built with serde (telemetry, plug-in events, write results, the
-//! offline state), and how a sample becomes buffered rows that each fit one
-//! MQTT message.
+//! gateway's status and its offline state), and how a sample becomes
+//! buffered rows that each fit one MQTT message.
+
+use std::collections::BTreeMap;
 
 use kite_core::{points_json, PointSample, Reading, Sample};
 use serde::{Deserialize, Serialize};
@@ -126,6 +128,103 @@ pub struct WriteResult {
     pub ok: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+}
+
+/// The gateway's status: the retained message on `{prefix}/{gateway}/status`
+/// while it runs, and the body of `/status` on the local API.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Status {
+    /// Always `"online"`; [`offline`] is the other state.
+    pub state: &'static str,
+    pub ts: i64,
+    pub version: &'static str,
+    pub buffer: BufferReport,
+    pub uplink: UplinkReport,
+    pub history: HistoryReport,
+    pub buses: BTreeMap<String, BusReport>,
+    pub devices: BTreeMap<String, DeviceReport>,
+    pub plugins: BTreeMap<String, PluginReport>,
+    /// Set when the per-bus, per-device and per-plug-in details were left
+    /// out to fit `mqtt.max_message_bytes`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub details_omitted: Option<&'static str>,
+}
+
+impl Status {
+    /// The same status without its details, for a message size it does not fit.
+    pub fn without_details(mut self) -> Self {
+        self.buses.clear();
+        self.devices.clear();
+        self.plugins.clear();
+        self.details_omitted =
+            Some("larger than mqtt.max_message_bytes: see /status on the gateway's local API");
+        self
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BufferReport {
+    pub rows: u64,
+    pub bytes: u64,
+    pub dropped: u64,
+    pub oldest_ts: Option<i64>,
+    pub lost: u64,
+    pub set_aside: u64,
+    pub too_large: u64,
+    pub commit_failures: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct UplinkReport {
+    pub connected: bool,
+    pub published: u64,
+    pub acknowledged: u64,
+    pub reconnects: u64,
+    pub writes_rejected: u64,
+    pub results_dropped: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HistoryReport {
+    pub dropped: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BusReport {
+    /// `open` or `closed`.
+    pub state: &'static str,
+    pub missed_polls: u64,
+    pub link_failures: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DeviceReport {
+    /// `polling`, `quarantined`, `offline` or `refused`.
+    pub state: &'static str,
+    pub reads: u64,
+    pub timeouts: u64,
+    pub errors: u64,
+    pub discarded_bytes: u64,
+    pub last_error: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PluginReport {
+    pub state: &'static str,
+    pub calls: u64,
+    pub failures: u64,
+    pub timeouts: u64,
+    pub traps: u64,
+    pub lost_batches: u64,
+    pub skipped_batches: u64,
+    pub readings_in: u64,
+    pub outputs: u64,
+    pub busy_ms: u64,
+}
+
+/// The status message's payload.
+pub fn status(status: &Status) -> String {
+    serde_json::to_string(status).expect("a status serializes")
 }
 
 /// The retained status while the gateway is away (last will, clean stop).

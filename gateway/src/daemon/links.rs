@@ -1,78 +1,31 @@
-//! What runs from the config's devices and plug-ins, and how a new config
-//! is applied to it. A link (a Modbus connection or line, a raw
-//! instrument) or a plug-in whose settings did not change keeps running
-//! untouched; one that changed is stopped and started again with the new
-//! settings; the others are stopped or started. The buffer is no part of it.
+//! The links that poll the configured devices (a Modbus connection or
+//! line, a raw instrument), and how a new config is applied to them: a link
+//! whose settings did not change keeps running untouched; one that changed
+//! is stopped and awaited before its successor opens the same port.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, Weak};
-use std::time::{Duration, SystemTime};
+use std::sync::{Arc, Mutex};
 
 use kite_core::{BusHealth, DeviceHealth, PointSample, SampleSink};
 use kite_modbus::{BusMonitor, BusSpec, Link, WriteRequest};
-use kite_plugins::{
-    Codec, Limits, PluginCounters, PluginError, PluginHandle, PluginOutput, PluginSpec, Sandbox,
-    Trust,
-};
+use kite_plugins::{Codec, Limits, PluginSpec, Trust};
 use kite_serial::decode::{DecodeError, RegexDecoder};
 use kite_serial::nmea::NmeaDecoder;
 use kite_serial::FrameDecoder;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info};
+use tracing::error;
 
-use crate::config::{Decode, InstrumentConfig, PluginConfig};
+use super::sandbox::{FileStamp, SandboxSlot};
+use crate::config::{Decode, InstrumentConfig};
+use crate::ops::vitals::FieldHealth;
 use crate::uplink::WriteRoutes;
-use crate::vitals::{Current, FieldHealth, PluginStatus};
 
 /// Write requests queued per link.
 const WRITE_QUEUE: usize = 16;
-
-/// The plug-in engine, made when the first plug-in or codec needs it.
-pub struct SandboxSlot {
-    cache: PathBuf,
-    sandbox: Option<Arc<Sandbox>>,
-}
-
-impl SandboxSlot {
-    pub fn new(cache: PathBuf) -> Self {
-        Self {
-            cache,
-            sandbox: None,
-        }
-    }
-
-    fn get(&mut self) -> Result<Arc<Sandbox>, PluginError> {
-        if let Some(sandbox) = &self.sandbox {
-            return Ok(sandbox.clone());
-        }
-        let sandbox = Arc::new(Sandbox::new(Some(&self.cache))?);
-        self.sandbox = Some(sandbox.clone());
-        Ok(sandbox)
-    }
-}
-
-/// Size and modification time of a plug-in's file and of its signature:
-/// a new version of either is a change.
-#[derive(Debug, Clone, PartialEq)]
-pub struct FileStamp([Option<(u64, Option<SystemTime>)>; 2]);
-
-impl FileStamp {
-    pub fn of(wasm: &Path) -> Self {
-        let stat = |path: &Path| {
-            std::fs::metadata(path)
-                .ok()
-                .map(|m| (m.len(), m.modified().ok()))
-        };
-        Self([
-            stat(wasm),
-            stat(&kite_plugins::signing::signature_path(wasm)),
-        ])
-    }
-}
 
 /// One link's settings, as far as they decide whether it must restart.
 #[derive(Debug, Clone, PartialEq)]
@@ -331,190 +284,5 @@ impl FrameDecoder for CodecDecoder {
             .unwrap_or_else(|e| e.into_inner())
             .decode(frame)
             .map_err(DecodeError::Invalid)
-    }
-}
-
-/// The plug-ins the ingest task offers samples to.
-pub type PluginHandles = Vec<Arc<PluginHandle>>;
-
-struct RunningPlugin {
-    config: PluginConfig,
-    trust: Trust,
-    /// None when it was refused.
-    handle: Option<Arc<PluginHandle>>,
-    counters: Arc<PluginCounters>,
-}
-
-/// The running plug-ins, each on a thread of its own.
-pub struct Plugins {
-    running: Vec<RunningPlugin>,
-    outputs: mpsc::Sender<PluginOutput>,
-    state_path: PathBuf,
-    /// Largest message a plug-in's output may become.
-    max_message_bytes: usize,
-    /// What the ingest task and the file watcher see.
-    pub handles: Arc<Current<PluginHandles>>,
-}
-
-impl Plugins {
-    pub fn new(
-        outputs: mpsc::Sender<PluginOutput>,
-        state_path: PathBuf,
-        max_message_bytes: usize,
-    ) -> Self {
-        Self {
-            running: Vec::new(),
-            outputs,
-            state_path,
-            max_message_bytes,
-            handles: Arc::new(Current::new(Vec::new())),
-        }
-    }
-
-    /// Brings the running plug-ins in line with the config; what changed,
-    /// one line each. A plug-in that cannot be read, verified or compiled is
-    /// refused, loudly and in the status, and the gateway runs on without it;
-    /// when it was running with other settings, that version stays.
-    pub async fn apply(
-        &mut self,
-        configs: &[PluginConfig],
-        trust: &Trust,
-        sandbox: &mut SandboxSlot,
-    ) -> Vec<String> {
-        let mut running: HashMap<String, RunningPlugin> = self
-            .running
-            .drain(..)
-            .map(|plugin| (plugin.config.name.clone(), plugin))
-            .collect();
-        let mut changes = Vec::new();
-        for config in configs {
-            let name = &config.name;
-            let old = match running.remove(name) {
-                Some(old) if old.config == *config && old.trust == *trust => {
-                    self.running.push(old);
-                    continue;
-                }
-                old => old,
-            };
-            let spec = PluginSpec {
-                name: name.clone(),
-                wasm: config.path.clone(),
-                inputs: config.inputs.clone(),
-                limits: config.limits,
-                config_json: config.config_json.clone(),
-                state_path: self.state_path.clone(),
-                trust: trust.clone(),
-            };
-            let outputs = self.outputs.clone();
-            // Compiling takes long: off the runtime's threads.
-            let started = match sandbox.get() {
-                Ok(sandbox) => {
-                    tokio::task::spawn_blocking(move || kite_plugins::spawn(sandbox, spec, outputs))
-                        .await
-                        .unwrap_or_else(|e| Err(PluginError::Load(e.to_string())))
-                }
-                Err(e) => Err(e),
-            };
-            match (started, old) {
-                (Ok(handle), old) => {
-                    info!(plugin = %name, path = %config.path.display(), "plug-in loaded");
-                    changes.push(format!(
-                        "plug-in {name}: {}",
-                        if old.is_some() {
-                            "restarted"
-                        } else {
-                            "started"
-                        }
-                    ));
-                    self.running.push(RunningPlugin {
-                        config: config.clone(),
-                        trust: trust.clone(),
-                        counters: handle.counters.clone(),
-                        handle: Some(Arc::new(handle)),
-                    });
-                }
-                (Err(e), Some(old)) if old.handle.is_some() => {
-                    error!(plugin = %name, path = %config.path.display(), error = %e, "plug-in with new settings REFUSED; the running one stays");
-                    changes.push(format!(
-                        "plug-in {name}: new settings refused ({e}); the running version stays"
-                    ));
-                    self.running.push(old);
-                }
-                (Err(e), _) => {
-                    error!(plugin = %name, path = %config.path.display(), error = %e, "plug-in REFUSED");
-                    changes.push(format!("plug-in {name}: refused ({e})"));
-                    self.running.push(RunningPlugin {
-                        config: config.clone(),
-                        trust: trust.clone(),
-                        handle: None,
-                        counters: Arc::new(PluginCounters::refused()),
-                    });
-                }
-            }
-        }
-        // Dropping a handle lets its thread finish the batches it has, then end.
-        for name in running.into_keys() {
-            info!(plugin = %name, "plug-in stopped");
-            changes.push(format!("plug-in {name}: stopped"));
-        }
-        self.handles.set(
-            self.running
-                .iter()
-                .filter_map(|plugin| plugin.handle.clone())
-                .collect(),
-        );
-        changes
-    }
-
-    /// Each plug-in's name and counters, in config order.
-    pub fn status(&self) -> PluginStatus {
-        self.running
-            .iter()
-            .map(|plugin| (plugin.config.name.clone(), plugin.counters.clone()))
-            .collect()
-    }
-}
-
-/// How often plug-in files are checked for a new version.
-const PLUGIN_WATCH_INTERVAL: Duration = Duration::from_secs(2);
-
-/// Hot swap: when a running plug-in's file (or its signature) changes, the
-/// new version is loaded beside the running one and swapped in only if it
-/// loads; polling and the buffer never notice.
-pub async fn watch_plugins(handles: Arc<Current<PluginHandles>>, stop: CancellationToken) {
-    // The version seen of each handle; a handle replaced by a reload starts afresh.
-    let mut seen: HashMap<String, (Weak<PluginHandle>, FileStamp)> = HashMap::new();
-    let mut ticker = tokio::time::interval(PLUGIN_WATCH_INTERVAL);
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = ticker.tick() => {}
-        }
-        let current = handles.get();
-        seen.retain(|name, _| current.iter().any(|h| h.spec.name == *name));
-        for plugin in current.iter() {
-            let stamp = FileStamp::of(&plugin.spec.wasm);
-            let name = plugin.spec.name.clone();
-            match seen.get_mut(&name) {
-                Some((known, last)) if known.ptr_eq(&Arc::downgrade(plugin)) => {
-                    if *last == stamp {
-                        continue;
-                    }
-                    *last = stamp;
-                }
-                _ => {
-                    seen.insert(name, (Arc::downgrade(plugin), stamp));
-                    continue;
-                }
-            }
-            let plugin = plugin.clone();
-            match tokio::task::spawn_blocking(move || plugin.reload()).await {
-                Ok(Ok(())) => info!(plugin = %name, "plug-in reloaded"),
-                Ok(Err(e)) => {
-                    error!(plugin = %name, error = %e, "new version of the plug-in failed to load; the running version stays")
-                }
-                Err(e) => error!(plugin = %name, error = %e, "plug-in reload panicked"),
-            }
-        }
     }
 }

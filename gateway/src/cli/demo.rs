@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,37 +19,37 @@ use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, QoS};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::{config, pipeline};
+use kite_gateway::{config, daemon};
 
 const GATEWAY_ID: &str = "demo-gw";
 const DEVICES: [&str; 3] = ["boiler-1", "boiler-2", "chiller-1"];
 
 /// The demo's gateway config; `{port_N}`, `{mqtt_port}`, `{http_port}` and
 /// `{data_dir}` are filled in.
-const DEMO_CONFIG: &str = include_str!("../../config/demo.toml");
+const DEMO_CONFIG: &str = include_str!("../../../config/demo.toml");
 
 /// The files the demo config names under `demo/`: prebuilt example plug-ins,
 /// their signatures and the key that signed them (config/demo/README.md).
 const DEMO_FILES: [(&str, &[u8]); 5] = [
     (
         "average.wasm",
-        include_bytes!("../../config/demo/average.wasm"),
+        include_bytes!("../../../config/demo/average.wasm"),
     ),
     (
         "average.wasm.sig",
-        include_bytes!("../../config/demo/average.wasm.sig"),
+        include_bytes!("../../../config/demo/average.wasm.sig"),
     ),
     (
         "threshold.wasm",
-        include_bytes!("../../config/demo/threshold.wasm"),
+        include_bytes!("../../../config/demo/threshold.wasm"),
     ),
     (
         "threshold.wasm.sig",
-        include_bytes!("../../config/demo/threshold.wasm.sig"),
+        include_bytes!("../../../config/demo/threshold.wasm.sig"),
     ),
     (
         "demo-plugins.pub",
-        include_bytes!("../../config/demo/demo-plugins.pub"),
+        include_bytes!("../../../config/demo/demo-plugins.pub"),
     ),
 ];
 
@@ -61,7 +62,11 @@ pub struct Ports {
     pub http: u16,
 }
 
-pub async fn run(
+pub fn demo(ports: Ports, data_dir: Option<PathBuf>, duration: Option<Duration>) -> ExitCode {
+    super::report(super::runtime().block_on(run(ports, data_dir, duration, super::stop_signal())))
+}
+
+async fn run(
     ports: Ports,
     data_dir: Option<PathBuf>,
     duration: Option<Duration>,
@@ -109,7 +114,7 @@ pub async fn run(
     if let Some(listen) = config.http.listen {
         println!(
             "  status:    http://{}/",
-            crate::http::client_address(listen)
+            kite_gateway::ops::http::client_address(listen)
         );
     }
     println!("  stop:      Ctrl-C");
@@ -124,7 +129,7 @@ pub async fn run(
             None => stop.await,
         }
     };
-    let result = pipeline::run(config, None, stop, None).await;
+    let result = daemon::run(config, None, stop, None).await;
     // The gateway has stopped: only now do its devices and the watcher go,
     // so nothing fails on the way out.
     watching.cancel();

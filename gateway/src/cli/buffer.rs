@@ -77,7 +77,11 @@ impl Location {
 }
 
 /// The exit code: failure also for a damaged buffer found by `verify`.
-pub fn run(command: BufferCommand) -> anyhow::Result<ExitCode> {
+pub fn run(command: BufferCommand) -> ExitCode {
+    buffer(command).unwrap_or_else(|e| super::exit_code(Err(e)))
+}
+
+fn buffer(command: BufferCommand) -> anyhow::Result<ExitCode> {
     match command {
         BufferCommand::Inspect { at, json } => {
             let path = at.buffer_path()?;

@@ -17,7 +17,7 @@ use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
 use super::{shutting_down, Api};
-use crate::vitals::Vitals;
+use crate::ops::vitals::Vitals;
 
 const PAGE: &str = include_str!("status_page.html");
 

@@ -1,6 +1,6 @@
 //! systemd integration: `READY=1` once the pipeline is up, `RELOADING=1`
 //! while a reload is applied, `STOPPING=1` at shutdown once the buffer is flushed, and the watchdog fed only while the pipeline is
-//! alive (see [`crate::vitals`]), so that a gateway that runs but stopped
+//! alive (see [`crate::ops::vitals`]), so that a gateway that runs but stopped
 //! forwarding is restarted rather than kept alive by a timer. Without
 //! `NOTIFY_SOCKET` (not started by systemd) every call does nothing.
 
@@ -11,7 +11,7 @@ use sd_notify::NotifyState;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info};
 
-use crate::vitals::Vitals;
+use crate::ops::vitals::Vitals;
 
 fn notify(states: &[NotifyState]) {
     if let Err(e) = sd_notify::notify(false, states) {

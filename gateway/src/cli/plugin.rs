@@ -3,17 +3,17 @@
 
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Subcommand;
+use kite_gateway::config::parse_duration;
 use kite_gateway::uplink::wire;
 use kite_plugins::bindings::kite::plugin::types::{Reading, Value};
 use kite_plugins::sandbox::{Limits, Sandbox};
 use kite_plugins::signing;
 use kite_plugins::{start_instance, PluginSpec, Trust};
-
-use crate::config::parse_duration;
 
 #[derive(Subcommand)]
 pub enum PluginCommand {
@@ -60,7 +60,11 @@ pub enum PluginCommand {
     },
 }
 
-pub fn run(command: PluginCommand) -> anyhow::Result<()> {
+pub fn run(command: PluginCommand) -> ExitCode {
+    super::exit_code(plugin(command))
+}
+
+fn plugin(command: PluginCommand) -> anyhow::Result<()> {
     match command {
         PluginCommand::Keygen { prefix } => {
             let (secret, public) = signing::keygen(&prefix)?;

@@ -11,8 +11,12 @@ use hyper::Request;
 use hyper_util::rt::TokioIo;
 use serde_json::Value;
 
+use std::process::ExitCode;
+
 use kite_gateway::config;
-use kite_gateway::http::client_address;
+use kite_gateway::ops::http::client_address;
+
+use super::{exit_code, runtime};
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -57,7 +61,19 @@ async fn call(
         .with_context(|| format!("no answer from {address} within {TIMEOUT:?}"))?
 }
 
-pub async fn status(config_path: &Path, json: bool) -> anyhow::Result<()> {
+pub fn status(config_path: &Path, json: bool) -> ExitCode {
+    exit_code(runtime().block_on(show_status(config_path, json)))
+}
+
+pub fn log_level(config_path: &Path, filter: &str) -> ExitCode {
+    exit_code(runtime().block_on(set_log_level(config_path, filter)))
+}
+
+pub fn reload(config_path: &Path) -> ExitCode {
+    exit_code(runtime().block_on(ask_reload(config_path)))
+}
+
+async fn show_status(config_path: &Path, json: bool) -> anyhow::Result<()> {
     let (code, body) = call(config_path, "GET", "/status", String::new()).await?;
     if code != 200 && code != 503 {
         bail!("the gateway answered {code}: {}", body.trim());
@@ -75,7 +91,7 @@ pub async fn status(config_path: &Path, json: bool) -> anyhow::Result<()> {
     }
 }
 
-pub async fn log_level(config_path: &Path, filter: &str) -> anyhow::Result<()> {
+async fn set_log_level(config_path: &Path, filter: &str) -> anyhow::Result<()> {
     let (code, body) = call(config_path, "PUT", "/log-level", filter.to_string()).await?;
     if code != 200 {
         bail!("the gateway answered {code}: {}", body.trim());
@@ -84,7 +100,7 @@ pub async fn log_level(config_path: &Path, filter: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub async fn reload(config_path: &Path) -> anyhow::Result<()> {
+async fn ask_reload(config_path: &Path) -> anyhow::Result<()> {
     const KEPT: &str = "not reloaded: the gateway runs on with the config it has";
     // The gateway would refuse it for the same reasons; say them here first.
     if let Err(e) = config::load(config_path) {

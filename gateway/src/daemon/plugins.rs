@@ -1,0 +1,202 @@
+//! The running plug-ins, each on a thread of its own, and how a new config
+//! is applied to them; hot swapping when a plug-in's file changes.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use kite_plugins::{PluginCounters, PluginError, PluginHandle, PluginOutput, PluginSpec, Trust};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info};
+
+use super::sandbox::{FileStamp, SandboxSlot};
+use crate::config::PluginConfig;
+use crate::current::Current;
+use crate::ops::vitals::PluginList;
+
+/// The plug-ins the ingest task offers samples to.
+pub type PluginHandles = Vec<Arc<PluginHandle>>;
+
+struct RunningPlugin {
+    config: PluginConfig,
+    trust: Trust,
+    /// None when it was refused.
+    handle: Option<Arc<PluginHandle>>,
+    counters: Arc<PluginCounters>,
+}
+
+/// The running plug-ins, each on a thread of its own.
+pub struct Plugins {
+    running: Vec<RunningPlugin>,
+    outputs: mpsc::Sender<PluginOutput>,
+    state_path: PathBuf,
+    /// Largest message a plug-in's output may become.
+    max_message_bytes: usize,
+    /// What the ingest task and the file watcher see.
+    pub handles: Arc<Current<PluginHandles>>,
+}
+
+impl Plugins {
+    pub fn new(
+        outputs: mpsc::Sender<PluginOutput>,
+        state_path: PathBuf,
+        max_message_bytes: usize,
+    ) -> Self {
+        Self {
+            running: Vec::new(),
+            outputs,
+            state_path,
+            max_message_bytes,
+            handles: Arc::new(Current::new(Vec::new())),
+        }
+    }
+
+    /// Brings the running plug-ins in line with the config; what changed,
+    /// one line each. A plug-in that cannot be read, verified or compiled is
+    /// refused, loudly and in the status, and the gateway runs on without it;
+    /// when it was running with other settings, that version stays.
+    pub async fn apply(
+        &mut self,
+        configs: &[PluginConfig],
+        trust: &Trust,
+        sandbox: &mut SandboxSlot,
+    ) -> Vec<String> {
+        let mut running: HashMap<String, RunningPlugin> = self
+            .running
+            .drain(..)
+            .map(|plugin| (plugin.config.name.clone(), plugin))
+            .collect();
+        let mut changes = Vec::new();
+        for config in configs {
+            let name = &config.name;
+            let old = match running.remove(name) {
+                Some(old) if old.config == *config && old.trust == *trust => {
+                    self.running.push(old);
+                    continue;
+                }
+                old => old,
+            };
+            let spec = PluginSpec {
+                name: name.clone(),
+                wasm: config.path.clone(),
+                inputs: config.inputs.clone(),
+                limits: config.limits,
+                config_json: config.config_json.clone(),
+                state_path: self.state_path.clone(),
+                trust: trust.clone(),
+            };
+            let outputs = self.outputs.clone();
+            // Compiling takes long: off the runtime's threads.
+            let started = match sandbox.get() {
+                Ok(sandbox) => {
+                    tokio::task::spawn_blocking(move || kite_plugins::spawn(sandbox, spec, outputs))
+                        .await
+                        .unwrap_or_else(|e| Err(PluginError::Load(e.to_string())))
+                }
+                Err(e) => Err(e),
+            };
+            match (started, old) {
+                (Ok(handle), old) => {
+                    info!(plugin = %name, path = %config.path.display(), "plug-in loaded");
+                    changes.push(format!(
+                        "plug-in {name}: {}",
+                        if old.is_some() {
+                            "restarted"
+                        } else {
+                            "started"
+                        }
+                    ));
+                    self.running.push(RunningPlugin {
+                        config: config.clone(),
+                        trust: trust.clone(),
+                        counters: handle.counters.clone(),
+                        handle: Some(Arc::new(handle)),
+                    });
+                }
+                (Err(e), Some(old)) if old.handle.is_some() => {
+                    error!(plugin = %name, path = %config.path.display(), error = %e, "plug-in with new settings REFUSED; the running one stays");
+                    changes.push(format!(
+                        "plug-in {name}: new settings refused ({e}); the running version stays"
+                    ));
+                    self.running.push(old);
+                }
+                (Err(e), _) => {
+                    error!(plugin = %name, path = %config.path.display(), error = %e, "plug-in REFUSED");
+                    changes.push(format!("plug-in {name}: refused ({e})"));
+                    self.running.push(RunningPlugin {
+                        config: config.clone(),
+                        trust: trust.clone(),
+                        handle: None,
+                        counters: Arc::new(PluginCounters::refused()),
+                    });
+                }
+            }
+        }
+        // Dropping a handle lets its thread finish the batches it has, then end.
+        for name in running.into_keys() {
+            info!(plugin = %name, "plug-in stopped");
+            changes.push(format!("plug-in {name}: stopped"));
+        }
+        self.handles.set(
+            self.running
+                .iter()
+                .filter_map(|plugin| plugin.handle.clone())
+                .collect(),
+        );
+        changes
+    }
+
+    /// Each plug-in's name and counters, in config order.
+    pub fn status(&self) -> PluginList {
+        self.running
+            .iter()
+            .map(|plugin| (plugin.config.name.clone(), plugin.counters.clone()))
+            .collect()
+    }
+}
+
+/// How often plug-in files are checked for a new version.
+const PLUGIN_WATCH_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Hot swap: when a running plug-in's file (or its signature) changes, the
+/// new version is loaded beside the running one and swapped in only if it
+/// loads; polling and the buffer never notice.
+pub async fn watch_plugins(handles: Arc<Current<PluginHandles>>, stop: CancellationToken) {
+    // The version seen of each handle; a handle replaced by a reload starts afresh.
+    let mut seen: HashMap<String, (Weak<PluginHandle>, FileStamp)> = HashMap::new();
+    let mut ticker = tokio::time::interval(PLUGIN_WATCH_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        let current = handles.get();
+        seen.retain(|name, _| current.iter().any(|h| h.spec.name == *name));
+        for plugin in current.iter() {
+            let stamp = FileStamp::of(&plugin.spec.wasm);
+            let name = plugin.spec.name.clone();
+            match seen.get_mut(&name) {
+                Some((known, last)) if known.ptr_eq(&Arc::downgrade(plugin)) => {
+                    if *last == stamp {
+                        continue;
+                    }
+                    *last = stamp;
+                }
+                _ => {
+                    seen.insert(name, (Arc::downgrade(plugin), stamp));
+                    continue;
+                }
+            }
+            let plugin = plugin.clone();
+            match tokio::task::spawn_blocking(move || plugin.reload()).await {
+                Ok(Ok(())) => info!(plugin = %name, "plug-in reloaded"),
+                Ok(Err(e)) => {
+                    error!(plugin = %name, error = %e, "new version of the plug-in failed to load; the running version stays")
+                }
+                Err(e) => error!(plugin = %name, error = %e, "plug-in reload panicked"),
+            }
+        }
+    }
+}

@@ -1,0 +1,58 @@
+//! What a config runs: the links that poll its devices and its plug-ins,
+//! with the plug-in engine they share; applying a config to them (at start
+//! and at every reload) publishes what they are to the rest of the gateway.
+
+use std::sync::Arc;
+
+use super::links::Field;
+use super::plugins::Plugins;
+use super::sandbox::SandboxSlot;
+use crate::config::Config;
+use crate::current::Current;
+use crate::ops::vitals::Vitals;
+use crate::uplink::WriteRoutes;
+
+/// What a config runs (links and plug-ins, and the engine they share), and
+/// where what they are is published: health and plug-in status in the
+/// vitals, the devices the history keeps, the write routes of the uplink.
+pub(super) struct Workload {
+    pub sandbox: SandboxSlot,
+    pub field: Field,
+    pub plugins: Plugins,
+    pub routes: Arc<Current<WriteRoutes>>,
+    pub vitals: Arc<Vitals>,
+}
+
+impl Workload {
+    /// Brings links and plug-ins in line with `config` (at start, and at
+    /// every reload) and publishes the result; what changed, a line each.
+    pub async fn apply(&mut self, config: &Config) -> Vec<String> {
+        let mut changes = self
+            .plugins
+            .apply(&config.plugins, &config.plugin_trust, &mut self.sandbox)
+            .await;
+        changes.extend(
+            self.field
+                .apply(
+                    &config.modbus,
+                    &config.instruments,
+                    &config.plugin_trust,
+                    &mut self.sandbox,
+                )
+                .await,
+        );
+        let (health, plugins) = (self.field.health(), self.plugins.status());
+        let devices = health.devices.iter().map(|(name, _)| name.as_str());
+        let plugin_names = plugins.iter().map(|(name, _)| name.as_str());
+        self.vitals.history.follow(devices.chain(plugin_names));
+        self.vitals.field.set(health);
+        self.vitals.plugins.set(plugins);
+        self.routes.set(self.field.routes());
+        changes
+    }
+    /// Stops every link and waits for it (what they read is handed to the
+    /// sample channel); the plug-ins finish the batches they have, then end.
+    pub async fn stop(self) {
+        self.field.stop().await;
+    }
+}
