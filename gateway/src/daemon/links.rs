@@ -3,7 +3,6 @@
 //! whose settings did not change keeps running untouched; one that changed
 //! is stopped and awaited before its successor opens the same port.
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -19,6 +18,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::error;
 
+use super::reconcile::{reconcile, Step};
 use super::sandbox::{FileStamp, SandboxSlot};
 use crate::config::{Decode, InstrumentConfig};
 use crate::ops::vitals::FieldHealth;
@@ -103,30 +103,34 @@ impl Field {
                 }
             }))
             .collect();
-        let mut running: HashMap<String, RunningLink> = self
-            .links
-            .drain(..)
-            .map(|link| (link.config.label(), link))
-            .collect();
+        let steps = reconcile(
+            std::mem::take(&mut self.links),
+            wanted,
+            |link| link.config.label(),
+            LinkConfig::label,
+            |link, config| link.config == *config,
+        );
         let mut changes = Vec::new();
-        let mut kept = HashMap::new();
         let mut stopping = Vec::new();
-        for config in &wanted {
-            let label = config.label();
-            match running.remove(&label) {
-                Some(link) if link.config == *config => {
-                    kept.insert(label, link);
+        // Each link as it will run: kept, or the settings to start it with.
+        let mut plan = Vec::new();
+        for step in steps {
+            match step {
+                Step::Keep(link) => plan.push(Ok(link)),
+                Step::Change(link, config) => {
+                    changes.push(format!("{}: restarted", config.label()));
+                    stopping.push(link);
+                    plan.push(Err(config));
                 }
-                Some(link) => {
-                    changes.push(format!("{label}: restarted"));
+                Step::Start(config) => {
+                    changes.push(format!("{}: started", config.label()));
+                    plan.push(Err(config));
+                }
+                Step::Stop(link) => {
+                    changes.push(format!("{}: stopped", link.config.label()));
                     stopping.push(link);
                 }
-                None => changes.push(format!("{label}: started")),
             }
-        }
-        for (label, link) in running {
-            changes.push(format!("{label}: stopped"));
-            stopping.push(link);
         }
         for link in &stopping {
             link.stop.cancel();
@@ -138,10 +142,10 @@ impl Field {
                 }
             }
         }
-        for config in wanted {
-            let link = match kept.remove(&config.label()) {
-                Some(link) => link,
-                None => self.start(config, sandbox).await,
+        for link in plan {
+            let link = match link {
+                Ok(kept) => kept,
+                Err(config) => self.start(config, sandbox).await,
             };
             self.links.push(link);
         }

@@ -47,6 +47,7 @@ use workload::Workload;
 mod ingest;
 mod links;
 mod plugins;
+mod reconcile;
 mod reload;
 mod sandbox;
 mod workload;

@@ -11,6 +11,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
+use super::reconcile::{reconcile, Step};
 use super::sandbox::{FileStamp, SandboxSlot};
 use crate::config::PluginConfig;
 use crate::current::Current;
@@ -63,51 +64,41 @@ impl Plugins {
         trust: &Trust,
         sandbox: &mut SandboxSlot,
     ) -> Vec<String> {
-        let mut running: HashMap<String, RunningPlugin> = self
-            .running
-            .drain(..)
-            .map(|plugin| (plugin.config.name.clone(), plugin))
-            .collect();
+        let steps = reconcile(
+            std::mem::take(&mut self.running),
+            configs.iter().collect(),
+            |plugin| plugin.config.name.clone(),
+            |config| config.name.clone(),
+            |plugin, config| plugin.config == **config && plugin.trust == *trust,
+        );
         let mut changes = Vec::new();
-        for config in configs {
-            let name = &config.name;
-            let old = match running.remove(name) {
-                Some(old) if old.config == *config && old.trust == *trust => {
-                    self.running.push(old);
+        for step in steps {
+            let (config, old) = match step {
+                Step::Keep(plugin) => {
+                    self.running.push(plugin);
                     continue;
                 }
-                old => old,
-            };
-            let spec = PluginSpec {
-                name: name.clone(),
-                wasm: config.path.clone(),
-                inputs: config.inputs.clone(),
-                limits: config.limits,
-                config_json: config.config_json.clone(),
-                state_path: self.state_path.clone(),
-                trust: trust.clone(),
-            };
-            let outputs = self.outputs.clone();
-            // Compiling takes long: off the runtime's threads.
-            let started = match sandbox.get() {
-                Ok(sandbox) => {
-                    tokio::task::spawn_blocking(move || kite_plugins::spawn(sandbox, spec, outputs))
-                        .await
-                        .unwrap_or_else(|e| Err(PluginError::Load(e.to_string())))
+                Step::Stop(plugin) => {
+                    // Dropping a handle lets its thread finish the batches it has, then end.
+                    let name = &plugin.config.name;
+                    info!(plugin = %name, "plug-in stopped");
+                    changes.push(format!("plug-in {name}: stopped"));
+                    continue;
                 }
-                Err(e) => Err(e),
+                Step::Change(old, config) => (config, Some(old)),
+                Step::Start(config) => (config, None),
             };
+            let name = &config.name;
+            let started = self.start(config, trust, sandbox).await;
             match (started, old) {
                 (Ok(handle), old) => {
                     info!(plugin = %name, path = %config.path.display(), "plug-in loaded");
-                    changes.push(format!(
-                        "plug-in {name}: {}",
-                        if old.is_some() {
-                            "restarted"
-                        } else {
-                            "started"
-                        }
-                    ));
+                    let verb = if old.is_some() {
+                        "restarted"
+                    } else {
+                        "started"
+                    };
+                    changes.push(format!("plug-in {name}: {verb}"));
                     self.running.push(RunningPlugin {
                         config: config.clone(),
                         trust: trust.clone(),
@@ -134,11 +125,6 @@ impl Plugins {
                 }
             }
         }
-        // Dropping a handle lets its thread finish the batches it has, then end.
-        for name in running.into_keys() {
-            info!(plugin = %name, "plug-in stopped");
-            changes.push(format!("plug-in {name}: stopped"));
-        }
         self.handles.set(
             self.running
                 .iter()
@@ -146,6 +132,30 @@ impl Plugins {
                 .collect(),
         );
         changes
+    }
+
+    /// Loads, verifies and compiles the plug-in and starts it on a thread of its own.
+    async fn start(
+        &self,
+        config: &PluginConfig,
+        trust: &Trust,
+        sandbox: &mut SandboxSlot,
+    ) -> Result<PluginHandle, PluginError> {
+        let spec = PluginSpec {
+            name: config.name.clone(),
+            wasm: config.path.clone(),
+            inputs: config.inputs.clone(),
+            limits: config.limits,
+            config_json: config.config_json.clone(),
+            state_path: self.state_path.clone(),
+            trust: trust.clone(),
+        };
+        let outputs = self.outputs.clone();
+        let sandbox = sandbox.get()?;
+        // Compiling takes long: off the runtime's threads.
+        tokio::task::spawn_blocking(move || kite_plugins::spawn(sandbox, spec, outputs))
+            .await
+            .unwrap_or_else(|e| Err(PluginError::Load(e.to_string())))
     }
 
     /// Each plug-in's name and counters, in config order.
