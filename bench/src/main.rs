@@ -12,7 +12,6 @@
 //! `kite-bench reload` what a reload costs the devices it leaves alone.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -20,6 +19,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use kite_modbus::simulator::{self, SimBank};
+use kite_test_support::{Kite, Mosquitto};
 use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, QoS};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -103,51 +103,6 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
-struct Broker {
-    child: Child,
-    port: u16,
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
-async fn start_broker(dir: &Path) -> anyhow::Result<Broker> {
-    let port = free_port()?;
-    let conf = dir.join("mosquitto.conf");
-    std::fs::write(
-        &conf,
-        format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 0\nmax_inflight_messages 0\n"),
-    )?;
-    let child = Command::new("mosquitto")
-        .arg("-c")
-        .arg(&conf)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("start mosquitto")?;
-    let broker = Broker { child, port };
-    for _ in 0..200 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-        {
-            return Ok(broker);
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    bail!("mosquitto did not start")
-}
-
 /// Serves `count` simulated devices; returns their ports.
 async fn start_devices(count: usize, shutdown: &CancellationToken) -> anyhow::Result<Vec<u16>> {
     let bank = Arc::new(SimBank::default());
@@ -161,12 +116,19 @@ async fn start_devices(count: usize, shutdown: &CancellationToken) -> anyhow::Re
     Ok(ports)
 }
 
+/// The config of the gateway `bench` polling `points` registers of each
+/// device at `ports`.
 fn kite_config(dir: &Path, broker: u16, ports: &[u16], points: usize, interval_ms: u64) -> String {
-    let mut text = format!(
-        "[gateway]\nid = \"bench\"\ndata_dir = \"{}\"\n[mqtt]\nurl = \"mqtt://127.0.0.1:{broker}\"\nmax_inflight = 256\n[buffer]\nmax_bytes = \"1GiB\"\n",
-        dir.join("data").display()
-    );
+    let settings = "max_inflight = 256\n[buffer]\nmax_bytes = \"1GiB\"\n";
+    let devices = devices(ports, 0, points, interval_ms);
+    kite_test_support::kite_config(dir, "bench", broker, &format!("{settings}{devices}"))
+}
+
+/// Devices `dev{first}`, `dev{first + 1}`, ... at `ports`, each with `points` registers.
+fn devices(ports: &[u16], first: usize, points: usize, interval_ms: u64) -> String {
+    let mut text = String::new();
     for (i, port) in ports.iter().enumerate() {
+        let i = first + i;
         text += &format!(
             "[[devices]]\nname = \"dev{i}\"\nprotocol = \"modbus-tcp\"\naddress = \"127.0.0.1:{port}\"\npoll_interval = \"{interval_ms}ms\"\ntimeout = \"1s\"\n"
         );
@@ -276,28 +238,14 @@ fn percentile(sorted: &[i64], p: f64) -> i64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
-struct KiteProcess(Child);
-
-impl Drop for KiteProcess {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+/// The gateway under measurement, logging warnings only.
+fn start_kite(kite: &Path, dir: &Path, config: &str) -> Kite {
+    Kite::start_with_env(kite, dir, config, &[("KITE_LOG", "warn")])
 }
 
-fn start_kite(kite: &Path, dir: &Path, config: &str) -> anyhow::Result<KiteProcess> {
-    let path = dir.join("kite.toml");
-    std::fs::write(&path, config)?;
-    let log = std::fs::File::create(dir.join("kite.log"))?;
-    let child = Command::new(kite)
-        .args(["run", "--config"])
-        .arg(&path)
-        .env("KITE_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .context("start kite")?;
-    Ok(KiteProcess(child))
+/// The process id of a gateway that runs.
+fn pid(kite: &Kite) -> anyhow::Result<u32> {
+    kite.pid().context("kite is not running")
 }
 
 async fn load(
@@ -310,7 +258,7 @@ async fn load(
     let dir = std::env::temp_dir().join(format!("kite-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let shutdown = CancellationToken::new();
-    let broker = start_broker(&dir).await?;
+    let broker = Mosquitto::start(&dir, false).await;
     let ports = start_devices(devices, &shutdown).await?;
     let received = Arc::new(Received::default());
     let counting = received.clone();
@@ -322,8 +270,8 @@ async fn load(
         kite,
         &dir,
         &kite_config(&dir, broker.port, &ports, points, interval_ms),
-    )?;
-    let pid = process.0.id();
+    );
+    let pid = pid(&process)?;
 
     tokio::time::sleep(Duration::from_secs(5)).await;
     let start_messages = received.messages.load(Ordering::Relaxed);
@@ -418,13 +366,13 @@ async fn idle(kite: &Path) -> anyhow::Result<()> {
     let dir = std::env::temp_dir().join(format!("kite-bench-idle-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let shutdown = CancellationToken::new();
-    let broker = start_broker(&dir).await?;
+    let broker = Mosquitto::start(&dir, false).await;
     let ports = start_devices(1, &shutdown).await?;
     let config = kite_config(&dir, broker.port, &ports, 10, 60_000);
-    let process = start_kite(kite, &dir, &config)?;
+    let process = start_kite(kite, &dir, &config);
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let rss = status_kb(process.0.id(), "VmRSS:")?;
-    let hwm = status_kb(process.0.id(), "VmHWM:")?;
+    let rss = status_kb(pid(&process)?, "VmRSS:")?;
+    let hwm = status_kb(pid(&process)?, "VmHWM:")?;
     drop(process);
     shutdown.cancel();
     let _ = std::fs::remove_dir_all(&dir);

@@ -16,7 +16,9 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use tokio_util::sync::CancellationToken;
 
-use crate::{field, free_port, now_ms, start_broker, start_devices, start_kite};
+use kite_test_support::Mosquitto;
+
+use crate::{field, now_ms, start_devices, start_kite};
 
 const DEVICES: usize = 10;
 const INTERVAL_MS: u64 = 100;
@@ -32,7 +34,7 @@ pub async fn run(kite: &Path, reloads: usize) -> anyhow::Result<()> {
     let dir = std::env::temp_dir().join(format!("kite-bench-reload-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let shutdown = CancellationToken::new();
-    let broker = start_broker(&dir).await?;
+    let broker = Mosquitto::start(&dir, false).await;
     let ports = start_devices(DEVICES + 1, &shutdown).await?;
     let seen = Arc::new(Mutex::new(Seen::default()));
     let recording = seen.clone();
@@ -47,11 +49,9 @@ pub async fn run(kite: &Path, reloads: usize) -> anyhow::Result<()> {
         }
     })
     .await?;
-    let base = crate::kite_config(&dir, broker.port, &ports[..DEVICES], 10, INTERVAL_MS)
-        + &format!("[http]\nlisten = \"127.0.0.1:{}\"\n", free_port()?);
-    let with_extra = crate::kite_config(&dir, broker.port, &ports, 10, INTERVAL_MS)
-        + &base[base.find("[http]").context("http section")?..];
-    let _process = start_kite(kite, &dir, &base)?;
+    let base = crate::kite_config(&dir, broker.port, &ports[..DEVICES], 10, INTERVAL_MS);
+    let with_extra = base.clone() + &crate::devices(&ports[DEVICES..], DEVICES, 10, INTERVAL_MS);
+    let _process = start_kite(kite, &dir, &base);
     let config = dir.join("kite.toml");
     tokio::time::sleep(Duration::from_secs(3)).await;
 

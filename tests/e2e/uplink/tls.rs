@@ -85,7 +85,7 @@ async fn uplink_over_mutual_tls_with_password() {
     };
 
     // A wrong password is refused by the broker, and the gateway says so.
-    let refused = Kite::start(d, &config("wrong-password"));
+    let refused = Kite::start(kite_bin(), d, &config("wrong-password"));
     wait_until("the broker's refusal is logged", || {
         refused.log().contains("uplink down")
     })
@@ -94,7 +94,7 @@ async fn uplink_over_mutual_tls_with_password() {
     drop(refused);
 
     // The buffer kept what was read meanwhile; with the right password it all arrives over TLS.
-    let _kite = Kite::start(d, &config("password"));
+    let _kite = Kite::start(kite_bin(), d, &config("password"));
     // The status goes out first on connect, then the backlog from its oldest row.
     let status = sub
         .next_on("kite/gw-tls/status", |s| s["state"] == "online")

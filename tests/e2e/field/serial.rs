@@ -66,7 +66,7 @@ async fn a_dead_slave_does_not_stall_the_others_on_its_bus() {
         "flush_timeout = \"2s\"",
         "flush_timeout = \"2s\"\nstatus_interval = \"1s\"",
     );
-    let kite = Kite::start(dir.path(), &config);
+    let kite = Kite::start(kite_bin(), dir.path(), &config);
 
     let dead = sub.next_on("kite/gw-rtu/meter-3", |_| true).await;
     let error = dead["points"]["energy"]["error"].as_str().unwrap();
@@ -146,7 +146,7 @@ async fn an_unplugged_port_is_reported_and_polling_resumes_when_it_returns() {
         "flush_timeout = \"2s\"",
         "flush_timeout = \"2s\"\nstatus_interval = \"1s\"",
     );
-    let kite = Kite::start(dir.path(), &config);
+    let kite = Kite::start(kite_bin(), dir.path(), &config);
     sub.next_on("kite/gw-usb/meter-1", |m| is_good(m, "energy"))
         .await;
 
@@ -199,6 +199,7 @@ async fn rtu_over_tcp_polls_several_units_through_one_converter() {
     let devices = device("meter-1", 1) + &device("meter-2", 2);
     let mut sub = Subscriber::connect(broker.port, "kite/gw-conv/#", "conv-test", false).await;
     let _kite = Kite::start(
+        kite_bin(),
         dir.path(),
         &kite_config(dir.path(), "gw-conv", broker.port, &devices),
     );
@@ -237,7 +238,7 @@ async fn raw_lines_become_points_and_garbage_is_counted_not_fatal() {
         "flush_timeout = \"2s\"",
         "flush_timeout = \"2s\"\nstatus_interval = \"1s\"",
     );
-    let _kite = Kite::start(dir.path(), &config);
+    let _kite = Kite::start(kite_bin(), dir.path(), &config);
     sub.next_on("kite/gw-raw/status", |s| s["devices"]["probe"].is_object())
         .await;
 
@@ -312,6 +313,7 @@ async fn a_queried_instrument_and_a_gnss_receiver() {
     );
     let mut sub = Subscriber::connect(broker.port, "kite/gw-inst/#", "inst-test", false).await;
     let _kite = Kite::start(
+        kite_bin(),
         dir.path(),
         &kite_config(dir.path(), "gw-inst", broker.port, &devices),
     );
@@ -404,7 +406,7 @@ async fn an_oversubscribed_bus_says_so_and_serves_every_device_in_turn() {
         "flush_timeout = \"2s\"",
         "flush_timeout = \"2s\"\nstatus_interval = \"1s\"",
     );
-    let kite = Kite::start(dir.path(), &config);
+    let kite = Kite::start(kite_bin(), dir.path(), &config);
 
     let status = sub
         .next_on("kite/gw-busy/status", |s| {
@@ -447,7 +449,7 @@ async fn a_codec_plugin_decodes_a_binary_protocol() {
         "flush_timeout = \"2s\"",
         "flush_timeout = \"2s\"\nstatus_interval = \"1s\"",
     );
-    let _kite = Kite::start(dir.path(), &config);
+    let _kite = Kite::start(kite_bin(), dir.path(), &config);
     sub.next_on("kite/gw-codec/status", |s| {
         s["devices"]["flowmeter"]["state"] == "polling"
     })
@@ -494,7 +496,7 @@ async fn reload_restarts_a_changed_serial_bus_on_the_same_port() {
         broker.port,
         &(bus("rs485", &pair.kite_end) + &rtu_device("meter-1", "rs485", 1)),
     );
-    let _kite = Kite::start(dir.path(), &config);
+    let _kite = Kite::start(kite_bin(), dir.path(), &config);
     sub.next_on("kite/gw-rebus/meter-1", |m| is_good(m, "energy"))
         .await;
 
@@ -505,7 +507,7 @@ async fn reload_restarts_a_changed_serial_bus_on_the_same_port() {
         config.clone() + &rtu_device("meter-2", "rs485", 2),
     )
     .unwrap();
-    let output = kite_reload(dir.path());
+    let output = kite_reload(kite_bin(), dir.path());
     let text = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{text}");
     assert!(text.contains("bus rs485: restarted"), "{text}");

@@ -59,6 +59,7 @@ time_limit = "5ms"
         spin = spin.display(),
     );
     let kite = Kite::start(
+        kite_bin(),
         dir.path(),
         &kite_config(dir.path(), "gw-plug", broker.port, &extra),
     );
@@ -221,7 +222,11 @@ async fn unsigned_and_tampered_plugins_are_refused_and_nothing_else_stops() {
         plugin("unsigned", &unsigned),
         plugin("tampered", &tampered),
     );
-    let kite = Kite::start(d, &kite_config(d, "gw-sign", broker.port, &extra));
+    let kite = Kite::start(
+        kite_bin(),
+        d,
+        &kite_config(d, "gw-sign", broker.port, &extra),
+    );
     let status = sub
         .next_on("kite/gw-sign/status", |s| s["state"] == "online")
         .await;
@@ -264,7 +269,11 @@ async fn replacing_a_plugin_file_swaps_versions_without_a_gap() {
          [[plugins]]\nname = \"live\"\npath = \"{}\"\ninputs = [\"*/temperature\"]\nconfig = {{ from = \"degC\", to = \"degF\", window = 2 }}\n",
         wasm.display()
     );
-    let kite = Kite::start(d, &kite_config(d, "gw-swap", broker.port, &extra));
+    let kite = Kite::start(
+        kite_bin(),
+        d,
+        &kite_config(d, "gw-swap", broker.port, &extra),
+    );
     let first = sub.next_on("kite/gw-swap/boiler-1", |_| true).await["seq"]
         .as_u64()
         .unwrap();
@@ -327,6 +336,7 @@ async fn plugin_outputs_of_the_last_readings_are_committed_at_shutdown() {
     );
     // No broker: everything stays in the buffer, where it can be counted.
     let mut kite = Kite::start(
+        kite_bin(),
         dir.path(),
         &kite_config(dir.path(), "gw-drain", free_port(), &extra),
     );

@@ -31,6 +31,7 @@ async fn link_cut_loses_nothing() {
     let (_device, devices) = fast_device(4, "50ms").await;
     let mut sub = Subscriber::connect(broker.port, "kite/gw-cut/meter", "cut-test", false).await;
     let kite = Kite::start(
+        kite_bin(),
         dir.path(),
         &kite_config(dir.path(), "gw-cut", proxy.port, &devices),
     );
@@ -56,6 +57,7 @@ async fn broker_stopped_for_30s_loses_nothing() {
     let (_device, devices) = fast_device(4, "100ms").await;
     let mut sub = Subscriber::connect(broker.port, "kite/gw-stop/meter", "stop-test", true).await;
     let kite = Kite::start(
+        kite_bin(),
         dir.path(),
         &kite_config(dir.path(), "gw-stop", broker.port, &devices),
     );
@@ -86,6 +88,7 @@ async fn kill_9_during_delivery_loses_nothing() {
     let (_device, devices) = fast_device(20, "20ms").await;
     let mut sub = Subscriber::connect(broker.port, "kite/gw-kill/meter", "kill-test", false).await;
     let mut kite = Kite::start(
+        kite_bin(),
         dir.path(),
         &kite_config(dir.path(), "gw-kill", proxy.port, &devices),
     );
@@ -112,6 +115,7 @@ async fn restart_while_broker_down_delivers_backlog() {
     let broker_port = free_port();
     let (_device, devices) = fast_device(4, "50ms").await;
     let mut kite = Kite::start(
+        kite_bin(),
         dir.path(),
         &kite_config(dir.path(), "gw-down", broker_port, &devices),
     );
@@ -143,7 +147,7 @@ async fn full_buffer_drops_oldest_counts_and_delivers_newest() {
     let (_device, devices) = fast_device(40, "20ms").await;
     let config = kite_config(dir.path(), "gw-full", broker_port, &devices)
         .replace("[mqtt]", "[buffer]\nmax_bytes = \"64KiB\"\n\n[mqtt]");
-    let mut kite = Kite::start(dir.path(), &config);
+    let mut kite = Kite::start(kite_bin(), dir.path(), &config);
     wait_until("the size limit drops rows", || kite.buffer().dropped >= 20).await;
     assert!(kite.terminate().await.success());
     let before = kite.buffer();
@@ -214,6 +218,7 @@ async fn a_buffer_locked_by_another_process_loses_nothing() {
     let topic = "kite/gw-lock/meter";
     let mut sub = Subscriber::connect(broker.port, topic, "lock-test", false).await;
     let kite = Kite::start(
+        kite_bin(),
         dir.path(),
         &kite_config(dir.path(), "gw-lock", broker.port, &devices),
     );
@@ -281,7 +286,7 @@ async fn a_row_the_broker_cannot_take_is_set_aside_and_delivery_goes_on() {
         "flush_timeout",
         "max_message_bytes = \"32KiB\"\nflush_timeout",
     );
-    let mut kite = Kite::start(dir.path(), &config);
+    let mut kite = Kite::start(kite_bin(), dir.path(), &config);
     let buffer = dir.path().join("data/buffer.sqlite3");
     wait_until("the buffer exists", || buffer.exists()).await;
     assert!(kite.terminate().await.success());
@@ -358,6 +363,7 @@ async fn a_write_result_made_while_the_link_is_down_survives_a_kill_9() {
     );
     let mut sub = Subscriber::connect(broker.port, "kite/gw-wr/#", "wr-test", false).await;
     let mut kite = Kite::start(
+        kite_bin(),
         dir.path(),
         &kite_config(dir.path(), "gw-wr", proxy.port, &device),
     );

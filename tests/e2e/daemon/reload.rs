@@ -76,7 +76,7 @@ async fn reload_applies_devices_and_uplink_changes_without_loss() {
         first_broker.port,
         &(device("keep", keep_port, "level") + &device("gone", gone_port, "level")),
     );
-    let kite = Kite::start(dir.path(), &config);
+    let kite = Kite::start(kite_bin(), dir.path(), &config);
     // Every seq any subscriber sees is kept, to prove at the end that none is missing.
     let mut seqs = BTreeSet::new();
     // Some history first, so the switch happens with rows in flight.
@@ -101,7 +101,7 @@ async fn reload_applies_devices_and_uplink_changes_without_loss() {
         );
     assert_ne!(reloaded, config);
     std::fs::write(Kite::config_path(dir.path()), &reloaded).unwrap();
-    let output = kite_reload(dir.path());
+    let output = kite_reload(kite_bin(), dir.path());
     let text = String::from_utf8_lossy(&output.stdout);
     assert!(
         output.status.success(),
@@ -162,7 +162,7 @@ async fn a_config_with_problems_is_refused_and_the_running_one_stays() {
         broker.port,
         &device("plc", port, "level"),
     );
-    let mut kite = Kite::start(dir.path(), &config);
+    let mut kite = Kite::start(kite_bin(), dir.path(), &config);
     sub.next_on("kite/gw-bad/plc", |_| true).await;
 
     // A device on a bus nobody declared, and a point with no address.
@@ -170,7 +170,7 @@ async fn a_config_with_problems_is_refused_and_the_running_one_stays() {
         + "[[devices]]\nname = \"meter\"\nprotocol = \"modbus-rtu\"\nbus = \"rs485-9\"\nunit_id = 3\n";
     std::fs::write(Kite::config_path(dir.path()), &broken).unwrap();
 
-    let output = kite_reload(dir.path());
+    let output = kite_reload(kite_bin(), dir.path());
     let errors = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success(), "{errors}");
     assert!(errors.contains("rs485-9"), "{errors}");
@@ -236,13 +236,13 @@ async fn reload_starts_stops_and_restarts_plugins() {
         broker.port,
         &(boiler.clone() + &convert("degF")),
     );
-    let kite = Kite::start(dir.path(), &config);
+    let kite = Kite::start(kite_bin(), dir.path(), &config);
     sub.next_on("kite/gw-replug/fahrenheit", |_| true).await;
 
     // One plug-in with new settings, one new.
     let reconfigured = config.replace(&convert("degF"), &(convert("K") + &overheat));
     std::fs::write(Kite::config_path(dir.path()), &reconfigured).unwrap();
-    let output = kite_reload(dir.path());
+    let output = kite_reload(kite_bin(), dir.path());
     let text = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{text}");
     assert!(text.contains("plug-in fahrenheit: restarted"), "{text}");
@@ -260,7 +260,7 @@ async fn reload_starts_stops_and_restarts_plugins() {
 
     // And gone again.
     std::fs::write(Kite::config_path(dir.path()), &config).unwrap();
-    let output = kite_reload(dir.path());
+    let output = kite_reload(kite_bin(), dir.path());
     let text = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{text}");
     assert!(text.contains("plug-in overheat: stopped"), "{text}");

@@ -1,5 +1,8 @@
-//! Real peers for the end-to-end tests: Mosquitto, pymodbus devices, the
-//! `kite` binary, an MQTT subscriber, and a TCP proxy that can cut a link.
+//! Real peers for Kite's end-to-end tests and its benchmarks: Mosquitto,
+//! pymodbus devices, socat serial pairs, the `kite` daemon, an MQTT
+//! subscriber, and a TCP proxy that can cut or slow a link. Everything
+//! panics with a clear message when a peer is missing or misbehaves: the
+//! callers are tests and benchmark runs.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -16,13 +19,10 @@ pub const PATIENCE: Duration = Duration::from_secs(60);
 
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
+        .ancestors()
+        .nth(2)
+        .expect("tests/support is two levels below the repository")
         .to_path_buf()
-}
-
-pub fn kite_bin() -> &'static str {
-    env!("CARGO_BIN_EXE_kite")
 }
 
 fn python() -> PathBuf {
@@ -247,6 +247,7 @@ impl SerialPair {
 /// The `kite` daemon, run from its binary with a config written to `dir`.
 pub struct Kite {
     pub dir: PathBuf,
+    bin: PathBuf,
     child: Option<Child>,
     env: Vec<(String, String)>,
 }
@@ -256,14 +257,16 @@ impl Kite {
         dir.join("kite.toml")
     }
 
-    pub fn start(dir: &Path, config: &str) -> Self {
-        Self::start_with_env(dir, config, &[])
+    /// Starts the binary `bin` with `config`.
+    pub fn start(bin: &Path, dir: &Path, config: &str) -> Self {
+        Self::start_with_env(bin, dir, config, &[])
     }
 
-    pub fn start_with_env(dir: &Path, config: &str, env: &[(&str, &str)]) -> Self {
+    pub fn start_with_env(bin: &Path, dir: &Path, config: &str, env: &[(&str, &str)]) -> Self {
         std::fs::write(Self::config_path(dir), config).unwrap();
         let mut kite = Self {
             dir: dir.to_path_buf(),
+            bin: bin.to_path_buf(),
             child: None,
             env: env
                 .iter()
@@ -333,10 +336,10 @@ impl Kite {
             let mut shell = Command::new("sh");
             shell
                 .args(["-c", "export WATCHDOG_PID=$$; exec \"$0\" \"$@\""])
-                .arg(kite_bin());
+                .arg(&self.bin);
             shell
         } else {
-            Command::new(kite_bin())
+            Command::new(&self.bin)
         };
         let child = command
             .args(["run", "--config"])
@@ -353,6 +356,11 @@ impl Kite {
     /// SIGHUP: read the config again.
     pub fn hangup(&self) {
         signal(self.child.as_ref().expect("kite running"), "HUP");
+    }
+
+    /// The daemon's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     pub fn kill9(&mut self) {
@@ -422,9 +430,9 @@ impl Drop for Kite {
     }
 }
 
-/// `kite reload` for the gateway running in `dir`.
-pub fn kite_reload(dir: &Path) -> std::process::Output {
-    Command::new(kite_bin())
+/// `kite reload` with the binary `bin`, for the gateway running in `dir`.
+pub fn kite_reload(bin: &Path, dir: &Path) -> std::process::Output {
+    Command::new(bin)
         .args(["reload", "--config"])
         .arg(Kite::config_path(dir))
         .output()

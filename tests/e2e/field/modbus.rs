@@ -152,6 +152,7 @@ async fn values_arrive_decoded_and_writes_round_trip() {
         "[[devices]]\nname = \"plc-1\"\nprotocol = \"modbus-tcp\"\naddress = \"127.0.0.1:{device_port}\"\npoll_interval = \"200ms\"\ntimeout = \"1s\"\nmax_gap = 16\n{POINTS}"
     );
     let _kite = Kite::start(
+        kite_bin(),
         dir.path(),
         &kite_config(dir.path(), "gw-values", broker.port, &devices),
     );

@@ -64,7 +64,7 @@ async fn buffer_tools_inspect_export_verify_and_repair() {
         devices += &format!("[[devices.points]]\nname = \"register_{i}\"\naddress = {i}\n");
     }
     let config = kite_config(dir.path(), "gw-tools", broker_port, &devices);
-    let mut kite = Kite::start(dir.path(), &config);
+    let mut kite = Kite::start(kite_bin(), dir.path(), &config);
     wait_until("rows buffered with no broker", || kite.buffer().rows >= 400).await;
     assert!(kite.terminate().await.success());
     let path = dir.path().join("data/buffer.sqlite3");

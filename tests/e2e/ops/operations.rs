@@ -31,6 +31,7 @@ async fn health_metrics_status_and_log_level_over_http() {
     let (_device, port) = modbus_device(json!({"holding": {"0": [42]}})).await;
     let mut sub = Subscriber::connect(broker.port, "kite/gw-ops/#", "ops-test", false).await;
     let kite = Kite::start(
+        kite_bin(),
         dir.path(),
         &kite_config(dir.path(), "gw-ops", broker.port, &device(port)),
     );
@@ -159,7 +160,7 @@ async fn off_loopback_everything_but_health_needs_the_token() {
         "[http]\nlisten = \"127.0.0.1:",
         &format!("[http]\ntoken_file = \"api-token\"\nlisten = \"0.0.0.0:{port}\"\n# was: \""),
     );
-    let kite = Kite::start(dir.path(), &config);
+    let kite = Kite::start(kite_bin(), dir.path(), &config);
     assert_eq!(kite.http("GET", "/healthz", None, "").await.0, 200);
     assert_eq!(kite.http("GET", "/metrics", None, "").await.0, 401);
     assert_eq!(kite.http("GET", "/status", Some("wrong"), "").await.0, 401);
@@ -236,6 +237,7 @@ async fn systemd_hears_ready_and_a_watchdog_fed_only_while_data_moves() {
     let config = kite_config(dir.path(), "gw-sd", broker.port, &device(port));
     let socket_env = socket_path.display().to_string();
     let mut kite = Kite::start_with_env(
+        kite_bin(),
         dir.path(),
         &config,
         &[

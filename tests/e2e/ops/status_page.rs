@@ -21,7 +21,7 @@ const CHROMIUM_PATIENCE: Duration = Duration::from_secs(180);
 /// poll and one more (the page polls every 2 s; fetches pause virtual time).
 const PAGE_TIME_MS: u32 = 5_000;
 /// The page as it is in the source.
-const PAGE: &str = include_str!("../../gateway/src/ops/http/status_page.html");
+const PAGE: &str = include_str!("../../../gateway/src/ops/http/status_page.html");
 /// Names longer than a phone is wide, with no place to break a line.
 const LONG_DEVICE: &str = "feedwater_pump_controller_of_the_north_boiler_house_unreachable";
 const LONG_POINT: &str = "differential_pressure_across_the_secondary_heat_exchanger_inlet";
@@ -445,7 +445,7 @@ async fn the_status_page_shows_every_device_and_follows_the_readings() {
     let unreachable = modbus(LONG_DEVICE, free_port());
     let devices = modbus("plc", modbus_port) + &unreachable + &probe(&pair.kite_end);
     let config = kite_config(dir.path(), "gw-page", broker.port, &devices);
-    let kite = Kite::start(dir.path(), &config);
+    let kite = Kite::start(kite_bin(), dir.path(), &config);
     let url = api_url(&kite);
     // A target directory shared by several checkouts may hold another's
     // binary; the layout checked below must be this page's.
@@ -558,7 +558,7 @@ async fn with_a_token_the_page_reads_it_from_its_fragment() {
     // No broker: the page does not need one.
     let config = kite_config(dir.path(), "gw-page-token", free_port(), &device)
         .replace("[http]\n", "[http]\ntoken_file = \"api-token\"\n");
-    let kite = Kite::start(dir.path(), &config);
+    let kite = Kite::start(kite_bin(), dir.path(), &config);
     let url = api_url(&kite);
 
     // The page itself holds no data; everything it shows needs the token.

@@ -1,0 +1,4 @@
+//! The running daemon: reloads, and plug-ins in the pipeline.
+
+mod plugins;
+mod reload;

@@ -1,0 +1,5 @@
+//! Running unattended: the local API, systemd's notify protocol and
+//! watchdog, and the status page in Chromium.
+
+mod operations;
+mod status_page;

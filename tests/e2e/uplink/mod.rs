@@ -1,0 +1,5 @@
+//! Delivery to a real broker: outages, kill -9, a locked or full buffer,
+//! rows the broker cannot take, write results; TLS with a client certificate.
+
+mod outages;
+mod tls;
