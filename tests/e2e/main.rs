@@ -3,6 +3,7 @@
 //! pairs from socat, and headless Chromium rendering the status page.
 //! Grouped like the gateway's own rooms.
 
+mod architecture;
 mod cli;
 mod daemon;
 mod field;
