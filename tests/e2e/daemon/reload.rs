@@ -16,12 +16,6 @@ fn device(name: &str, port: u16, point: &str) -> String {
     )
 }
 
-async fn status(kite: &Kite) -> Value {
-    let (code, body) = kite.http("GET", "/status", None, "").await;
-    assert_eq!(code, 200, "{body}");
-    serde_json::from_str(&body).unwrap()
-}
-
 fn reads(status: &Value, device: &str) -> u64 {
     status["devices"][device]["reads"]
         .as_u64()
@@ -87,7 +81,7 @@ async fn reload_applies_devices_and_uplink_changes_without_loss() {
         keep_seen && gone_seen && m["seq"].as_u64().is_some_and(|seq| seq >= 20)
     })
     .await;
-    let keep_reads = reads(&status(&kite).await, "keep");
+    let keep_reads = reads(&kite.api("/status").await, "keep");
 
     // Same API address and gateway; one device gone, one new, another broker.
     let reloaded = config
@@ -125,7 +119,7 @@ async fn reload_applies_devices_and_uplink_changes_without_loss() {
         topic == "kite/gw-reload/keep"
     })
     .await;
-    let after = status(&kite).await;
+    let after = kite.api("/status").await;
     assert!(after["devices"].get("gone").is_none(), "{after}");
     assert_eq!(after["devices"]["new"]["state"], "polling", "{after}");
     // The unchanged device's poller was not restarted: its counters went on.
@@ -192,8 +186,8 @@ async fn a_config_with_problems_is_refused_and_the_running_one_stays() {
     );
 
     // The running config stays: the same device, still polled.
-    let before = reads(&status(&kite).await, "plc");
-    while reads(&status(&kite).await, "plc") <= before {
+    let before = reads(&kite.api("/status").await, "plc");
+    while reads(&kite.api("/status").await, "plc") <= before {
         sub.next_on("kite/gw-bad/plc", |_| true).await;
     }
     assert!(kite.log().contains("new config REFUSED"), "{}", kite.log());
@@ -264,7 +258,7 @@ async fn reload_starts_stops_and_restarts_plugins() {
     let text = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{text}");
     assert!(text.contains("plug-in overheat: stopped"), "{text}");
-    let plugins = status(&kite).await["plugins"].clone();
+    let plugins = kite.api("/status").await["plugins"].clone();
     assert!(plugins.get("overheat").is_none(), "{plugins}");
     assert!(plugins["fahrenheit"].is_object(), "{plugins}");
     sub.next_on("kite/gw-replug/fahrenheit", |m| {

@@ -375,29 +375,6 @@ fn distinct_heights(row: &str) -> usize {
     heights.len()
 }
 
-/// Polls the JSON at `path` until `condition` holds; the document that satisfied it.
-async fn api_until(
-    kite: &Kite,
-    path: &str,
-    what: &str,
-    condition: impl Fn(&Value) -> bool,
-) -> Value {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        let (code, body) = kite.http("GET", path, None, "").await;
-        assert_eq!(code, 200, "{body}");
-        let doc: Value = serde_json::from_str(&body).unwrap();
-        if condition(&doc) {
-            return doc;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting until {what}: {doc}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 fn api_url(kite: &Kite) -> String {
     let config = std::fs::read_to_string(Kite::config_path(&kite.dir)).unwrap();
     let listen = config
@@ -466,14 +443,15 @@ async fn the_status_page_shows_every_device_and_follows_the_readings() {
         .open(&pair.device_end)
         .unwrap();
     probe.write_all(b"T=20.5\nT=21.0\nT=23.25\n").unwrap();
-    let history = api_until(&kite, "/history", "every device has reported", |h| {
-        temp(h)["value"] == 23.25
-            && h["devices"]["plc"]["points"]["level"]["value"] == 42
-            && h["devices"]["plc"]["points"][LONG_POINT]["quality"] == "good"
-            && h["devices"][LONG_DEVICE]["points"]["level"]["quality"] == "bad"
-    })
-    .await;
-    api_until(&kite, "/status", "the uplink is connected", |s| {
+    let history = kite
+        .api_until("/history", "every device has reported", |h| {
+            temp(h)["value"] == 23.25
+                && h["devices"]["plc"]["points"]["level"]["value"] == 42
+                && h["devices"]["plc"]["points"][LONG_POINT]["quality"] == "good"
+                && h["devices"][LONG_DEVICE]["points"]["level"]["quality"] == "bad"
+        })
+        .await;
+    kite.api_until("/status", "the uplink is connected", |s| {
         s["uplink"]["connected"] == true
     })
     .await;
@@ -491,6 +469,9 @@ async fn the_status_page_shows_every_device_and_follows_the_readings() {
     assert_eq!(text_of(level, "data-value"), "42");
     let dead = element(&dom, &format!("data-point=\"{LONG_DEVICE}/level\""), "tr");
     assert_eq!(attribute(dead, "data-quality"), "bad");
+    // Its connection is refused: the device is offline, not polling.
+    let offline = element(&dom, &format!("data-device=\"{LONG_DEVICE}\""), "article");
+    assert_eq!(attribute(offline, "data-state"), "offline");
     let before = element(&dom, "data-point=\"probe/temp\"", "tr");
     assert_eq!(text_of(before, "data-value"), "23.25");
     let drawn = temp(&history)["recent"].as_array().unwrap().len();
@@ -501,26 +482,29 @@ async fn the_status_page_shows_every_device_and_follows_the_readings() {
     let mut chromium = DevTools::start();
     let tab = assert_fits(&mut chromium, &url, DESKTOP, false, "status-page.png").await;
     assert_fits(&mut chromium, &url, PHONE, true, "status-page-phone.png").await;
-    // Each state in its colour, `offline` too, though no device here is.
+    // Each state in its colour: the offline device in red.
     let looks = chromium
         .eval(
             &tab,
-            r#"({
-                plc: document.querySelector('[data-device="plc"] [data-device-state]').className,
-                states: ["polling", "quarantined", "offline", "refused"].map(stateClass),
-            })"#,
+            &format!(
+                r#"({{
+                    plc: document.querySelector('[data-device="plc"] [data-device-state]').className,
+                    offline: document.querySelector('[data-device="{LONG_DEVICE}"] [data-device-state]').className,
+                    states: ["polling", "quarantined", "offline", "refused"].map(stateClass),
+                }})"#
+            ),
         )
         .await;
     assert_eq!(
         looks,
-        json!({"plc": "badge good", "states": ["good", "warn", "bad", "bad"]})
+        json!({"plc": "badge good", "offline": "badge bad", "states": ["good", "warn", "bad", "bad"]})
     );
     // Its tabs poll on until it is closed.
     drop(chromium);
 
     // New readings reach the page: the value changes and the line grows.
     probe.write_all(b"T=-4.75\n").unwrap();
-    api_until(&kite, "/history", "the new reading is recorded", |h| {
+    kite.api_until("/history", "the new reading is recorded", |h| {
         temp(h)["value"] == -4.75
     })
     .await;
@@ -536,7 +520,7 @@ async fn the_status_page_shows_every_device_and_follows_the_readings() {
     std::fs::write(Kite::config_path(dir.path()), reloaded).unwrap();
     let (code, body) = kite.http("POST", "/reload", None, "").await;
     assert_eq!(code, 200, "{body}");
-    api_until(&kite, "/history", "the removed device is gone", |h| {
+    kite.api_until("/history", "the removed device is gone", |h| {
         h["devices"][LONG_DEVICE].is_null()
     })
     .await;

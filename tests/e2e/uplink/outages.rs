@@ -183,33 +183,6 @@ async fn full_buffer_drops_oldest_counts_and_delivers_newest() {
     assert_complete_in_order(&[vec![oldest], seqs].concat(), oldest, newest);
 }
 
-/// The gateway's status document from its local API.
-async fn status(kite: &Kite) -> serde_json::Value {
-    let (code, body) = kite.http("GET", "/status", None, "").await;
-    assert_eq!(code, 200, "{body}");
-    serde_json::from_str(&body).unwrap()
-}
-
-/// Polls the status until `condition` holds.
-async fn status_until(
-    kite: &Kite,
-    what: &str,
-    condition: impl Fn(&serde_json::Value) -> bool,
-) -> serde_json::Value {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        let status = status(kite).await;
-        if condition(&status) {
-            return status;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting until {what}: {status}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_buffer_locked_by_another_process_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
@@ -229,10 +202,11 @@ async fn a_buffer_locked_by_another_process_loses_nothing() {
     let locker = rusqlite::Connection::open(dir.path().join("data/buffer.sqlite3")).unwrap();
     locker.busy_timeout(Duration::from_secs(10)).unwrap();
     locker.execute_batch("BEGIN IMMEDIATE").unwrap();
-    let failing = status_until(&kite, "commits fail and are retried", |s| {
-        s["buffer"]["commit_failures"].as_u64() >= Some(2)
-    })
-    .await;
+    let failing = kite
+        .api_until("/status", "commits fail and are retried", |s| {
+            s["buffer"]["commit_failures"].as_u64() >= Some(2)
+        })
+        .await;
     assert_eq!(failing["buffer"]["lost"], 0, "{failing}");
     let (code, body) = kite.http("GET", "/healthz", None, "").await;
     assert_eq!(code, 200, "retrying is progress, not a hang: {body}");
@@ -241,14 +215,15 @@ async fn a_buffer_locked_by_another_process_loses_nothing() {
     drop(locker);
     let unlocked_ms = kite_core::now_ms();
 
-    let settled = status_until(&kite, "commits work again", |s| {
-        s["health"]["reasons"].as_array().is_some_and(|reasons| {
-            !reasons
-                .iter()
-                .any(|r| r.as_str().unwrap().contains("commits failing"))
+    let settled = kite
+        .api_until("/status", "commits work again", |s| {
+            s["health"]["reasons"].as_array().is_some_and(|reasons| {
+                !reasons
+                    .iter()
+                    .any(|r| r.as_str().unwrap().contains("commits failing"))
+            })
         })
-    })
-    .await;
+        .await;
     assert_eq!(settled["buffer"]["lost"], 0, "{settled}");
     assert!(
         kite.log().contains("buffer commits work again"),
@@ -310,10 +285,11 @@ async fn a_row_the_broker_cannot_take_is_set_aside_and_delivery_goes_on() {
         .next_on("kite/gw-big/meter", |m| m["seq"].as_u64() > Some(big))
         .await;
     assert!(after["points"].is_object(), "{after}");
-    let status = status_until(&kite, "the big row is set aside", |s| {
-        s["buffer"]["set_aside"] == 1
-    })
-    .await;
+    let status = kite
+        .api_until("/status", "the big row is set aside", |s| {
+            s["buffer"]["set_aside"] == 1
+        })
+        .await;
     assert_eq!(status["buffer"]["lost"], 0);
     assert!(kite.log().contains("SET ASIDE"), "{}", kite.log());
     let output = std::process::Command::new(kite_bin())

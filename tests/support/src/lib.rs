@@ -323,6 +323,34 @@ impl Kite {
         (code, body)
     }
 
+    /// `GET path` on the API, as JSON; it must answer 200.
+    pub async fn api(&self, path: &str) -> Value {
+        let (code, body) = self.http("GET", path, None, "").await;
+        assert_eq!(code, 200, "GET {path}: {body}");
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {path}: {e}: {body}"))
+    }
+
+    /// `GET path` on the API until its JSON satisfies `condition`; that document.
+    pub async fn api_until(
+        &self,
+        path: &str,
+        what: &str,
+        condition: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            let document = self.api(path).await;
+            if condition(&document) {
+                return document;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting until {what}: {document}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     pub fn restart(&mut self) {
         assert!(self.child.is_none());
         let log = std::fs::OpenOptions::new()
