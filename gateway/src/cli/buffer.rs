@@ -184,12 +184,12 @@ fn inspection_json(path: &Path, inspection: &Inspection) -> serde_json::Value {
         .collect();
     serde_json::json!({
         "path": path,
-        "rows": inspection.rows,
-        "bytes": inspection.bytes,
-        "dropped": inspection.dropped,
-        "set_aside": inspection.set_aside,
-        "last_seq": inspection.last_seq,
-        "oldest_ts": inspection.oldest_ts_ms,
+        "rows": inspection.totals.rows,
+        "bytes": inspection.totals.bytes,
+        "dropped": inspection.totals.dropped,
+        "set_aside": inspection.totals.set_aside,
+        "last_seq": inspection.totals.last_seq,
+        "oldest_ts": inspection.totals.oldest_ts_ms,
         "newest_ts": inspection.newest_ts_ms,
         "devices": devices,
     })
@@ -203,13 +203,13 @@ fn summary(path: &Path, inspection: &Inspection, now_ms: i64) -> String {
     let mut text = format!(
         "{}\nrows      {}\nbytes     {}\noldest    {}\nnewest    {}\ndropped   {}\nset aside {}\nlast seq  {}\n",
         path.display(),
-        inspection.rows,
-        inspection.bytes,
-        when(inspection.oldest_ts_ms),
+        inspection.totals.rows,
+        inspection.totals.bytes,
+        when(inspection.totals.oldest_ts_ms),
         when(inspection.newest_ts_ms),
-        inspection.dropped,
-        inspection.set_aside,
-        inspection.last_seq,
+        inspection.totals.dropped,
+        inspection.totals.set_aside,
+        inspection.totals.last_seq,
     );
     if inspection.devices.is_empty() {
         return text;
@@ -307,12 +307,14 @@ mod tests {
     #[test]
     fn summary_lists_totals_then_devices() {
         let inspection = Inspection {
-            rows: 3,
-            bytes: 300,
-            dropped: 1,
-            set_aside: 2,
-            last_seq: 9,
-            oldest_ts_ms: Some(1_000),
+            totals: store::Stats {
+                rows: 3,
+                bytes: 300,
+                dropped: 1,
+                set_aside: 2,
+                last_seq: 9,
+                oldest_ts_ms: Some(1_000),
+            },
             newest_ts_ms: Some(61_000),
             devices: vec![store::DeviceStats {
                 device: "meter".into(),

@@ -221,7 +221,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::store::testing::record;
+    use crate::store::testing::{open, record};
     use crate::store::Kind;
 
     #[derive(Debug, Clone)]
@@ -359,14 +359,7 @@ mod tests {
         )
         .unwrap();
         drop(v1);
-        let buffer = Buffer::open(
-            &path,
-            Settings {
-                max_bytes: 1 << 20,
-                durability: Durability::Normal,
-            },
-        )
-        .unwrap();
+        let buffer = open(&path, 1 << 20);
         let rows = buffer.read_after(0, 10).unwrap();
         assert_eq!(rows.len(), 1);
         assert_eq!(

@@ -201,7 +201,22 @@ pub struct Appended {
 
 #[cfg(test)]
 pub(crate) mod testing {
-    use super::{Kind, NewRecord};
+    use std::path::Path;
+
+    use super::{Buffer, Durability, Kind, NewRecord, Settings};
+
+    /// The buffer at `path` with durability `normal`.
+    pub fn open(path: &Path, max_bytes: u64) -> Buffer {
+        let durability = Durability::Normal;
+        Buffer::open(
+            path,
+            Settings {
+                max_bytes,
+                durability,
+            },
+        )
+        .unwrap()
+    }
 
     /// The `i`th record of a test, of every kind in turn.
     pub fn record(i: usize, body_len: usize) -> NewRecord {

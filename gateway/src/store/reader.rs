@@ -6,7 +6,7 @@ use std::path::Path;
 use rusqlite::{params, Connection, OpenFlags};
 
 use super::schema::{read_counter, read_last_seq, record_from_row};
-use super::{BufferError, Record, BUSY_TIMEOUT, PAGE_ROWS, ROW_OVERHEAD};
+use super::{BufferError, Record, Stats, BUSY_TIMEOUT, PAGE_ROWS, ROW_OVERHEAD};
 
 /// Opens `path` for reading only: its content is not changed (SQLite may
 /// create an empty `-wal` and `-shm` beside a WAL file), and the daemon can
@@ -29,14 +29,9 @@ pub(super) fn open_read_only(path: &Path) -> Result<Connection, BufferError> {
 /// What a buffer holds, for `kite buffer inspect`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Inspection {
-    pub rows: u64,
-    /// As counted against `max_bytes`.
-    pub bytes: u64,
-    pub dropped: u64,
-    pub set_aside: u64,
-    pub last_seq: i64,
-    /// Read times of the oldest and newest buffered samples.
-    pub oldest_ts_ms: Option<i64>,
+    /// The same totals the daemon keeps.
+    pub totals: Stats,
+    /// Read time of the newest buffered sample.
     pub newest_ts_ms: Option<i64>,
     /// By device (for events, the plug-in), sorted by name.
     pub devices: Vec<DeviceStats>,
@@ -83,12 +78,14 @@ impl BufferReader {
             })?
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Inspection {
-            rows: devices.iter().map(|d| d.rows).sum(),
-            bytes: devices.iter().map(|d| d.bytes).sum(),
-            dropped: read_counter(&snapshot, "dropped")?.unwrap_or(0),
-            set_aside: read_counter(&snapshot, "set_aside")?.unwrap_or(0),
-            last_seq: read_last_seq(&snapshot)?.unwrap_or(0),
-            oldest_ts_ms: devices.iter().map(|d| d.oldest_ts_ms).min(),
+            totals: Stats {
+                rows: devices.iter().map(|d| d.rows).sum(),
+                bytes: devices.iter().map(|d| d.bytes).sum(),
+                dropped: read_counter(&snapshot, "dropped")?.unwrap_or(0),
+                set_aside: read_counter(&snapshot, "set_aside")?.unwrap_or(0),
+                last_seq: read_last_seq(&snapshot)?.unwrap_or(0),
+                oldest_ts_ms: devices.iter().map(|d| d.oldest_ts_ms).min(),
+            },
             newest_ts_ms: devices.iter().map(|d| d.newest_ts_ms).max(),
             devices,
         })
@@ -161,20 +158,14 @@ impl Iterator for Rows<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{Buffer, Durability, Kind, NewRecord, Settings};
+    use crate::store::testing::open;
+    use crate::store::{Kind, NewRecord};
 
     #[test]
     fn the_reader_sees_what_the_buffer_holds_while_it_runs() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("b.sqlite3");
-        let mut buffer = Buffer::open(
-            &path,
-            Settings {
-                max_bytes: 1 << 30,
-                durability: Durability::Normal,
-            },
-        )
-        .unwrap();
+        let mut buffer = open(&path, 1 << 30);
         let records: Vec<_> = (0..1500)
             .map(|i| NewRecord {
                 kind: Kind::Telemetry,
@@ -188,13 +179,9 @@ mod tests {
         let reader = BufferReader::open(&path).unwrap();
 
         let inspection = reader.inspect().unwrap();
-        let stats = buffer.stats().unwrap();
+        assert_eq!(inspection.totals, buffer.stats().unwrap());
         assert_eq!(
-            (inspection.rows, inspection.bytes, inspection.last_seq),
-            (stats.rows, stats.bytes, stats.last_seq)
-        );
-        assert_eq!(
-            (inspection.oldest_ts_ms, inspection.newest_ts_ms),
+            (inspection.totals.oldest_ts_ms, inspection.newest_ts_ms),
             (Some(1003), Some(2499))
         );
         assert_eq!(

@@ -374,21 +374,14 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::store::testing::record;
-    use crate::store::{Buffer, BufferReader, Durability, Kind, NewRecord, Settings, Stats};
+    use crate::store::testing::{open, record};
+    use crate::store::{BufferReader, Kind, NewRecord, Stats};
 
     /// Fills a new buffer at `path` with `count` rows from two devices, with
     /// a size limit that drops the first ones; returns what it holds, closed.
     fn filled(path: &Path, count: usize) -> (Vec<Record>, Stats) {
         let max_bytes = (count as u64 - count as u64 / 10) * 200;
-        let mut buffer = Buffer::open(
-            path,
-            Settings {
-                max_bytes,
-                durability: Durability::Normal,
-            },
-        )
-        .unwrap();
+        let mut buffer = open(path, max_bytes);
         let records: Vec<_> = (0..count)
             .map(|i| NewRecord {
                 kind: if i % 7 == 0 {
@@ -439,14 +432,7 @@ mod tests {
         let path = dir.path().join("b.sqlite3");
         let (stored, stats) = filled(&path, 500);
         assert_eq!(check(&path).unwrap(), Vec::<String>::new());
-        let buffer = Buffer::open(
-            &path,
-            Settings {
-                max_bytes: 1 << 20,
-                durability: Durability::Normal,
-            },
-        )
-        .unwrap();
+        let buffer = open(&path, 1 << 20);
         assert_eq!(buffer.read_after(0, 1000).unwrap(), stored);
         assert_eq!(buffer.stats().unwrap(), stats);
         assert_eq!(
@@ -498,14 +484,7 @@ mod tests {
         assert_eq!(recovered.last_seq, stats.last_seq);
         assert_eq!(check(&output).unwrap(), Vec::<String>::new());
 
-        let mut buffer = Buffer::open(
-            &output,
-            Settings {
-                max_bytes: 1 << 30,
-                durability: Durability::Normal,
-            },
-        )
-        .unwrap();
+        let mut buffer = open(&output, 1 << 30);
         assert_eq!(buffer.stats().unwrap().dropped, stats.dropped);
         let next = buffer.append(&[record(1, 10)]).unwrap();
         assert_eq!(next.last_seq, stats.last_seq + 1);
@@ -534,14 +513,7 @@ mod tests {
             "{recovered:?}"
         );
         assert_eq!(recovered.last_seq, stats.last_seq);
-        let mut buffer = Buffer::open(
-            &output,
-            Settings {
-                max_bytes: 1 << 30,
-                durability: Durability::Normal,
-            },
-        )
-        .unwrap();
+        let mut buffer = open(&output, 1 << 30);
         let next = buffer.append(&[record(1, 10)]).unwrap();
         assert_eq!(
             next.last_seq,
@@ -561,14 +533,7 @@ mod tests {
         assert_eq!((recovered.rows, recovered.last_seq), (0, 0));
         assert_eq!(recovered.unreadable.to_string(), "1 and above");
 
-        let mut buffer = Buffer::open(
-            &path,
-            Settings {
-                max_bytes: 1 << 20,
-                durability: Durability::Normal,
-            },
-        )
-        .unwrap();
+        let mut buffer = open(&path, 1 << 20);
         assert_eq!(buffer.append(&[record(1, 10)]).unwrap().last_seq, 1);
         let aside: Vec<_> = files_in(dir.path())
             .into_iter()
@@ -586,14 +551,7 @@ mod tests {
         damage_middle(&path, 2);
         let damaged = std::fs::read(&path).unwrap();
 
-        let mut buffer = Buffer::open(
-            &path,
-            Settings {
-                max_bytes: 1 << 30,
-                durability: Durability::Normal,
-            },
-        )
-        .unwrap();
+        let mut buffer = open(&path, 1 << 30);
         let after = buffer.stats().unwrap();
         assert!(
             after.rows < stored.len() as u64 && after.rows >= stored.len() as u64 * 9 / 10,

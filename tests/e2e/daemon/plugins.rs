@@ -2,6 +2,8 @@
 //! the buffer and the uplink like any telemetry, and a plug-in that loops
 //! forever is disabled while the raw data keeps flowing.
 
+use std::path::Path;
+
 use serde_json::json;
 
 use crate::plugin_builds::{component, examples, module};
@@ -118,6 +120,29 @@ fn kite_cli(args: &[&std::ffi::OsStr]) -> std::process::Output {
         .unwrap()
 }
 
+/// `kite plugin test` of `wasm` on `input` with `config` and `extra`
+/// arguments; it must succeed. What it printed.
+fn plugin_test(wasm: &Path, input: &Path, config: &str, extra: &[&str]) -> String {
+    let mut args: Vec<&std::ffi::OsStr> = vec![
+        "plugin".as_ref(),
+        "test".as_ref(),
+        wasm.as_os_str(),
+        "--input".as_ref(),
+        input.as_os_str(),
+        "--config".as_ref(),
+        config.as_ref(),
+    ];
+    args.extend(extra.iter().map(|arg| std::ffi::OsStr::new(arg)));
+    let output = kite_cli(&args);
+    assert!(
+        output.status.success(),
+        "{}: {}",
+        wasm.display(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
 #[test]
 fn kite_plugin_test_runs_a_plugin_on_recorded_readings() {
     let dir = tempfile::tempdir().unwrap();
@@ -129,21 +154,7 @@ fn kite_plugin_test_runs_a_plugin_on_recorded_readings() {
     )
     .unwrap();
     let wasm = examples().join("kite_example_threshold.wasm");
-    let output = kite_cli(&[
-        "plugin".as_ref(),
-        "test".as_ref(),
-        wasm.as_os_str(),
-        "--input".as_ref(),
-        input.as_os_str(),
-        "--config".as_ref(),
-        r#"{"threshold": 90}"#.as_ref(),
-    ]);
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let stdout = String::from_utf8(output.stdout).unwrap();
+    let stdout = plugin_test(&wasm, &input, r#"{"threshold": 90}"#, &[]);
     let lines: Vec<serde_json::Value> = stdout
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
@@ -393,27 +404,13 @@ fn the_demo_plugins_are_signed_and_behave_like_their_source() {
             "{file}: {}",
             String::from_utf8_lossy(&verified.stderr)
         );
-        let run = |wasm: &std::path::Path| {
-            let output = kite_cli(&[
-                "plugin".as_ref(),
-                "test".as_ref(),
-                wasm.as_os_str(),
-                "--input".as_ref(),
-                input.as_os_str(),
-                "--config".as_ref(),
-                config.as_ref(),
-                "--batch".as_ref(),
-                "7".as_ref(),
-                "--time-limit".as_ref(),
-                "1s".as_ref(),
-            ]);
-            assert!(
-                output.status.success(),
-                "{}: {}",
-                wasm.display(),
-                String::from_utf8_lossy(&output.stderr)
-            );
-            String::from_utf8(output.stdout).unwrap()
+        let run = |wasm: &Path| {
+            plugin_test(
+                wasm,
+                &input,
+                config,
+                &["--batch", "7", "--time-limit", "1s"],
+            )
         };
         let from_prebuilt = run(&prebuilt);
         assert!(
