@@ -197,7 +197,7 @@ fn inspection_json(path: &Path, inspection: &Inspection) -> serde_json::Value {
 
 fn summary(path: &Path, inspection: &Inspection, now_ms: i64) -> String {
     let when = |ts: Option<i64>| match ts {
-        Some(ts) => format!("{} ({})", utc(ts), age(now_ms - ts)),
+        Some(ts) => format!("{} ({})", utc(ts), super::age(now_ms - ts)),
         None => "-".to_string(),
     };
     let mut text = format!(
@@ -260,25 +260,6 @@ fn utc(ts_ms: i64) -> String {
     )
 }
 
-/// `3h12m ago`, in the two largest units.
-fn age(ms: i64) -> String {
-    if ms < 0 {
-        return "in the future: check the clocks".to_string();
-    }
-    let s = ms / 1000;
-    let (d, h, m) = (s / 86_400, s / 3600 % 24, s / 60 % 60);
-    let text = if d > 0 {
-        format!("{d}d{h}h")
-    } else if h > 0 {
-        format!("{h}h{m}m")
-    } else if m > 0 {
-        format!("{m}m{}s", s % 60)
-    } else {
-        format!("{s}s")
-    };
-    format!("{text} ago")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -300,7 +281,7 @@ mod tests {
             (2 * 86_400_000 + 3_600_000, "2d1h ago"),
             (-5_000, "in the future: check the clocks"),
         ] {
-            assert_eq!(age(ms), text);
+            assert_eq!(super::super::age(ms), text);
         }
     }
 

@@ -51,3 +51,22 @@ pub async fn stop_signal() {
         _ = int.recv() => {}
     }
 }
+
+/// `3h12m ago`, in the two largest units.
+pub fn age(ms: i64) -> String {
+    if ms < 0 {
+        return "in the future: check the clocks".to_string();
+    }
+    let s = ms / 1000;
+    let (d, h, m) = (s / 86_400, s / 3600 % 24, s / 60 % 60);
+    let text = if d > 0 {
+        format!("{d}d{h}h")
+    } else if h > 0 {
+        format!("{h}h{m}m")
+    } else if m > 0 {
+        format!("{m}m{}s", s % 60)
+    } else {
+        format!("{s}s")
+    };
+    format!("{text} ago")
+}

@@ -137,13 +137,6 @@ async fn ask_reload(config_path: &Path) -> anyhow::Result<()> {
     }
 }
 
-fn age(ts_ms: Option<i64>) -> String {
-    match ts_ms {
-        None => "-".into(),
-        Some(ts) => format!("{}s", (kite_core::now_ms() - ts).max(0) / 1000),
-    }
-}
-
 /// A titled list with a line per entry of `entries` (an object), each
 /// `describe`d after its name; nothing when there are none.
 fn section(out: &mut String, title: &str, entries: &Value, describe: impl Fn(&Value) -> String) {
@@ -175,11 +168,14 @@ fn summary(status: &Value) -> String {
     }
     let buffer = &status["buffer"];
     out += &format!(
-        "buffer   {} rows, {} bytes, oldest {} ago, {} dropped, {} lost\n",
+        "buffer   {} rows, {} bytes, oldest {}, {} dropped, {} set aside, {} lost\n",
         buffer["rows"],
         buffer["bytes"],
-        age(buffer["oldest_ts"].as_i64()),
+        buffer["oldest_ts"]
+            .as_i64()
+            .map_or("-".into(), |ts| super::age(kite_core::now_ms() - ts)),
         buffer["dropped"],
+        buffer["set_aside"],
         buffer["lost"]
     );
     let uplink = &status["uplink"];
