@@ -1,7 +1,8 @@
 //! The sandbox: one wasmtime engine for all plug-ins, a linker that offers
 //! only Kite's host interface and a locked-down WASI (no files, no
 //! environment, no sockets), and instances that each run under a memory
-//! cap and a time limit per call.
+//! cap and a time limit on every entry into their code, instantiation
+//! included.
 //!
 //! Time is bounded with epoch interruption: a ticker thread advances the
 //! engine's epoch every [`EPOCH_TICK`] while any plug-in call is running, and
@@ -58,7 +59,8 @@ pub enum PluginError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
     pub memory_bytes: usize,
-    /// Per call of `init` or `process`.
+    /// Per entry into the plug-in's code: instantiation (start functions),
+    /// `init`, `process`, `decode`.
     pub time: Duration,
     /// Keys plus values in the plug-in's state.
     pub state_bytes: u64,
@@ -254,6 +256,7 @@ impl Sandbox {
     }
 
     /// Instantiates `component` for the plug-in `name` with its own store.
+    /// Instantiation runs guest code (start functions), under the time limit.
     pub fn instantiate(
         &self,
         component: &Component,
@@ -262,7 +265,11 @@ impl Sandbox {
         state: StateStore,
     ) -> Result<Instance, PluginError> {
         let mut store = self.store(name, limits, state);
-        let bindings = Plugin::instantiate(&mut store, component, &self.linker)
+        let bindings = self
+            .ticker
+            .bounded(&mut store, limits.time, |store| {
+                Plugin::instantiate(store, component, &self.linker)
+            })
             .map_err(|e| instantiation_error(e, limits))?;
         Ok(self.instance(store, bindings, limits))
     }
@@ -276,7 +283,11 @@ impl Sandbox {
         state: StateStore,
     ) -> Result<Instance<CodecWorld>, PluginError> {
         let mut store = self.store(name, limits, state);
-        let bindings = CodecWorld::instantiate(&mut store, component, &self.linker)
+        let bindings = self
+            .ticker
+            .bounded(&mut store, limits.time, |store| {
+                CodecWorld::instantiate(store, component, &self.linker)
+            })
             .map_err(|e| instantiation_error(e, limits))?;
         Ok(self.instance(store, bindings, limits))
     }
@@ -302,7 +313,9 @@ impl Sandbox {
         };
         let mut store = Store::new(&self.engine, host);
         store.limiter(|host| &mut host.limits);
-        store.set_epoch_deadline(u64::MAX / 2);
+        // Guest code runs only inside `TickerHandle::bounded`, which sets the
+        // deadline; anywhere else it would trap at once.
+        store.set_epoch_deadline(0);
         store
     }
 
@@ -316,12 +329,45 @@ impl Sandbox {
     }
 }
 
+impl TickerHandle {
+    /// Runs `call`, which enters guest code in `store`, under the time
+    /// limit `time`: the ticker advances the epoch while it runs, and the
+    /// guest traps once `time` has passed.
+    fn bounded<T>(
+        &self,
+        store: &mut Store<HostState>,
+        time: Duration,
+        call: impl FnOnce(&mut Store<HostState>) -> wasmtime::Result<T>,
+    ) -> wasmtime::Result<T> {
+        let ticks = time.as_nanos().div_ceil(EPOCH_TICK.as_nanos()).max(1);
+        store.set_epoch_deadline(u64::try_from(ticks).unwrap_or(u64::MAX));
+        let _running = ActiveCall::start(self);
+        call(store)
+    }
+}
+
+/// One call in progress: keeps the ticker ticking until it is dropped,
+/// however the call ends.
+struct ActiveCall<'a>(&'a Ticker);
+
+impl<'a> ActiveCall<'a> {
+    fn start(handle: &'a TickerHandle) -> Self {
+        handle.ticker.active_calls.fetch_add(1, Ordering::AcqRel);
+        handle.thread.unpark();
+        Self(&handle.ticker)
+    }
+}
+
+impl Drop for ActiveCall<'_> {
+    fn drop(&mut self) {
+        self.0.active_calls.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 fn instantiation_error(error: wasmtime::Error, limits: Limits) -> PluginError {
-    let message = format!("{error:#}");
-    if message.contains("import") {
-        PluginError::Import(message)
-    } else {
-        classify(error, limits)
+    match classify(error, limits) {
+        PluginError::Trap(message) if message.contains("import") => PluginError::Import(message),
+        other => other,
     }
 }
 
@@ -368,25 +414,12 @@ impl<B> Instance<B> {
         &mut self,
         call: impl FnOnce(&B, &mut Store<HostState>) -> wasmtime::Result<T>,
     ) -> Result<T, PluginError> {
-        let ticks = self
-            .limits
-            .time
-            .as_nanos()
-            .div_ceil(EPOCH_TICK.as_nanos())
-            .max(1) as u64;
-        self.store.set_epoch_deadline(ticks);
+        let bindings = &self.bindings;
         self.ticker
-            .ticker
-            .active_calls
-            .fetch_add(1, Ordering::AcqRel);
-        self.ticker.thread.unpark();
-        let result = call(&self.bindings, &mut self.store);
-        self.ticker
-            .ticker
-            .active_calls
-            .fetch_sub(1, Ordering::AcqRel);
-        self.store.set_epoch_deadline(u64::MAX / 2);
-        result.map_err(|e| classify(e, self.limits))
+            .bounded(&mut self.store, self.limits.time, |store| {
+                call(bindings, store)
+            })
+            .map_err(|e| classify(e, self.limits))
     }
 }
 

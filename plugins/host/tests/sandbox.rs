@@ -6,7 +6,7 @@
 use std::path::Path;
 
 mod common;
-use common::{component, module};
+use common::{component, module, module_with};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -95,6 +95,18 @@ fn hostile_plugins_fail_as_ordinary_errors() {
         run_once(&sandbox, &module("", "i32.const 16"), "plugin"),
         Ok(0)
     );
+}
+
+#[test]
+fn a_start_function_that_never_returns_times_out_at_instantiation() {
+    let sandbox = Sandbox::new(None).unwrap();
+    let spin = module_with(
+        "",
+        "(func $spin (loop $forever (br $forever))) (start $spin)",
+        "i32.const 16",
+    );
+    let result = run_once(&sandbox, &spin, "plugin");
+    assert!(matches!(result, Err(PluginError::Timeout(_))), "{result:?}");
 }
 
 fn sample(value: f64) -> Sample {

@@ -52,10 +52,17 @@ pub fn examples() -> &'static Path {
 /// A core module following the canonical ABI of the `plugin` world, with
 /// `process` doing `body` (which must leave an output pointer on the stack).
 pub fn module(imports: &str, body: &str) -> String {
+    module_with(imports, "", body)
+}
+
+/// [`module`] with more `definitions` (functions, memories, data, a start
+/// function) after the exported memory, which stays memory 0.
+pub fn module_with(imports: &str, definitions: &str, body: &str) -> String {
     format!(
         r#"(module
   {imports}
   (memory (export "memory") 1)
+  {definitions}
   (global $heap (mut i32) (i32.const 4096))
   (func (export "cabi_realloc") (param i32 i32 i32 i32) (result i32)
     (local $ptr i32)
