@@ -11,13 +11,19 @@ use kite_plugins::state::StateStore;
 mod common;
 use common::examples;
 
+/// The default limits with time enough for a debug build on a busy
+/// machine: instantiation counts against the time limit too.
+fn unhurried() -> Limits {
+    Limits {
+        time: Duration::from_secs(1),
+        ..Limits::default()
+    }
+}
+
 fn start(sandbox: &Sandbox, dir: &Path, example: &str, config: &str) -> Instance {
     let bytes = std::fs::read(examples().join(format!("kite_example_{example}.wasm"))).unwrap();
     let component = sandbox.compile(&bytes).unwrap();
-    let limits = Limits {
-        time: Duration::from_secs(1),
-        ..Limits::default()
-    };
+    let limits = unhurried();
     let state =
         StateStore::open(&dir.join("plugins.sqlite3"), example, limits.state_bytes).unwrap();
     let mut instance = sandbox
@@ -89,7 +95,7 @@ fn threshold_alarms_with_hysteresis_and_remembers_across_restarts() {
         .unwrap();
     let state = StateStore::open(&dir.path().join("plugins.sqlite3"), "t2", 1024).unwrap();
     let mut refused = sandbox
-        .instantiate(&component, "t2", Limits::default(), state)
+        .instantiate(&component, "t2", unhurried(), state)
         .unwrap();
     let error = refused.init("{}").unwrap_err();
     assert!(
@@ -262,7 +268,7 @@ fn precompiled_plugins_load_only_when_signed_by_a_trusted_key() {
     let component = kite_plugins::load(&sandbox, &cwasm, &trust).unwrap();
     let state = StateStore::open(&dir.path().join("plugins.sqlite3"), "convert", 1024).unwrap();
     let mut plugin = sandbox
-        .instantiate(&component, "convert", Limits::default(), state)
+        .instantiate(&component, "convert", unhurried(), state)
         .unwrap();
     plugin.init(r#"{"from": "degC", "to": "degF"}"#).unwrap();
     assert_eq!(
@@ -296,7 +302,7 @@ fn meter_codec_decodes_frames_and_refuses_bad_ones() {
         name: "meter".into(),
         wasm: examples().join("kite_example_meter_codec.wasm"),
         inputs: Vec::new(),
-        limits: Limits::default(),
+        limits: unhurried(),
         config_json: r#"{"points": {"1": {"name": "flow", "scale": 0.5, "unit": "m3/h"}}}"#.into(),
         state_path: dir.path().join("plugins.sqlite3"),
         trust: kite_plugins::Trust::default(),
