@@ -1,8 +1,8 @@
 //! The sandbox: one wasmtime engine for all plug-ins, a linker that offers
 //! only Kite's host interface and a locked-down WASI (no files, no
 //! environment, no sockets), and instances that each run under a memory
-//! cap and a time limit on every entry into their code, instantiation
-//! included.
+//! cap (all their linear memories together) and a time limit on every entry
+//! into their code, instantiation included.
 //!
 //! Time is bounded with epoch interruption: a ticker thread advances the
 //! engine's epoch every [`EPOCH_TICK`] while any plug-in call is running, and
@@ -17,7 +17,7 @@ use std::thread;
 use std::time::Duration;
 
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
-use wasmtime::{Config, Engine, Store, StoreLimits, StoreLimitsBuilder, Trap};
+use wasmtime::{Config, Engine, ResourceLimiter, Store, Trap};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use crate::bindings::codec::Codec as CodecWorld;
@@ -58,6 +58,7 @@ pub enum PluginError {
 /// What each instance may use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
+    /// All the instance's linear memories together.
     pub memory_bytes: usize,
     /// Per entry into the plug-in's code: instantiation (start functions),
     /// `init`, `process`, `decode`.
@@ -301,18 +302,12 @@ impl Sandbox {
                 .allow_ip_name_lookup(false)
                 .build(),
             table: ResourceTable::new(),
-            limits: StoreLimitsBuilder::new()
-                .memory_size(limits.memory_bytes)
-                .instances(16)
-                .tables(16)
-                .table_elements(100_000)
-                .trap_on_grow_failure(true)
-                .build(),
+            limiter: PluginLimiter::new(limits.memory_bytes),
             name: name.to_string(),
             state,
         };
         let mut store = Store::new(&self.engine, host);
-        store.limiter(|host| &mut host.limits);
+        store.limiter(|host| &mut host.limiter);
         // Guest code runs only inside `TickerHandle::bounded`, which sets the
         // deadline; anywhere else it would trap at once.
         store.set_epoch_deadline(0);
@@ -385,18 +380,123 @@ fn tick(ticker: &Ticker, engine: &Engine) {
 
 /// Turns a wasmtime error into what happened, in the plug-in's terms.
 fn classify(error: wasmtime::Error, limits: Limits) -> PluginError {
+    if let Some(exceeded) = error.downcast_ref::<LimitExceeded>() {
+        return match exceeded {
+            LimitExceeded::Memory => PluginError::OutOfMemory(limits.memory_bytes),
+            LimitExceeded::TableElements(_) => PluginError::Trap(exceeded.to_string()),
+        };
+    }
     match error.downcast_ref::<Trap>() {
         Some(Trap::Interrupt) => PluginError::Timeout(limits.time),
         Some(Trap::StackOverflow) => PluginError::StackOverflow,
         Some(trap) => PluginError::Trap(trap.to_string()),
-        None => {
-            let message = format!("{error:#}");
-            if message.contains("growing memory") || message.contains("memory growth failure") {
-                PluginError::OutOfMemory(limits.memory_bytes)
-            } else {
-                PluginError::Trap(message)
-            }
+        None => PluginError::Trap(format!("{error:#}")),
+    }
+}
+
+/// A store limit the plug-in ran into; growing past it traps.
+#[derive(Debug, thiserror::Error)]
+enum LimitExceeded {
+    #[error("its memories together would exceed its memory limit")]
+    Memory,
+    #[error("a table of {0} elements, more than {MAX_TABLE_ELEMENTS}")]
+    TableElements(usize),
+}
+
+/// Most core instances in one plug-in's store.
+const MAX_INSTANCES: usize = 16;
+/// Most tables in one plug-in's store.
+const MAX_TABLES: usize = 16;
+/// Most elements of one table.
+const MAX_TABLE_ELEMENTS: usize = 100_000;
+/// Most linear memories in one plug-in's store. A component made from one
+/// language's code has one (its WASI adapter shares it); four leave room
+/// for a few more, while each costs the gateway address space (wasmtime
+/// reserves gigabytes of virtual memory per linear memory) and bookkeeping
+/// whatever its size.
+const MAX_MEMORIES: usize = 4;
+
+/// The store's resource limiter: `memory_limit` bounds the bytes of all the
+/// plug-in's linear memories together (`StoreLimits` would bound each one,
+/// and a plug-in may define several), and the counts above bound the rest.
+#[derive(Debug)]
+struct PluginLimiter {
+    memory_limit: usize,
+    /// Bytes of all linear memories, including their initial sizes.
+    memory_bytes: usize,
+    /// The growth last granted, taken back if wasmtime then fails to grow.
+    granted: usize,
+}
+
+impl PluginLimiter {
+    fn new(memory_limit: usize) -> Self {
+        Self {
+            memory_limit,
+            memory_bytes: 0,
+            granted: 0,
         }
+    }
+}
+
+impl ResourceLimiter for PluginLimiter {
+    /// Also called with `current` 0 when a memory is created.
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if maximum.is_some_and(|maximum| desired > maximum) {
+            // Past the memory's own maximum: `memory.grow` returns -1, as in any runtime.
+            return Ok(false);
+        }
+        let growth = desired.saturating_sub(current);
+        let total = self.memory_bytes.saturating_add(growth);
+        if total > self.memory_limit {
+            return Err(wasmtime::Error::new(LimitExceeded::Memory));
+        }
+        self.memory_bytes = total;
+        self.granted = growth;
+        Ok(true)
+    }
+
+    /// The growth granted just before could not be made (the system is out
+    /// of memory). With 64 KiB pages (this engine does not enable custom
+    /// page sizes) every failure follows a grant.
+    fn memory_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.memory_bytes -= std::mem::take(&mut self.granted);
+        Err(error.context(LimitExceeded::Memory))
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if maximum.is_some_and(|maximum| desired > maximum) {
+            return Ok(false);
+        }
+        if desired > MAX_TABLE_ELEMENTS {
+            return Err(wasmtime::Error::new(LimitExceeded::TableElements(desired)));
+        }
+        Ok(true)
+    }
+
+    fn table_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        Err(error)
+    }
+
+    fn instances(&self) -> usize {
+        MAX_INSTANCES
+    }
+
+    fn tables(&self) -> usize {
+        MAX_TABLES
+    }
+
+    fn memories(&self) -> usize {
+        MAX_MEMORIES
     }
 }
 
@@ -447,11 +547,11 @@ impl Instance<CodecWorld> {
 }
 
 /// What the host functions see: the WASI context (with nothing granted),
-/// the limits, and the plug-in's state.
+/// the resource limiter, and the plug-in's state.
 pub struct HostState {
     wasi: WasiCtx,
     table: ResourceTable,
-    limits: StoreLimits,
+    limiter: PluginLimiter,
     name: String,
     state: StateStore,
 }

@@ -109,6 +109,59 @@ fn a_start_function_that_never_returns_times_out_at_instantiation() {
     assert!(matches!(result, Err(PluginError::Timeout(_))), "{result:?}");
 }
 
+#[test]
+fn the_memory_limit_bounds_all_memories_together() {
+    let sandbox = Sandbox::new(None).unwrap();
+    // Grows each of three memories by a page, PAGES times over.
+    let grow_each = "(local $i i32) \
+        (loop $grow \
+          i32.const 1 memory.grow $a drop \
+          i32.const 1 memory.grow $b drop \
+          i32.const 1 memory.grow $c drop \
+          local.get $i i32.const 1 i32.add local.tee $i \
+          i32.const PAGES i32.lt_u br_if $grow) \
+        i32.const 16";
+    type Expected = fn(&Result<usize, PluginError>) -> bool;
+    let cases: [(&str, &str, String, Expected); 5] = [
+        (
+            "four memories (the most allowed) within the limit",
+            "(memory $a 8) (memory $b 8) (memory $c 8)",
+            "i32.const 16".into(),
+            |r| r == &Ok(0),
+        ),
+        (
+            // 1.5 MiB each, 4.5 MiB together, limit 4 MiB.
+            "initial sizes that fit one by one but not together",
+            "(memory $a 24) (memory $b 24) (memory $c 24)",
+            "i32.const 16".into(),
+            |r| matches!(r, Err(PluginError::OutOfMemory(_))),
+        ),
+        (
+            "growing within the limit",
+            "(memory $a 0) (memory $b 0) (memory $c 0)",
+            grow_each.replace("PAGES", "16"),
+            |r| r == &Ok(0),
+        ),
+        (
+            // 2 MiB each, 6 MiB together.
+            "growing several memories past the limit together",
+            "(memory $a 0) (memory $b 0) (memory $c 0)",
+            grow_each.replace("PAGES", "32"),
+            |r| matches!(r, Err(PluginError::OutOfMemory(_))),
+        ),
+        (
+            "more memories than allowed",
+            "(memory $a 0) (memory $b 0) (memory $c 0) (memory $d 0)",
+            "i32.const 16".into(),
+            |r| matches!(r, Err(PluginError::Trap(m)) if m.contains("memory count")),
+        ),
+    ];
+    for (case, memories, body, expected) in cases {
+        let result = run_once(&sandbox, &module_with("", memories, &body), "plugin");
+        assert!(expected(&result), "{case}: {result:?}");
+    }
+}
+
 fn sample(value: f64) -> Sample {
     Sample {
         device: "boiler-1".into(),
