@@ -4,6 +4,7 @@
 //! - `plugins/wit/plugin.wit` is the contract; [`bindings`] is generated from it.
 //! - [`sandbox`]: the engine, the locked-down linker, and one instance with
 //!   its memory limit, time limit and host functions.
+//! - [`bounds`]: how much text a plug-in may hand the gateway, kept to one line.
 //! - [`state`]: the small key-value store each plug-in may keep, in SQLite.
 //! - [`runner`]: one thread per plug-in that feeds it batches, turns its
 //!   failures into counts, re-instantiates it with back-off and disables it
@@ -35,6 +36,7 @@ pub mod bindings {
     }
 }
 
+pub mod bounds;
 pub mod codec;
 pub mod pattern;
 pub mod runner;
@@ -42,6 +44,7 @@ pub mod sandbox;
 pub mod signing;
 pub mod state;
 
+pub use bounds::{MAX_LOG_LINE_BYTES, MAX_REASON_BYTES};
 pub use codec::Codec;
 pub use pattern::Pattern;
 pub use runner::{

@@ -24,6 +24,7 @@ use crate::bindings::codec::Codec as CodecWorld;
 use crate::bindings::kite::plugin::host;
 use crate::bindings::kite::plugin::types::{Decoded, Output, Reading};
 use crate::bindings::Plugin;
+use crate::bounds::{one_line, MAX_LOG_LINE_BYTES, MAX_REASON_BYTES};
 use crate::state::StateStore;
 
 /// Granularity of the time limit.
@@ -390,7 +391,8 @@ fn classify(error: wasmtime::Error, limits: Limits) -> PluginError {
         Some(Trap::Interrupt) => PluginError::Timeout(limits.time),
         Some(Trap::StackOverflow) => PluginError::StackOverflow,
         Some(trap) => PluginError::Trap(trap.to_string()),
-        None => PluginError::Trap(format!("{error:#}")),
+        // Its context and backtrace may carry the plug-in's text (function names).
+        None => PluginError::Trap(one_line(&format!("{error:#}"), MAX_LOG_LINE_BYTES)),
     }
 }
 
@@ -526,7 +528,7 @@ impl<B> Instance<B> {
 impl Instance<Plugin> {
     pub fn init(&mut self, config_json: &str) -> Result<(), PluginError> {
         self.bounded(|plugin, store| plugin.call_init(store, config_json))?
-            .map_err(PluginError::Init)
+            .map_err(init_refused)
     }
 
     pub fn process(&mut self, batch: &[Reading]) -> Result<Output, PluginError> {
@@ -537,13 +539,18 @@ impl Instance<Plugin> {
 impl Instance<CodecWorld> {
     pub fn init(&mut self, config_json: &str) -> Result<(), PluginError> {
         self.bounded(|codec, store| codec.call_init(store, config_json))?
-            .map_err(PluginError::Init)
+            .map_err(init_refused)
     }
 
     /// The frame's points, or the codec's reason for refusing the frame.
     pub fn decode(&mut self, frame: &[u8]) -> Result<Result<Vec<Decoded>, String>, PluginError> {
         self.bounded(|codec, store| codec.call_decode(store, frame))
     }
+}
+
+/// `init`'s reason for refusing its configuration, as one bounded line.
+fn init_refused(reason: String) -> PluginError {
+    PluginError::Init(one_line(&reason, MAX_REASON_BYTES))
 }
 
 /// What the host functions see: the WASI context (with nothing granted),
@@ -567,19 +574,10 @@ impl WasiView for HostState {
 
 impl crate::bindings::kite::plugin::types::Host for HostState {}
 
-/// Longest log line a plug-in may write; the rest is cut.
-const MAX_LOG_LINE: usize = 1024;
-
 impl host::Host for HostState {
+    /// One call is one line of Kite's log, tagged with the plug-in's name.
     fn log(&mut self, level: host::Level, message: String) {
-        let mut message = message;
-        if message.len() > MAX_LOG_LINE {
-            let mut end = MAX_LOG_LINE;
-            while !message.is_char_boundary(end) {
-                end -= 1;
-            }
-            message.truncate(end);
-        }
+        let message = one_line(&message, MAX_LOG_LINE_BYTES);
         let plugin = self.name.as_str();
         match level {
             host::Level::Trace => tracing::trace!(plugin, "{message}"),
