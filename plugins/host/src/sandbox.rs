@@ -14,10 +14,13 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
-use wasmtime::{Config, Engine, ResourceLimiter, Store, Trap};
+use wasmtime::component::{Component, HasSelf, Linker, Resource, ResourceTable};
+use wasmtime::{Config, Engine, ResourceLimiter, Store, StoreContextMut, Trap};
+use wasmtime_wasi::clocks::WasiClocksCtxView;
+use wasmtime_wasi::p2::bindings::clocks::monotonic_clock;
+use wasmtime_wasi::p2::DynPollable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use crate::bindings::codec::Codec as CodecWorld;
@@ -207,6 +210,7 @@ impl Sandbox {
         let engine = Engine::new(&config).map_err(|e| PluginError::Load(e.to_string()))?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
+            .and_then(|()| cut_timers_at_the_deadline(&mut linker))
             .map_err(|e| PluginError::Load(e.to_string()))?;
         Plugin::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)
             .map_err(|e| PluginError::Load(e.to_string()))?;
@@ -304,6 +308,7 @@ impl Sandbox {
                 .build(),
             table: ResourceTable::new(),
             limiter: PluginLimiter::new(limits.memory_bytes),
+            call_deadline: Some(Instant::now()),
             name: name.to_string(),
             state,
         };
@@ -325,6 +330,35 @@ impl Sandbox {
     }
 }
 
+/// The WASI interface whose timers [`cut_timers_at_the_deadline`] replaces,
+/// as `wasmtime_wasi` names it.
+const MONOTONIC_CLOCK: &str = "wasi:clocks/monotonic-clock@0.2.12";
+
+/// A plug-in that waits on a WASI timer (a sleep) blocks in host code,
+/// where epoch interruption cannot stop it, so its time limit would not
+/// hold. Its timers are therefore cut at the deadline of the call that set
+/// them; once past it, the plug-in traps at its next loop or call.
+fn cut_timers_at_the_deadline(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+    linker.allow_shadowing(true);
+    let mut clock = linker.instance(MONOTONIC_CLOCK)?;
+    clock.func_wrap(
+        "subscribe-duration",
+        |mut store: StoreContextMut<'_, HostState>, (nanos,): (u64,)| {
+            Ok((store.data_mut().timer(Duration::from_nanos(nanos))?,))
+        },
+    )?;
+    clock.func_wrap(
+        "subscribe-instant",
+        |mut store: StoreContextMut<'_, HostState>, (when,): (u64,)| {
+            let host = store.data_mut();
+            let now = monotonic_clock::Host::now(&mut host.clocks())?;
+            Ok((host.timer(Duration::from_nanos(when.saturating_sub(now)))?,))
+        },
+    )?;
+    linker.allow_shadowing(false);
+    Ok(())
+}
+
 impl TickerHandle {
     /// Runs `call`, which enters guest code in `store`, under the time
     /// limit `time`: the ticker advances the epoch while it runs, and the
@@ -337,6 +371,7 @@ impl TickerHandle {
     ) -> wasmtime::Result<T> {
         let ticks = time.as_nanos().div_ceil(EPOCH_TICK.as_nanos()).max(1);
         store.set_epoch_deadline(u64::try_from(ticks).unwrap_or(u64::MAX));
+        store.data_mut().call_deadline = Instant::now().checked_add(time);
         let _running = ActiveCall::start(self);
         call(store)
     }
@@ -554,11 +589,14 @@ fn init_refused(reason: String) -> PluginError {
 }
 
 /// What the host functions see: the WASI context (with nothing granted),
-/// the resource limiter, and the plug-in's state.
+/// the resource limiter, the running call's deadline, and the plug-in's state.
 pub struct HostState {
     wasi: WasiCtx,
     table: ResourceTable,
     limiter: PluginLimiter,
+    /// When the running call must end; `None` when its limit is too far
+    /// away to represent.
+    call_deadline: Option<Instant>,
     name: String,
     state: StateStore,
 }
@@ -569,6 +607,25 @@ impl WasiView for HostState {
             ctx: &mut self.wasi,
             table: &mut self.table,
         }
+    }
+}
+
+impl HostState {
+    fn clocks(&mut self) -> WasiClocksCtxView<'_> {
+        WasiClocksCtxView {
+            ctx: self.wasi.clocks(),
+            table: &mut self.table,
+        }
+    }
+
+    /// A WASI timer for `wait`, cut at the running call's deadline.
+    fn timer(&mut self, wait: Duration) -> wasmtime::Result<Resource<DynPollable>> {
+        let wait = match self.call_deadline {
+            Some(deadline) => wait.min(deadline.saturating_duration_since(Instant::now())),
+            None => wait,
+        };
+        let nanos = u64::try_from(wait.as_nanos()).unwrap_or(u64::MAX);
+        monotonic_clock::Host::subscribe_duration(&mut self.clocks(), nanos)
     }
 }
 

@@ -6,7 +6,7 @@
 use std::path::Path;
 
 mod common;
-use common::{component, module, module_with};
+use common::{component, module, module_with, WASI_IMPORTS};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -107,6 +107,25 @@ fn a_start_function_that_never_returns_times_out_at_instantiation() {
     );
     let result = run_once(&sandbox, &spin, "plugin");
     assert!(matches!(result, Err(PluginError::Timeout(_))), "{result:?}");
+}
+
+#[test]
+fn a_plugin_that_sleeps_is_stopped_at_its_time_limit() {
+    let sandbox = Sandbox::new(None).unwrap();
+    let sleep_a_minute = module(
+        WASI_IMPORTS,
+        "(loop $again i64.const 60_000_000_000 call $subscribe_duration call $block br $again) \
+         i32.const 16",
+    );
+    let started = std::time::Instant::now();
+    let result = run_once(&sandbox, &sleep_a_minute, "wasi-user");
+    assert!(matches!(result, Err(PluginError::Timeout(_))), "{result:?}");
+    // The limit is 20 ms: anywhere near the minute means the sleep outlasted it.
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "slept past its time limit: {:?}",
+        started.elapsed()
+    );
 }
 
 #[test]
