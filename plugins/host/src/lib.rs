@@ -5,6 +5,7 @@
 //! - [`sandbox`]: the engine, the locked-down linker, and one instance with
 //!   its memory limit, time limit and host functions.
 //! - [`bounds`]: how much text a plug-in may hand the gateway, kept to one line.
+//! - `clocks`: the wall and monotonic clocks plug-ins read, at 1 ms.
 //! - [`state`]: the small key-value store each plug-in may keep, in SQLite.
 //! - [`runner`]: one thread per plug-in that feeds it batches, turns its
 //!   failures into counts, re-instantiates it with back-off and disables it
@@ -37,6 +38,7 @@ pub mod bindings {
 }
 
 pub mod bounds;
+mod clocks;
 pub mod codec;
 pub mod pattern;
 pub mod runner;

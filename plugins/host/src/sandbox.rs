@@ -1,8 +1,8 @@
 //! The sandbox: one wasmtime engine for all plug-ins, a linker that offers
 //! only Kite's host interface and a locked-down WASI (no files, no
-//! environment, no sockets), and instances that each run under a memory
-//! cap (all their linear memories together) and a time limit on every entry
-//! into their code, instantiation included.
+//! environment, no sockets, clocks at 1 ms), and instances that each run
+//! under a memory cap (all their linear memories together) and a time limit
+//! on every entry into their code, instantiation included.
 //!
 //! Time is bounded with epoch interruption: a ticker thread advances the
 //! engine's epoch every [`EPOCH_TICK`] while any plug-in call is running, and
@@ -28,6 +28,7 @@ use crate::bindings::kite::plugin::host;
 use crate::bindings::kite::plugin::types::{Decoded, Output, Reading};
 use crate::bindings::Plugin;
 use crate::bounds::{one_line, MAX_LOG_LINE_BYTES, MAX_REASON_BYTES};
+use crate::clocks::{CoarseMonotonicClock, CoarseWallClock};
 use crate::state::StateStore;
 
 /// Granularity of the time limit.
@@ -305,6 +306,11 @@ impl Sandbox {
                 .allow_tcp(false)
                 .allow_udp(false)
                 .allow_ip_name_lookup(false)
+                .wall_clock(CoarseWallClock)
+                .monotonic_clock(CoarseMonotonicClock::default())
+                // Random bytes are made on the host before the plug-in gets
+                // them: ask for no more than the plug-in could hold.
+                .max_random_size(u64::try_from(limits.memory_bytes).unwrap_or(u64::MAX))
                 .build(),
             table: ResourceTable::new(),
             limiter: PluginLimiter::new(limits.memory_bytes),

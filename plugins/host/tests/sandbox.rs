@@ -129,6 +129,26 @@ fn a_plugin_that_sleeps_is_stopped_at_its_time_limit() {
 }
 
 #[test]
+fn a_plugin_gets_no_more_random_bytes_than_it_could_hold() {
+    let sandbox = Sandbox::new(None).unwrap();
+    // One byte more than its memory limit, refused before the host makes them.
+    let body = format!(
+        "i64.const {} i32.const 64 call $get_random_bytes i32.const 16",
+        limits().memory_bytes + 1
+    );
+    let result = run_once(&sandbox, &module(WASI_IMPORTS, &body), "wasi-user");
+    assert!(
+        matches!(&result, Err(PluginError::Trap(m)) if m.contains("exceeds limit")),
+        "{result:?}"
+    );
+    let body = "i64.const 64 i32.const 64 call $get_random_bytes i32.const 16";
+    assert_eq!(
+        run_once(&sandbox, &module(WASI_IMPORTS, body), "wasi-user"),
+        Ok(0)
+    );
+}
+
+#[test]
 fn the_memory_limit_bounds_all_memories_together() {
     let sandbox = Sandbox::new(None).unwrap();
     // Grows each of three memories by a page, PAGES times over.

@@ -140,4 +140,3 @@ pub fn component(wat: &str, world: &str) -> Vec<u8> {
         .encode()
         .unwrap()
 }
-
