@@ -312,7 +312,7 @@ impl Sandbox {
                 // them: ask for no more than the plug-in could hold.
                 .max_random_size(u64::try_from(limits.memory_bytes).unwrap_or(u64::MAX))
                 .build(),
-            table: ResourceTable::new(),
+            table: host_resources(),
             limiter: PluginLimiter::new(limits.memory_bytes),
             call_deadline: Some(Instant::now()),
             name: name.to_string(),
@@ -435,6 +435,17 @@ fn classify(error: wasmtime::Error, limits: Limits) -> PluginError {
         // Its context and backtrace may carry the plug-in's text (function names).
         None => PluginError::Trap(one_line(&format!("{error:#}"), MAX_LOG_LINE_BYTES)),
     }
+}
+
+/// Most WASI resources (streams, timers) a plug-in may hold at once. Each
+/// lives in the gateway's memory, outside the plug-in's limit; a plug-in
+/// needs a handful (its standard streams, a timer while it sleeps).
+const MAX_HOST_RESOURCES: usize = 1024;
+
+fn host_resources() -> ResourceTable {
+    let mut table = ResourceTable::new();
+    table.set_max_capacity(MAX_HOST_RESOURCES);
+    table
 }
 
 /// A store limit the plug-in ran into; growing past it traps.

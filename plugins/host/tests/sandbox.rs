@@ -38,10 +38,19 @@ fn reading() -> kite_plugins::bindings::kite::plugin::types::Reading {
 
 /// Runs one batch through a fresh instance of `wat`'s component.
 fn run_once(sandbox: &Sandbox, wat: &str, world: &str) -> Result<usize, PluginError> {
+    run_once_within(sandbox, wat, world, limits())
+}
+
+fn run_once_within(
+    sandbox: &Sandbox,
+    wat: &str,
+    world: &str,
+    limits: Limits,
+) -> Result<usize, PluginError> {
     let dir = tempfile::tempdir().unwrap();
     let component = sandbox.compile(&component(wat, world))?;
     let state = StateStore::open(&dir.path().join("state.sqlite3"), "test", 1024).unwrap();
-    let mut instance = sandbox.instantiate(&component, "test", limits(), state)?;
+    let mut instance = sandbox.instantiate(&component, "test", limits, state)?;
     instance.init("{}")?;
     let output = instance.process(&[reading()])?;
     Ok(output.readings.len() + output.events.len())
@@ -145,6 +154,33 @@ fn a_plugin_gets_no_more_random_bytes_than_it_could_hold() {
     assert_eq!(
         run_once(&sandbox, &module(WASI_IMPORTS, body), "wasi-user"),
         Ok(0)
+    );
+}
+
+#[test]
+fn a_plugin_cannot_pile_up_wasi_resources() {
+    let sandbox = Sandbox::new(None).unwrap();
+    let timers = |count: u32| {
+        let body = format!(
+            "(local $i i32) \
+             (loop $more \
+               i64.const 0 call $subscribe_duration drop \
+               local.get $i i32.const 1 i32.add local.tee $i \
+               i32.const {count} i32.lt_u br_if $more) \
+             i32.const 16"
+        );
+        // Time enough for thousands of calls, even on a busy machine.
+        let limits = Limits {
+            time: Duration::from_secs(10),
+            ..limits()
+        };
+        run_once_within(&sandbox, &module(WASI_IMPORTS, &body), "wasi-user", limits)
+    };
+    assert_eq!(timers(100), Ok(0));
+    let result = timers(2_000);
+    assert!(
+        matches!(&result, Err(PluginError::Trap(m)) if m.contains("resource table")),
+        "{result:?}"
     );
 }
 
