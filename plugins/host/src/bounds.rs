@@ -1,7 +1,28 @@
-//! How much text a plug-in may hand the gateway, and in what shape: its log
-//! lines and the reasons it gives are cut to a bound and kept to one line,
-//! so a plug-in can neither flood the log nor write lines that look like
+//! How much a plug-in may hand the gateway, and in what shape. Everything
+//! a plug-in or codec outputs is bounded in bytes (names, units, event
+//! messages, and each resulting message as a whole), so it can neither
+//! make the gateway hold much nor publish more than the uplink carries.
+//! Its log lines and the reasons it gives are cut to a bound and kept to
+//! one line, so it can neither flood the log nor write lines that look like
 //! the gateway's own.
+
+use kite_core::Sample;
+
+use crate::sandbox::PluginError;
+
+/// One message's bound when the gateway does not give its own
+/// ([`crate::PluginSpec::max_message_bytes`]): the largest MQTT packet Kite sends.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 256 << 10;
+/// Longest point name a plug-in or codec outputs, and longest device or
+/// point an event refers to.
+pub const MAX_NAME_BYTES: usize = 128;
+/// Longest unit of a point.
+pub const MAX_UNIT_BYTES: usize = 32;
+/// Longest message of an event.
+pub const MAX_EVENT_MESSAGE_BYTES: usize = 4 << 10;
+/// What a published message adds to a sample's points or an event's
+/// object: `seq`, `ts`, the field names and punctuation, with room to spare.
+pub(crate) const ENVELOPE_BYTES: usize = 128;
 
 /// Longest log line a plug-in may write, escaping included; the rest is cut.
 pub const MAX_LOG_LINE_BYTES: usize = 1024;
@@ -41,6 +62,65 @@ fn needs_escape(c: char) -> bool {
             // Bidirectional marks, embeddings, overrides and isolates.
             | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}'
         )
+}
+
+/// Refuses a point name that is empty or longer than [`MAX_NAME_BYTES`],
+/// and a unit longer than [`MAX_UNIT_BYTES`].
+pub(crate) fn check_point(name: &str, unit: Option<&str>) -> Result<(), PluginError> {
+    if name.is_empty() {
+        return Err(PluginError::OutputTooLarge("a point without a name".into()));
+    }
+    at_most("a point name", name, MAX_NAME_BYTES)?;
+    unit.map_or(Ok(()), |unit| at_most("a unit", unit, MAX_UNIT_BYTES))
+}
+
+/// Refuses an event whose message, device or point is too long.
+pub(crate) fn check_event(
+    message: &str,
+    device: Option<&str>,
+    point: Option<&str>,
+) -> Result<(), PluginError> {
+    at_most("an event message", message, MAX_EVENT_MESSAGE_BYTES)?;
+    for (what, name) in [("an event's device", device), ("an event's point", point)] {
+        name.map_or(Ok(()), |name| at_most(what, name, MAX_NAME_BYTES))?;
+    }
+    Ok(())
+}
+
+/// Refuses a sample whose telemetry message would exceed `max_message_bytes`.
+pub(crate) fn check_sample(sample: &Sample, max_message_bytes: usize) -> Result<(), PluginError> {
+    let device = serde_json::to_string(&*sample.device).expect("a string serializes");
+    check_message(
+        "a sample",
+        sample.points_json().len() + device.len(),
+        max_message_bytes,
+    )
+}
+
+/// Refuses a message whose body (an event's JSON, a sample's points and
+/// device) of `body_bytes` would make it exceed `max_message_bytes`.
+pub(crate) fn check_message(
+    what: &str,
+    body_bytes: usize,
+    max_message_bytes: usize,
+) -> Result<(), PluginError> {
+    let bytes = body_bytes + ENVELOPE_BYTES;
+    if bytes > max_message_bytes {
+        return Err(PluginError::OutputTooLarge(format!(
+            "{what} that would be a message of {bytes} bytes, at most {max_message_bytes}"
+        )));
+    }
+    Ok(())
+}
+
+fn at_most(what: &str, text: &str, max_bytes: usize) -> Result<(), PluginError> {
+    if text.len() > max_bytes {
+        return Err(PluginError::OutputTooLarge(format!(
+            "{what} of {} bytes, at most {max_bytes}",
+            text.len()
+        )));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

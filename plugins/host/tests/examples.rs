@@ -306,6 +306,7 @@ fn meter_codec_decodes_frames_and_refuses_bad_ones() {
         config_json: r#"{"points": {"1": {"name": "flow", "scale": 0.5, "unit": "m3/h"}}}"#.into(),
         state_path: dir.path().join("plugins.sqlite3"),
         trust: kite_plugins::Trust::default(),
+        max_message_bytes: kite_plugins::DEFAULT_MAX_MESSAGE_BYTES,
     };
     let mut codec = kite_plugins::Codec::start(sandbox.clone(), spec.clone()).unwrap();
 
@@ -344,8 +345,41 @@ fn meter_codec_decodes_frames_and_refuses_bad_ones() {
     // A bad codec_config refuses the codec at start, with the codec's reason.
     let bad = kite_plugins::PluginSpec {
         config_json: r#"{"points": {"x": {"name": "flow"}}}"#.into(),
-        ..spec
+        ..spec.clone()
     };
-    let error = kite_plugins::Codec::start(sandbox, bad).err().unwrap();
+    let error = kite_plugins::Codec::start(sandbox.clone(), bad)
+        .err()
+        .unwrap();
     assert!(error.to_string().contains("not an id"), "{error}");
+
+    // Names and units from the codec are bounded: one byte more is refused.
+    let name = |bytes: usize| "n".repeat(bytes);
+    let cases = [
+        (name(kite_plugins::MAX_NAME_BYTES), "m3/h".to_string(), true),
+        (
+            name(kite_plugins::MAX_NAME_BYTES + 1),
+            "m3/h".to_string(),
+            false,
+        ),
+        ("flow".to_string(), name(kite_plugins::MAX_UNIT_BYTES), true),
+        (
+            "flow".to_string(),
+            name(kite_plugins::MAX_UNIT_BYTES + 1),
+            false,
+        ),
+    ];
+    for (point, unit, accepted) in cases {
+        let config = serde_json::json!({"points": {"1": {"name": point, "unit": unit}}});
+        let spec = kite_plugins::PluginSpec {
+            config_json: config.to_string(),
+            ..spec.clone()
+        };
+        let mut codec = kite_plugins::Codec::start(sandbox.clone(), spec).unwrap();
+        let result = codec.decode(&meter_frame(&[(1, 25)]));
+        match result {
+            Ok(points) if accepted => assert_eq!(points.len(), 1),
+            Err(reason) if !accepted => assert!(reason.contains("output too large"), "{reason}"),
+            other => panic!("{point} in {unit}: {other:?}"),
+        }
+    }
 }

@@ -13,7 +13,9 @@ use std::time::Duration;
 use kite_core::{PointSample, Reading, Sample, Value};
 use kite_plugins::sandbox::{Limits, PluginError, Sandbox};
 use kite_plugins::state::StateStore;
-use kite_plugins::{spawn, Pattern, PluginSpec, RunState};
+use kite_plugins::{
+    spawn, Pattern, PluginSpec, RunState, DEFAULT_MAX_MESSAGE_BYTES, MAX_NAME_BYTES, MAX_UNIT_BYTES,
+};
 
 fn limits() -> Limits {
     Limits {
@@ -237,6 +239,75 @@ fn the_memory_limit_bounds_all_memories_together() {
     }
 }
 
+/// A plug-in whose `process` returns one derived reading with a name of
+/// `name_bytes`, a unit of `unit_bytes` if any, and a text of `text_bytes`,
+/// all of them cut from one run of letters in its memory.
+fn one_derived(name_bytes: usize, unit_bytes: Option<usize>, text_bytes: usize) -> String {
+    let letters = "a".repeat(2048);
+    let unit = match unit_bytes {
+        Some(bytes) => format!(
+            "i32.const 536 i32.const 1 i32.store8 \
+             i32.const 540 i32.const 1024 i32.store \
+             i32.const 544 i32.const {bytes} i32.store"
+        ),
+        None => String::new(),
+    };
+    // The output record at 16 lists one `derived` at 512: its point at 512,
+    // its value (case 4, text) at 520, its unit at 536, no timestamp.
+    let body = format!(
+        "i32.const 16 i32.const 512 i32.store \
+         i32.const 20 i32.const 1 i32.store \
+         i32.const 512 i32.const 1024 i32.store \
+         i32.const 516 i32.const {name_bytes} i32.store \
+         i32.const 520 i32.const 4 i32.store8 \
+         i32.const 528 i32.const 1024 i32.store \
+         i32.const 532 i32.const {text_bytes} i32.store \
+         {unit} \
+         i32.const 16"
+    );
+    module_with(
+        "",
+        &format!(r#"(data (i32.const 1024) "{letters}")"#),
+        &body,
+    )
+}
+
+#[test]
+fn a_plugins_outputs_are_refused_past_their_bounds() {
+    let dir = tempfile::tempdir().unwrap();
+    let sandbox = Sandbox::new(None).unwrap();
+    let max_message_bytes = 1024;
+    // (what, name bytes, unit bytes, text bytes, accepted)
+    let cases = [
+        ("longest name", MAX_NAME_BYTES, None, 1, true),
+        ("name too long", MAX_NAME_BYTES + 1, None, 1, false),
+        ("empty name", 0, None, 1, false),
+        ("longest unit", 1, Some(MAX_UNIT_BYTES), 1, true),
+        ("unit too long", 1, Some(MAX_UNIT_BYTES + 1), 1, false),
+        ("text within the message bound", 1, None, 800, true),
+        ("text past the message bound", 1, None, 1000, false),
+    ];
+    for (what, name, unit, text, accepted) in cases {
+        let spec = PluginSpec {
+            max_message_bytes,
+            ..spec(dir.path(), &one_derived(name, unit, text))
+        };
+        let component = sandbox
+            .compile(&std::fs::read(&spec.wasm).unwrap())
+            .unwrap();
+        let mut instance = kite_plugins::start_instance(&sandbox, &component, &spec).unwrap();
+        let batch = [reading()];
+        let output = instance.process(&batch).unwrap();
+        assert_eq!(output.readings.len(), 1, "{what}");
+        let result = kite_plugins::runner::convert(&spec, output, &batch);
+        match result {
+            Ok(converted) if accepted => assert_eq!(converted.samples.len(), 1, "{what}"),
+            Err(PluginError::OutputTooLarge(_)) if !accepted => {}
+            other => panic!("{what}: {other:?}"),
+        }
+    }
+}
+
 fn sample(value: f64) -> Sample {
     Sample {
         device: "boiler-1".into(),
@@ -260,6 +331,7 @@ fn spec(dir: &Path, wat: &str) -> PluginSpec {
         config_json: "{}".into(),
         state_path: dir.join("plugins.sqlite3"),
         trust: Default::default(),
+        max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
     }
 }
 
