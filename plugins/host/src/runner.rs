@@ -99,10 +99,14 @@ pub struct PluginCounters {
     pub failures: AtomicU64,
     pub timeouts: AtomicU64,
     pub traps: AtomicU64,
-    /// Batches whose outputs were lost because the call failed.
+    /// Batches whose outputs were lost: the call failed, or the gateway
+    /// stopped before it took them.
     pub lost_batches: AtomicU64,
     /// Batches not offered to the plug-in: it was busy, backing off or disabled.
     pub skipped_batches: AtomicU64,
+    /// Batches offered and not yet taken by the plug-in's thread (a gauge):
+    /// what is still waiting when the gateway stops.
+    pub queued: AtomicU64,
     pub readings_in: AtomicU64,
     pub outputs: AtomicU64,
     pub busy_nanos: AtomicU64,
@@ -140,6 +144,7 @@ impl PluginCounters {
             "traps": load(&self.traps),
             "lost_batches": load(&self.lost_batches),
             "skipped_batches": load(&self.skipped_batches),
+            "queued": load(&self.queued),
             "readings_in": load(&self.readings_in),
             "outputs": load(&self.outputs),
             "busy_ms": load(&self.busy_nanos) / 1_000_000,
@@ -190,12 +195,18 @@ impl PluginHandle {
         if batch.is_empty() {
             return;
         }
-        let state = self.counters.state();
-        if state == RunState::Disabled || self.messages.try_send(Message::Batch(batch)).is_err() {
-            self.counters
-                .skipped_batches
-                .fetch_add(1, Ordering::Relaxed);
+        if self.counters.state() != RunState::Disabled {
+            // Counted before it is sent, so the thread never takes a batch
+            // the gauge does not hold yet.
+            self.counters.queued.fetch_add(1, Ordering::Relaxed);
+            if self.messages.try_send(Message::Batch(batch)).is_ok() {
+                return;
+            }
+            self.counters.queued.fetch_sub(1, Ordering::Relaxed);
         }
+        self.counters
+            .skipped_batches
+            .fetch_add(1, Ordering::Relaxed);
     }
 
     /// Loads the plug-in's file again and swaps the new version in once it
@@ -296,7 +307,10 @@ impl Worker {
         let mut consecutive = 0u64;
         while let Ok(message) = messages.recv() {
             let batch = match message {
-                Message::Batch(batch) => batch,
+                Message::Batch(batch) => {
+                    self.counters.queued.fetch_sub(1, Ordering::Relaxed);
+                    batch
+                }
                 Message::Replace(component, ready) => {
                     self.component = component;
                     instance = Some(*ready);
@@ -357,6 +371,12 @@ impl Worker {
                         .outputs
                         .fetch_add(produced as u64, Ordering::Relaxed);
                     if produced > 0 && self.outputs.blocking_send(output).is_err() {
+                        // The gateway dropped its end: it is stopping.
+                        self.counters.lost_batches.fetch_add(1, Ordering::Relaxed);
+                        error!(
+                            plugin = name,
+                            "the plug-in's output is lost: the gateway is stopping"
+                        );
                         return;
                     }
                 }

@@ -348,6 +348,39 @@ fn eventually(what: &str, condition: impl Fn() -> bool) {
 }
 
 #[test]
+fn batches_waiting_for_a_blocked_plugin_are_counted_and_its_output_lost_at_shutdown() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+    let dir = tempfile::tempdir().unwrap();
+    let sandbox = Arc::new(Sandbox::new(None).unwrap());
+    // Room for one output, which nobody takes: the second blocks the plug-in's thread.
+    let (outputs, receiver) = tokio::sync::mpsc::channel(1);
+    let handle = spawn(sandbox, spec(dir.path(), &one_derived(1, None, 1)), outputs).unwrap();
+    let counters = handle.counters.clone();
+    handle.offer(&[sample(1.0)]);
+    handle.offer(&[sample(2.0)]);
+    eventually("the plug-in took both batches", || {
+        load(&counters.calls) == 2 && load(&counters.queued) == 0
+    });
+    handle.offer(&[sample(3.0)]);
+    handle.offer(&[sample(4.0)]);
+    assert_eq!(load(&counters.queued), 2);
+    assert_eq!(counters.to_json()["queued"], 2);
+    assert_eq!(load(&counters.lost_batches), 0);
+    // The gateway stops: the blocked output is lost, and counted.
+    drop(receiver);
+    eventually("the blocked output is counted lost", || {
+        load(&counters.lost_batches) == 1
+    });
+    assert_eq!(load(&counters.failures), 0);
+    assert_eq!(
+        load(&counters.queued),
+        2,
+        "the waiting batches were never taken"
+    );
+}
+
+#[test]
 fn a_plugin_that_keeps_failing_is_disabled_and_outputs_are_counted_lost() {
     let dir = tempfile::tempdir().unwrap();
     let sandbox = Arc::new(Sandbox::new(None).unwrap());
