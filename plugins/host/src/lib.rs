@@ -4,6 +4,9 @@
 //! - `plugins/wit/plugin.wit` is the contract; [`bindings`] is generated from it.
 //! - [`sandbox`]: the engine, the locked-down linker, and one instance with
 //!   its memory limit, time limit and host functions.
+//! - [`bounds`]: how much a plug-in may hand the gateway: outputs bounded
+//!   in bytes, log lines and reasons kept to one bounded line.
+//! - `clocks`: the wall and monotonic clocks plug-ins read, at 1 ms.
 //! - [`state`]: the small key-value store each plug-in may keep, in SQLite.
 //! - [`runner`]: one thread per plug-in that feeds it batches, turns its
 //!   failures into counts, re-instantiates it with back-off and disables it
@@ -35,6 +38,8 @@ pub mod bindings {
     }
 }
 
+pub mod bounds;
+mod clocks;
 pub mod codec;
 pub mod pattern;
 pub mod runner;
@@ -42,6 +47,10 @@ pub mod sandbox;
 pub mod signing;
 pub mod state;
 
+pub use bounds::{
+    DEFAULT_MAX_MESSAGE_BYTES, MAX_EVENT_MESSAGE_BYTES, MAX_LOG_LINE_BYTES, MAX_NAME_BYTES,
+    MAX_REASON_BYTES, MAX_UNIT_BYTES,
+};
 pub use codec::Codec;
 pub use pattern::Pattern;
 pub use runner::{

@@ -19,6 +19,7 @@ use tracing::{error, info, warn};
 use wasmtime::component::Component;
 
 use crate::bindings::kite::plugin::types::{Derived, Output, Reading, Severity, Value};
+use crate::bounds::{check_event, check_message, check_point, check_sample};
 use crate::pattern::Pattern;
 use crate::sandbox::{Instance, Limits, PluginError, Sandbox};
 use crate::state::StateStore;
@@ -41,6 +42,11 @@ pub struct PluginSpec {
     /// Where plug-in state lives (`plugins.sqlite3`).
     pub state_path: PathBuf,
     pub trust: Trust,
+    /// Largest message (a sample of derived readings, an event, a codec's
+    /// points) the gateway publishes; one that would be larger is refused
+    /// as the plug-in's failure. [`crate::DEFAULT_MAX_MESSAGE_BYTES`] when
+    /// the gateway has no bound of its own.
+    pub max_message_bytes: usize,
 }
 
 /// Which signatures a gateway accepts.
@@ -93,10 +99,14 @@ pub struct PluginCounters {
     pub failures: AtomicU64,
     pub timeouts: AtomicU64,
     pub traps: AtomicU64,
-    /// Batches whose outputs were lost because the call failed.
+    /// Batches whose outputs were lost: the call failed, or the gateway
+    /// stopped before it took them.
     pub lost_batches: AtomicU64,
     /// Batches not offered to the plug-in: it was busy, backing off or disabled.
     pub skipped_batches: AtomicU64,
+    /// Batches offered and not yet taken by the plug-in's thread (a gauge):
+    /// what is still waiting when the gateway stops.
+    pub queued: AtomicU64,
     pub readings_in: AtomicU64,
     pub outputs: AtomicU64,
     pub busy_nanos: AtomicU64,
@@ -134,6 +144,7 @@ impl PluginCounters {
             "traps": load(&self.traps),
             "lost_batches": load(&self.lost_batches),
             "skipped_batches": load(&self.skipped_batches),
+            "queued": load(&self.queued),
             "readings_in": load(&self.readings_in),
             "outputs": load(&self.outputs),
             "busy_ms": load(&self.busy_nanos) / 1_000_000,
@@ -184,12 +195,18 @@ impl PluginHandle {
         if batch.is_empty() {
             return;
         }
-        let state = self.counters.state();
-        if state == RunState::Disabled || self.messages.try_send(Message::Batch(batch)).is_err() {
-            self.counters
-                .skipped_batches
-                .fetch_add(1, Ordering::Relaxed);
+        if self.counters.state() != RunState::Disabled {
+            // Counted before it is sent, so the thread never takes a batch
+            // the gauge does not hold yet.
+            self.counters.queued.fetch_add(1, Ordering::Relaxed);
+            if self.messages.try_send(Message::Batch(batch)).is_ok() {
+                return;
+            }
+            self.counters.queued.fetch_sub(1, Ordering::Relaxed);
         }
+        self.counters
+            .skipped_batches
+            .fetch_add(1, Ordering::Relaxed);
     }
 
     /// Loads the plug-in's file again and swaps the new version in once it
@@ -290,7 +307,10 @@ impl Worker {
         let mut consecutive = 0u64;
         while let Ok(message) = messages.recv() {
             let batch = match message {
-                Message::Batch(batch) => batch,
+                Message::Batch(batch) => {
+                    self.counters.queued.fetch_sub(1, Ordering::Relaxed);
+                    batch
+                }
                 Message::Replace(component, ready) => {
                     self.component = component;
                     instance = Some(*ready);
@@ -337,7 +357,7 @@ impl Worker {
             let started = Instant::now();
             let result = running
                 .process(&batch)
-                .and_then(|output| convert(&self.spec.name, output, &batch));
+                .and_then(|output| convert(&self.spec, output, &batch));
             self.counters
                 .busy_nanos
                 .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
@@ -351,6 +371,12 @@ impl Worker {
                         .outputs
                         .fetch_add(produced as u64, Ordering::Relaxed);
                     if produced > 0 && self.outputs.blocking_send(output).is_err() {
+                        // The gateway dropped its end: it is stopping.
+                        self.counters.lost_batches.fetch_add(1, Ordering::Relaxed);
+                        error!(
+                            plugin = name,
+                            "the plug-in's output is lost: the gateway is stopping"
+                        );
                         return;
                     }
                 }
@@ -404,10 +430,11 @@ impl Worker {
     }
 }
 
-/// Checks a plug-in's output for one batch and turns it into samples (of a
-/// device named after the plug-in) and events.
+/// Checks a plug-in's output for one batch against the bounds of
+/// [`crate::bounds`] and `spec.max_message_bytes`, and turns it into
+/// samples (of a device named after the plug-in) and events.
 pub fn convert(
-    plugin_name: &str,
+    spec: &PluginSpec,
     output: Output,
     batch: &[Reading],
 ) -> Result<PluginOutput, PluginError> {
@@ -422,15 +449,11 @@ pub fn convert(
         .map(|r| r.timestamp)
         .max()
         .unwrap_or_else(kite_core::now_ms);
-    let plugin: Arc<str> = Arc::from(plugin_name);
+    let plugin: Arc<str> = Arc::from(spec.name.as_str());
     // One sample per timestamp; a point repeated at one timestamp keeps its last value.
     let mut by_time: BTreeMap<i64, BTreeMap<String, Derived>> = BTreeMap::new();
     for derived in output.readings {
-        if derived.point.is_empty() {
-            return Err(PluginError::OutputTooLarge(
-                "a derived reading without a point name".into(),
-            ));
-        }
+        check_point(&derived.point, derived.unit.as_deref())?;
         by_time
             .entry(derived.timestamp.unwrap_or(newest))
             .or_default()
@@ -438,35 +461,45 @@ pub fn convert(
     }
     let samples = by_time
         .into_iter()
-        .map(|(ts_ms, points)| Sample {
-            device: plugin.clone(),
-            ts_ms,
-            points: points
-                .into_values()
-                .map(|d| PointSample {
-                    name: Arc::from(d.point.as_str()),
-                    unit: d.unit.map(|u| Arc::from(u.as_str())),
-                    reading: to_sample_reading(d.value),
-                })
-                .collect(),
+        .map(|(ts_ms, points)| {
+            let sample = Sample {
+                device: plugin.clone(),
+                ts_ms,
+                points: points
+                    .into_values()
+                    .map(|d| PointSample {
+                        name: Arc::from(d.point.as_str()),
+                        unit: d.unit.map(|u| Arc::from(u.as_str())),
+                        reading: to_sample_reading(d.value),
+                    })
+                    .collect(),
+            };
+            check_sample(&sample, spec.max_message_bytes)?;
+            Ok(sample)
         })
-        .collect();
+        .collect::<Result<_, PluginError>>()?;
     let events = output
         .events
         .into_iter()
-        .map(|e| PluginEvent {
-            ts: e.timestamp.unwrap_or(newest),
-            plugin: plugin_name.to_string(),
-            severity: match e.severity {
-                Severity::Info => "info",
-                Severity::Warning => "warning",
-                Severity::Critical => "critical",
-            },
-            message: e.message,
-            device: e.device,
-            point: e.point,
+        .map(|e| {
+            check_event(&e.message, e.device.as_deref(), e.point.as_deref())?;
+            let event = PluginEvent {
+                ts: e.timestamp.unwrap_or(newest),
+                plugin: spec.name.clone(),
+                severity: match e.severity {
+                    Severity::Info => "info",
+                    Severity::Warning => "warning",
+                    Severity::Critical => "critical",
+                },
+                message: e.message,
+                device: e.device,
+                point: e.point,
+            };
+            let json = serde_json::to_string(&event).expect("an event serializes");
+            check_message("an event", json.len(), spec.max_message_bytes)?;
+            Ok(event)
         })
-        .collect();
+        .collect::<Result<_, PluginError>>()?;
     Ok(PluginOutput {
         plugin,
         samples,
@@ -519,4 +552,195 @@ pub fn readings_for(spec: &PluginSpec, samples: &[Sample]) -> Vec<Reading> {
         }
     }
     batch
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bindings::kite::plugin::types::Event;
+    use crate::bounds::{
+        DEFAULT_MAX_MESSAGE_BYTES, ENVELOPE_BYTES, MAX_EVENT_MESSAGE_BYTES, MAX_NAME_BYTES,
+        MAX_UNIT_BYTES,
+    };
+
+    fn spec(max_message_bytes: usize) -> PluginSpec {
+        PluginSpec {
+            name: "p".into(),
+            wasm: PathBuf::new(),
+            inputs: Vec::new(),
+            limits: Limits::default(),
+            config_json: "{}".into(),
+            state_path: PathBuf::new(),
+            trust: Trust::default(),
+            max_message_bytes,
+        }
+    }
+
+    fn derived(point: &str, unit: Option<&str>, value: Value) -> Output {
+        Output {
+            readings: vec![Derived {
+                point: point.into(),
+                value,
+                unit: unit.map(Into::into),
+                timestamp: Some(1),
+            }],
+            events: Vec::new(),
+        }
+    }
+
+    fn events(count: usize, message: &str, device: Option<&str>, point: Option<&str>) -> Output {
+        let event = Event {
+            severity: Severity::Info,
+            message: message.into(),
+            device: device.map(Into::into),
+            point: point.map(Into::into),
+            timestamp: Some(1),
+        };
+        Output {
+            readings: Vec::new(),
+            events: vec![event; count],
+        }
+    }
+
+    #[test]
+    fn convert_refuses_outputs_past_their_bounds() {
+        let small = 1024;
+        // The text that makes a sample of point "p" exactly `small` bytes as a message.
+        let text_at_limit = small
+            - ENVELOPE_BYTES
+            - r#"{"p":{"value":"","quality":"good"}}"#.len()
+            - r#""p""#.len();
+        let empty_event = PluginEvent {
+            ts: 1,
+            plugin: "p".into(),
+            severity: "info",
+            message: String::new(),
+            device: None,
+            point: None,
+        };
+        let message_at_limit =
+            small - ENVELOPE_BYTES - serde_json::to_string(&empty_event).unwrap().len();
+        let name = |bytes: usize| "n".repeat(bytes);
+        let one = Value::Float(1.0);
+        let text = |bytes: usize| Value::Text("t".repeat(bytes));
+        // (what, output, the message bound, None if accepted or what the refusal names)
+        let cases: Vec<(&str, Output, usize, Option<&str>)> = vec![
+            (
+                "a short name",
+                derived("flow", Some("m3/h"), one.clone()),
+                small,
+                None,
+            ),
+            (
+                "no name",
+                derived("", None, one.clone()),
+                small,
+                Some("without a name"),
+            ),
+            (
+                "longest name",
+                derived(&name(MAX_NAME_BYTES), None, one.clone()),
+                small,
+                None,
+            ),
+            (
+                "name too long",
+                derived(&name(MAX_NAME_BYTES + 1), None, one.clone()),
+                small,
+                Some("point name of 129 bytes"),
+            ),
+            (
+                "longest unit",
+                derived("p", Some(&name(MAX_UNIT_BYTES)), one.clone()),
+                small,
+                None,
+            ),
+            (
+                "unit too long",
+                derived("p", Some(&name(MAX_UNIT_BYTES + 1)), one.clone()),
+                small,
+                Some("unit of 33 bytes"),
+            ),
+            (
+                "sample at the message bound",
+                derived("p", None, text(text_at_limit)),
+                small,
+                None,
+            ),
+            (
+                "sample past the message bound",
+                derived("p", None, text(text_at_limit + 1)),
+                small,
+                Some("a sample that would be a message of 1025 bytes, at most 1024"),
+            ),
+            (
+                "longest event message",
+                events(1, &name(MAX_EVENT_MESSAGE_BYTES), None, None),
+                DEFAULT_MAX_MESSAGE_BYTES,
+                None,
+            ),
+            (
+                "event message too long",
+                events(1, &name(MAX_EVENT_MESSAGE_BYTES + 1), None, None),
+                DEFAULT_MAX_MESSAGE_BYTES,
+                Some("event message of 4097 bytes"),
+            ),
+            (
+                "longest device and point of an event",
+                events(
+                    1,
+                    "m",
+                    Some(&name(MAX_NAME_BYTES)),
+                    Some(&name(MAX_NAME_BYTES)),
+                ),
+                small,
+                None,
+            ),
+            (
+                "device of an event too long",
+                events(1, "m", Some(&name(MAX_NAME_BYTES + 1)), None),
+                small,
+                Some("event's device of 129 bytes"),
+            ),
+            (
+                "point of an event too long",
+                events(1, "m", None, Some(&name(MAX_NAME_BYTES + 1))),
+                small,
+                Some("event's point of 129 bytes"),
+            ),
+            (
+                "event at the message bound",
+                events(1, &name(message_at_limit), None, None),
+                small,
+                None,
+            ),
+            (
+                "event past the message bound",
+                events(1, &name(message_at_limit + 1), None, None),
+                small,
+                Some("an event that would be a message of 1025 bytes"),
+            ),
+            (
+                "most outputs",
+                events(MAX_OUTPUTS_PER_BATCH, "m", None, None),
+                small,
+                None,
+            ),
+            (
+                "too many outputs",
+                events(MAX_OUTPUTS_PER_BATCH + 1, "m", None, None),
+                small,
+                Some("10001 outputs from one batch"),
+            ),
+        ];
+        for (what, output, max_message_bytes, refusal) in cases {
+            let result = convert(&spec(max_message_bytes), output, &[]);
+            match (refusal, result) {
+                (None, Ok(_)) => {}
+                (Some(expected), Err(PluginError::OutputTooLarge(reason)))
+                    if reason.contains(expected) => {}
+                (_, result) => panic!("{what}: {result:?}"),
+            }
+        }
+    }
 }

@@ -1,7 +1,8 @@
 //! The sandbox: one wasmtime engine for all plug-ins, a linker that offers
 //! only Kite's host interface and a locked-down WASI (no files, no
-//! environment, no sockets), and instances that each run under a memory
-//! cap and a time limit per call.
+//! environment, no sockets, clocks at 1 ms), and instances that each run
+//! under a memory cap (all their linear memories together) and a time limit
+//! on every entry into their code, instantiation included.
 //!
 //! Time is bounded with epoch interruption: a ticker thread advances the
 //! engine's epoch every [`EPOCH_TICK`] while any plug-in call is running, and
@@ -13,16 +14,21 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
-use wasmtime::{Config, Engine, Store, StoreLimits, StoreLimitsBuilder, Trap};
+use wasmtime::component::{Component, HasSelf, Linker, Resource, ResourceTable};
+use wasmtime::{Config, Engine, ResourceLimiter, Store, StoreContextMut, Trap};
+use wasmtime_wasi::clocks::WasiClocksCtxView;
+use wasmtime_wasi::p2::bindings::clocks::monotonic_clock;
+use wasmtime_wasi::p2::DynPollable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use crate::bindings::codec::Codec as CodecWorld;
 use crate::bindings::kite::plugin::host;
 use crate::bindings::kite::plugin::types::{Decoded, Output, Reading};
 use crate::bindings::Plugin;
+use crate::bounds::{one_line, MAX_LOG_LINE_BYTES, MAX_REASON_BYTES};
+use crate::clocks::{CoarseMonotonicClock, CoarseWallClock};
 use crate::state::StateStore;
 
 /// Granularity of the time limit.
@@ -57,8 +63,10 @@ pub enum PluginError {
 /// What each instance may use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
+    /// All the instance's linear memories together.
     pub memory_bytes: usize,
-    /// Per call of `init` or `process`.
+    /// Per entry into the plug-in's code: instantiation (start functions),
+    /// `init`, `process`, `decode`.
     pub time: Duration,
     /// Keys plus values in the plug-in's state.
     pub state_bytes: u64,
@@ -203,6 +211,7 @@ impl Sandbox {
         let engine = Engine::new(&config).map_err(|e| PluginError::Load(e.to_string()))?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
+            .and_then(|()| cut_timers_at_the_deadline(&mut linker))
             .map_err(|e| PluginError::Load(e.to_string()))?;
         Plugin::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)
             .map_err(|e| PluginError::Load(e.to_string()))?;
@@ -254,6 +263,7 @@ impl Sandbox {
     }
 
     /// Instantiates `component` for the plug-in `name` with its own store.
+    /// Instantiation runs guest code (start functions), under the time limit.
     pub fn instantiate(
         &self,
         component: &Component,
@@ -262,7 +272,11 @@ impl Sandbox {
         state: StateStore,
     ) -> Result<Instance, PluginError> {
         let mut store = self.store(name, limits, state);
-        let bindings = Plugin::instantiate(&mut store, component, &self.linker)
+        let bindings = self
+            .ticker
+            .bounded(&mut store, limits.time, |store| {
+                Plugin::instantiate(store, component, &self.linker)
+            })
             .map_err(|e| instantiation_error(e, limits))?;
         Ok(self.instance(store, bindings, limits))
     }
@@ -276,7 +290,11 @@ impl Sandbox {
         state: StateStore,
     ) -> Result<Instance<CodecWorld>, PluginError> {
         let mut store = self.store(name, limits, state);
-        let bindings = CodecWorld::instantiate(&mut store, component, &self.linker)
+        let bindings = self
+            .ticker
+            .bounded(&mut store, limits.time, |store| {
+                CodecWorld::instantiate(store, component, &self.linker)
+            })
             .map_err(|e| instantiation_error(e, limits))?;
         Ok(self.instance(store, bindings, limits))
     }
@@ -288,21 +306,23 @@ impl Sandbox {
                 .allow_tcp(false)
                 .allow_udp(false)
                 .allow_ip_name_lookup(false)
+                .wall_clock(CoarseWallClock)
+                .monotonic_clock(CoarseMonotonicClock::default())
+                // Random bytes are made on the host before the plug-in gets
+                // them: ask for no more than the plug-in could hold.
+                .max_random_size(u64::try_from(limits.memory_bytes).unwrap_or(u64::MAX))
                 .build(),
-            table: ResourceTable::new(),
-            limits: StoreLimitsBuilder::new()
-                .memory_size(limits.memory_bytes)
-                .instances(16)
-                .tables(16)
-                .table_elements(100_000)
-                .trap_on_grow_failure(true)
-                .build(),
+            table: host_resources(),
+            limiter: PluginLimiter::new(limits.memory_bytes),
+            call_deadline: Some(Instant::now()),
             name: name.to_string(),
             state,
         };
         let mut store = Store::new(&self.engine, host);
-        store.limiter(|host| &mut host.limits);
-        store.set_epoch_deadline(u64::MAX / 2);
+        store.limiter(|host| &mut host.limiter);
+        // Guest code runs only inside `TickerHandle::bounded`, which sets the
+        // deadline; anywhere else it would trap at once.
+        store.set_epoch_deadline(0);
         store
     }
 
@@ -316,12 +336,75 @@ impl Sandbox {
     }
 }
 
+/// The WASI interface whose timers [`cut_timers_at_the_deadline`] replaces,
+/// as `wasmtime_wasi` names it.
+const MONOTONIC_CLOCK: &str = "wasi:clocks/monotonic-clock@0.2.12";
+
+/// A plug-in that waits on a WASI timer (a sleep) blocks in host code,
+/// where epoch interruption cannot stop it, so its time limit would not
+/// hold. Its timers are therefore cut at the deadline of the call that set
+/// them; once past it, the plug-in traps at its next loop or call.
+fn cut_timers_at_the_deadline(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+    linker.allow_shadowing(true);
+    let mut clock = linker.instance(MONOTONIC_CLOCK)?;
+    clock.func_wrap(
+        "subscribe-duration",
+        |mut store: StoreContextMut<'_, HostState>, (nanos,): (u64,)| {
+            Ok((store.data_mut().timer(Duration::from_nanos(nanos))?,))
+        },
+    )?;
+    clock.func_wrap(
+        "subscribe-instant",
+        |mut store: StoreContextMut<'_, HostState>, (when,): (u64,)| {
+            let host = store.data_mut();
+            let now = monotonic_clock::Host::now(&mut host.clocks())?;
+            Ok((host.timer(Duration::from_nanos(when.saturating_sub(now)))?,))
+        },
+    )?;
+    linker.allow_shadowing(false);
+    Ok(())
+}
+
+impl TickerHandle {
+    /// Runs `call`, which enters guest code in `store`, under the time
+    /// limit `time`: the ticker advances the epoch while it runs, and the
+    /// guest traps once `time` has passed.
+    fn bounded<T>(
+        &self,
+        store: &mut Store<HostState>,
+        time: Duration,
+        call: impl FnOnce(&mut Store<HostState>) -> wasmtime::Result<T>,
+    ) -> wasmtime::Result<T> {
+        let ticks = time.as_nanos().div_ceil(EPOCH_TICK.as_nanos()).max(1);
+        store.set_epoch_deadline(u64::try_from(ticks).unwrap_or(u64::MAX));
+        store.data_mut().call_deadline = Instant::now().checked_add(time);
+        let _running = ActiveCall::start(self);
+        call(store)
+    }
+}
+
+/// One call in progress: keeps the ticker ticking until it is dropped,
+/// however the call ends.
+struct ActiveCall<'a>(&'a Ticker);
+
+impl<'a> ActiveCall<'a> {
+    fn start(handle: &'a TickerHandle) -> Self {
+        handle.ticker.active_calls.fetch_add(1, Ordering::AcqRel);
+        handle.thread.unpark();
+        Self(&handle.ticker)
+    }
+}
+
+impl Drop for ActiveCall<'_> {
+    fn drop(&mut self) {
+        self.0.active_calls.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 fn instantiation_error(error: wasmtime::Error, limits: Limits) -> PluginError {
-    let message = format!("{error:#}");
-    if message.contains("import") {
-        PluginError::Import(message)
-    } else {
-        classify(error, limits)
+    match classify(error, limits) {
+        PluginError::Trap(message) if message.contains("import") => PluginError::Import(message),
+        other => other,
     }
 }
 
@@ -339,18 +422,135 @@ fn tick(ticker: &Ticker, engine: &Engine) {
 
 /// Turns a wasmtime error into what happened, in the plug-in's terms.
 fn classify(error: wasmtime::Error, limits: Limits) -> PluginError {
+    if let Some(exceeded) = error.downcast_ref::<LimitExceeded>() {
+        return match exceeded {
+            LimitExceeded::Memory => PluginError::OutOfMemory(limits.memory_bytes),
+            LimitExceeded::TableElements(_) => PluginError::Trap(exceeded.to_string()),
+        };
+    }
     match error.downcast_ref::<Trap>() {
         Some(Trap::Interrupt) => PluginError::Timeout(limits.time),
         Some(Trap::StackOverflow) => PluginError::StackOverflow,
         Some(trap) => PluginError::Trap(trap.to_string()),
-        None => {
-            let message = format!("{error:#}");
-            if message.contains("growing memory") || message.contains("memory growth failure") {
-                PluginError::OutOfMemory(limits.memory_bytes)
-            } else {
-                PluginError::Trap(message)
-            }
+        // Its context and backtrace may carry the plug-in's text (function names).
+        None => PluginError::Trap(one_line(&format!("{error:#}"), MAX_LOG_LINE_BYTES)),
+    }
+}
+
+/// Most WASI resources (streams, timers) a plug-in may hold at once. Each
+/// lives in the gateway's memory, outside the plug-in's limit; a plug-in
+/// needs a handful (its standard streams, a timer while it sleeps).
+const MAX_HOST_RESOURCES: usize = 1024;
+
+fn host_resources() -> ResourceTable {
+    let mut table = ResourceTable::new();
+    table.set_max_capacity(MAX_HOST_RESOURCES);
+    table
+}
+
+/// A store limit the plug-in ran into; growing past it traps.
+#[derive(Debug, thiserror::Error)]
+enum LimitExceeded {
+    #[error("its memories together would exceed its memory limit")]
+    Memory,
+    #[error("a table of {0} elements, more than {MAX_TABLE_ELEMENTS}")]
+    TableElements(usize),
+}
+
+/// Most core instances in one plug-in's store.
+const MAX_INSTANCES: usize = 16;
+/// Most tables in one plug-in's store.
+const MAX_TABLES: usize = 16;
+/// Most elements of one table.
+const MAX_TABLE_ELEMENTS: usize = 100_000;
+/// Most linear memories in one plug-in's store. A component made from one
+/// language's code has one (its WASI adapter shares it); four leave room
+/// for a few more, while each costs the gateway address space (wasmtime
+/// reserves gigabytes of virtual memory per linear memory) and bookkeeping
+/// whatever its size.
+const MAX_MEMORIES: usize = 4;
+
+/// The store's resource limiter: `memory_limit` bounds the bytes of all the
+/// plug-in's linear memories together (`StoreLimits` would bound each one,
+/// and a plug-in may define several), and the counts above bound the rest.
+#[derive(Debug)]
+struct PluginLimiter {
+    memory_limit: usize,
+    /// Bytes of all linear memories, including their initial sizes.
+    memory_bytes: usize,
+    /// The growth last granted, taken back if wasmtime then fails to grow.
+    granted: usize,
+}
+
+impl PluginLimiter {
+    fn new(memory_limit: usize) -> Self {
+        Self {
+            memory_limit,
+            memory_bytes: 0,
+            granted: 0,
         }
+    }
+}
+
+impl ResourceLimiter for PluginLimiter {
+    /// Also called with `current` 0 when a memory is created.
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if maximum.is_some_and(|maximum| desired > maximum) {
+            // Past the memory's own maximum: `memory.grow` returns -1, as in any runtime.
+            return Ok(false);
+        }
+        let growth = desired.saturating_sub(current);
+        let total = self.memory_bytes.saturating_add(growth);
+        if total > self.memory_limit {
+            return Err(wasmtime::Error::new(LimitExceeded::Memory));
+        }
+        self.memory_bytes = total;
+        self.granted = growth;
+        Ok(true)
+    }
+
+    /// The growth granted just before could not be made (the system is out
+    /// of memory). With 64 KiB pages (this engine does not enable custom
+    /// page sizes) every failure follows a grant.
+    fn memory_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.memory_bytes -= std::mem::take(&mut self.granted);
+        Err(error.context(LimitExceeded::Memory))
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if maximum.is_some_and(|maximum| desired > maximum) {
+            return Ok(false);
+        }
+        if desired > MAX_TABLE_ELEMENTS {
+            return Err(wasmtime::Error::new(LimitExceeded::TableElements(desired)));
+        }
+        Ok(true)
+    }
+
+    fn table_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        Err(error)
+    }
+
+    fn instances(&self) -> usize {
+        MAX_INSTANCES
+    }
+
+    fn tables(&self) -> usize {
+        MAX_TABLES
+    }
+
+    fn memories(&self) -> usize {
+        MAX_MEMORIES
     }
 }
 
@@ -368,32 +568,19 @@ impl<B> Instance<B> {
         &mut self,
         call: impl FnOnce(&B, &mut Store<HostState>) -> wasmtime::Result<T>,
     ) -> Result<T, PluginError> {
-        let ticks = self
-            .limits
-            .time
-            .as_nanos()
-            .div_ceil(EPOCH_TICK.as_nanos())
-            .max(1) as u64;
-        self.store.set_epoch_deadline(ticks);
+        let bindings = &self.bindings;
         self.ticker
-            .ticker
-            .active_calls
-            .fetch_add(1, Ordering::AcqRel);
-        self.ticker.thread.unpark();
-        let result = call(&self.bindings, &mut self.store);
-        self.ticker
-            .ticker
-            .active_calls
-            .fetch_sub(1, Ordering::AcqRel);
-        self.store.set_epoch_deadline(u64::MAX / 2);
-        result.map_err(|e| classify(e, self.limits))
+            .bounded(&mut self.store, self.limits.time, |store| {
+                call(bindings, store)
+            })
+            .map_err(|e| classify(e, self.limits))
     }
 }
 
 impl Instance<Plugin> {
     pub fn init(&mut self, config_json: &str) -> Result<(), PluginError> {
         self.bounded(|plugin, store| plugin.call_init(store, config_json))?
-            .map_err(PluginError::Init)
+            .map_err(init_refused)
     }
 
     pub fn process(&mut self, batch: &[Reading]) -> Result<Output, PluginError> {
@@ -404,7 +591,7 @@ impl Instance<Plugin> {
 impl Instance<CodecWorld> {
     pub fn init(&mut self, config_json: &str) -> Result<(), PluginError> {
         self.bounded(|codec, store| codec.call_init(store, config_json))?
-            .map_err(PluginError::Init)
+            .map_err(init_refused)
     }
 
     /// The frame's points, or the codec's reason for refusing the frame.
@@ -413,12 +600,20 @@ impl Instance<CodecWorld> {
     }
 }
 
+/// `init`'s reason for refusing its configuration, as one bounded line.
+fn init_refused(reason: String) -> PluginError {
+    PluginError::Init(one_line(&reason, MAX_REASON_BYTES))
+}
+
 /// What the host functions see: the WASI context (with nothing granted),
-/// the limits, and the plug-in's state.
+/// the resource limiter, the running call's deadline, and the plug-in's state.
 pub struct HostState {
     wasi: WasiCtx,
     table: ResourceTable,
-    limits: StoreLimits,
+    limiter: PluginLimiter,
+    /// When the running call must end; `None` when its limit is too far
+    /// away to represent.
+    call_deadline: Option<Instant>,
     name: String,
     state: StateStore,
 }
@@ -432,21 +627,31 @@ impl WasiView for HostState {
     }
 }
 
+impl HostState {
+    fn clocks(&mut self) -> WasiClocksCtxView<'_> {
+        WasiClocksCtxView {
+            ctx: self.wasi.clocks(),
+            table: &mut self.table,
+        }
+    }
+
+    /// A WASI timer for `wait`, cut at the running call's deadline.
+    fn timer(&mut self, wait: Duration) -> wasmtime::Result<Resource<DynPollable>> {
+        let wait = match self.call_deadline {
+            Some(deadline) => wait.min(deadline.saturating_duration_since(Instant::now())),
+            None => wait,
+        };
+        let nanos = u64::try_from(wait.as_nanos()).unwrap_or(u64::MAX);
+        monotonic_clock::Host::subscribe_duration(&mut self.clocks(), nanos)
+    }
+}
+
 impl crate::bindings::kite::plugin::types::Host for HostState {}
 
-/// Longest log line a plug-in may write; the rest is cut.
-const MAX_LOG_LINE: usize = 1024;
-
 impl host::Host for HostState {
+    /// One call is one line of Kite's log, tagged with the plug-in's name.
     fn log(&mut self, level: host::Level, message: String) {
-        let mut message = message;
-        if message.len() > MAX_LOG_LINE {
-            let mut end = MAX_LOG_LINE;
-            while !message.is_char_boundary(end) {
-                end -= 1;
-            }
-            message.truncate(end);
-        }
+        let message = one_line(&message, MAX_LOG_LINE_BYTES);
         let plugin = self.name.as_str();
         match level {
             host::Level::Trace => tracing::trace!(plugin, "{message}"),

@@ -11,13 +11,19 @@ use kite_plugins::state::StateStore;
 mod common;
 use common::examples;
 
+/// The default limits with time enough for a debug build on a busy
+/// machine: instantiation counts against the time limit too.
+fn unhurried() -> Limits {
+    Limits {
+        time: Duration::from_secs(1),
+        ..Limits::default()
+    }
+}
+
 fn start(sandbox: &Sandbox, dir: &Path, example: &str, config: &str) -> Instance {
     let bytes = std::fs::read(examples().join(format!("kite_example_{example}.wasm"))).unwrap();
     let component = sandbox.compile(&bytes).unwrap();
-    let limits = Limits {
-        time: Duration::from_secs(1),
-        ..Limits::default()
-    };
+    let limits = unhurried();
     let state =
         StateStore::open(&dir.join("plugins.sqlite3"), example, limits.state_bytes).unwrap();
     let mut instance = sandbox
@@ -89,7 +95,7 @@ fn threshold_alarms_with_hysteresis_and_remembers_across_restarts() {
         .unwrap();
     let state = StateStore::open(&dir.path().join("plugins.sqlite3"), "t2", 1024).unwrap();
     let mut refused = sandbox
-        .instantiate(&component, "t2", Limits::default(), state)
+        .instantiate(&component, "t2", unhurried(), state)
         .unwrap();
     let error = refused.init("{}").unwrap_err();
     assert!(
@@ -262,7 +268,7 @@ fn precompiled_plugins_load_only_when_signed_by_a_trusted_key() {
     let component = kite_plugins::load(&sandbox, &cwasm, &trust).unwrap();
     let state = StateStore::open(&dir.path().join("plugins.sqlite3"), "convert", 1024).unwrap();
     let mut plugin = sandbox
-        .instantiate(&component, "convert", Limits::default(), state)
+        .instantiate(&component, "convert", unhurried(), state)
         .unwrap();
     plugin.init(r#"{"from": "degC", "to": "degF"}"#).unwrap();
     assert_eq!(
@@ -296,10 +302,11 @@ fn meter_codec_decodes_frames_and_refuses_bad_ones() {
         name: "meter".into(),
         wasm: examples().join("kite_example_meter_codec.wasm"),
         inputs: Vec::new(),
-        limits: Limits::default(),
+        limits: unhurried(),
         config_json: r#"{"points": {"1": {"name": "flow", "scale": 0.5, "unit": "m3/h"}}}"#.into(),
         state_path: dir.path().join("plugins.sqlite3"),
         trust: kite_plugins::Trust::default(),
+        max_message_bytes: kite_plugins::DEFAULT_MAX_MESSAGE_BYTES,
     };
     let mut codec = kite_plugins::Codec::start(sandbox.clone(), spec.clone()).unwrap();
 
@@ -338,8 +345,41 @@ fn meter_codec_decodes_frames_and_refuses_bad_ones() {
     // A bad codec_config refuses the codec at start, with the codec's reason.
     let bad = kite_plugins::PluginSpec {
         config_json: r#"{"points": {"x": {"name": "flow"}}}"#.into(),
-        ..spec
+        ..spec.clone()
     };
-    let error = kite_plugins::Codec::start(sandbox, bad).err().unwrap();
+    let error = kite_plugins::Codec::start(sandbox.clone(), bad)
+        .err()
+        .unwrap();
     assert!(error.to_string().contains("not an id"), "{error}");
+
+    // Names and units from the codec are bounded: one byte more is refused.
+    let name = |bytes: usize| "n".repeat(bytes);
+    let cases = [
+        (name(kite_plugins::MAX_NAME_BYTES), "m3/h".to_string(), true),
+        (
+            name(kite_plugins::MAX_NAME_BYTES + 1),
+            "m3/h".to_string(),
+            false,
+        ),
+        ("flow".to_string(), name(kite_plugins::MAX_UNIT_BYTES), true),
+        (
+            "flow".to_string(),
+            name(kite_plugins::MAX_UNIT_BYTES + 1),
+            false,
+        ),
+    ];
+    for (point, unit, accepted) in cases {
+        let config = serde_json::json!({"points": {"1": {"name": point, "unit": unit}}});
+        let spec = kite_plugins::PluginSpec {
+            config_json: config.to_string(),
+            ..spec.clone()
+        };
+        let mut codec = kite_plugins::Codec::start(sandbox.clone(), spec).unwrap();
+        let result = codec.decode(&meter_frame(&[(1, 25)]));
+        match result {
+            Ok(points) if accepted => assert_eq!(points.len(), 1),
+            Err(reason) if !accepted => assert!(reason.contains("output too large"), "{reason}"),
+            other => panic!("{point} in {unit}: {other:?}"),
+        }
+    }
 }

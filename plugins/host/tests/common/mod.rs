@@ -52,10 +52,17 @@ pub fn examples() -> &'static Path {
 /// A core module following the canonical ABI of the `plugin` world, with
 /// `process` doing `body` (which must leave an output pointer on the stack).
 pub fn module(imports: &str, body: &str) -> String {
+    module_with(imports, "", body)
+}
+
+/// [`module`] with more `definitions` (functions, memories, data, a start
+/// function) after the exported memory, which stays memory 0.
+pub fn module_with(imports: &str, definitions: &str, body: &str) -> String {
     format!(
         r#"(module
   {imports}
   (memory (export "memory") 1)
+  {definitions}
   (global $heap (mut i32) (i32.const 4096))
   (func (export "cabi_realloc") (param i32 i32 i32 i32) (result i32)
     (local $ptr i32)
@@ -84,6 +91,34 @@ pub const EXTRA_WIT: &str = r#"
 package test:hostile;
 interface network { connect: func(); }
 world hostile { include kite:plugin/plugin@0.1.0; import network; }
+world wasi-user {
+  include kite:plugin/plugin@0.1.0;
+  import wasi:clocks/monotonic-clock@0.2.0;
+  import wasi:random/random@0.2.0;
+}
+
+// The few WASI functions the `wasi-user` plug-ins call.
+package wasi:io@0.2.0 {
+  interface poll { resource pollable { block: func(); } }
+}
+package wasi:clocks@0.2.0 {
+  interface monotonic-clock {
+    use wasi:io/poll@0.2.0.{pollable};
+    subscribe-duration: func(when: u64) -> pollable;
+  }
+}
+package wasi:random@0.2.0 {
+  interface random { get-random-bytes: func(len: u64) -> list<u8>; }
+}
+"#;
+
+/// Core imports of the `wasi-user` world, for [`module`].
+pub const WASI_IMPORTS: &str = r#"
+  (import "wasi:clocks/monotonic-clock@0.2.0" "subscribe-duration"
+    (func $subscribe_duration (param i64) (result i32)))
+  (import "wasi:io/poll@0.2.0" "[method]pollable.block" (func $block (param i32)))
+  (import "wasi:random/random@0.2.0" "get-random-bytes"
+    (func $get_random_bytes (param i64 i32)))
 "#;
 
 pub fn component(wat: &str, world: &str) -> Vec<u8> {
