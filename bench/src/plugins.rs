@@ -46,6 +46,7 @@ pub fn run(examples: &Path) -> anyhow::Result<()> {
         config_json: r#"{"window": 10, "every": 10}"#.into(),
         state_path: dir.join("state.sqlite3"),
         trust: Default::default(),
+        max_message_bytes: kite_plugins::DEFAULT_MAX_MESSAGE_BYTES,
     };
     for execution in [Execution::Native, Execution::Interpreter] {
         let sandbox = Sandbox::with_execution(None, execution)?;

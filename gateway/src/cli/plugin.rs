@@ -141,6 +141,7 @@ fn test(
         config_json: config.to_string(),
         state_path: PathBuf::from(":memory:"),
         trust: Trust::default(),
+        max_message_bytes: kite_plugins::DEFAULT_MAX_MESSAGE_BYTES,
     };
     let start = || start_instance(&sandbox, &component, &spec);
     let mut instance = start()?;
@@ -162,7 +163,7 @@ fn test(
     for batch in readings.chunks(batch_size) {
         let result = instance
             .process(batch)
-            .and_then(|output| kite_plugins::runner::convert(&name, output, batch));
+            .and_then(|output| kite_plugins::runner::convert(&spec, output, batch));
         match result {
             Ok(output) => {
                 for sample in &output.samples {

@@ -22,6 +22,7 @@ use super::reconcile::{reconcile, Step};
 use super::sandbox::{FileStamp, SandboxSlot};
 use crate::config::{Decode, InstrumentConfig};
 use crate::ops::vitals::FieldHealth;
+use crate::uplink::wire::MessageRoom;
 use crate::uplink::WriteRoutes;
 
 /// Write requests queued per link.
@@ -67,14 +68,17 @@ pub struct Field {
     samples: SampleSink,
     /// Where codec plug-ins keep their state.
     codec_state: PathBuf,
+    /// How large a codec's output may become.
+    pub room: MessageRoom,
 }
 
 impl Field {
-    pub fn new(samples: SampleSink, codec_state: PathBuf) -> Self {
+    pub fn new(samples: SampleSink, codec_state: PathBuf, room: MessageRoom) -> Self {
         Self {
             links: Vec::new(),
             samples,
             codec_state,
+            room,
         }
     }
 
@@ -224,6 +228,7 @@ impl Field {
                     config_json,
                     state_path: self.codec_state.clone(),
                     trust,
+                    max_message_bytes: self.room.for_device(name),
                 };
                 let sandbox = sandbox.get().map_err(|e| e.to_string())?;
                 // Compiling takes long: off the runtime's threads.

@@ -124,8 +124,8 @@ pub async fn run(
     let sink = SampleSink::new(samples_tx, STOP_GRACE, ingest_counters.unsent.clone());
     let mut workload = Workload {
         sandbox: SandboxSlot::new(data_dir.join("plugin-cache")),
-        field: Field::new(sink, plugin_state.clone()),
-        plugins: Plugins::new(outputs_tx, plugin_state, config.mqtt.max_message_bytes),
+        field: Field::new(sink, plugin_state.clone(), workload::message_room(&config)),
+        plugins: Plugins::new(outputs_tx, plugin_state, workload::message_room(&config)),
         routes,
         vitals: vitals.clone(),
     };

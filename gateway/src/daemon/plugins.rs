@@ -16,6 +16,7 @@ use super::sandbox::{FileStamp, SandboxSlot};
 use crate::config::PluginConfig;
 use crate::current::Current;
 use crate::ops::vitals::PluginList;
+use crate::uplink::wire::MessageRoom;
 
 /// The plug-ins the ingest task offers samples to.
 pub type PluginHandles = Vec<Arc<PluginHandle>>;
@@ -33,8 +34,8 @@ pub struct Plugins {
     running: Vec<RunningPlugin>,
     outputs: mpsc::Sender<PluginOutput>,
     state_path: PathBuf,
-    /// Largest message a plug-in's output may become.
-    max_message_bytes: usize,
+    /// How large a plug-in's output may become.
+    pub room: MessageRoom,
     /// What the ingest task and the file watcher see.
     pub handles: Arc<Current<PluginHandles>>,
 }
@@ -43,13 +44,13 @@ impl Plugins {
     pub fn new(
         outputs: mpsc::Sender<PluginOutput>,
         state_path: PathBuf,
-        max_message_bytes: usize,
+        room: MessageRoom,
     ) -> Self {
         Self {
             running: Vec::new(),
             outputs,
             state_path,
-            max_message_bytes,
+            room,
             handles: Arc::new(Current::new(Vec::new())),
         }
     }
@@ -149,6 +150,7 @@ impl Plugins {
             config_json: config.config_json.clone(),
             state_path: self.state_path.clone(),
             trust: trust.clone(),
+            max_message_bytes: self.room.for_device(&config.name),
         };
         let outputs = self.outputs.clone();
         let sandbox = sandbox.get()?;

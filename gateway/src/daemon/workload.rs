@@ -10,6 +10,7 @@ use super::sandbox::SandboxSlot;
 use crate::config::Config;
 use crate::current::Current;
 use crate::ops::vitals::Vitals;
+use crate::uplink::wire::{MessageRoom, Topics};
 use crate::uplink::WriteRoutes;
 
 /// What a config runs (links and plug-ins, and the engine they share), and
@@ -27,6 +28,9 @@ impl Workload {
     /// Brings links and plug-ins in line with `config` (at start, and at
     /// every reload) and publishes the result; what changed, a line each.
     pub async fn apply(&mut self, config: &Config) -> Vec<String> {
+        // Plug-ins and codecs started from now on are bounded by the new settings.
+        self.field.room = message_room(config);
+        self.plugins.room = message_room(config);
         let mut changes = self
             .plugins
             .apply(&config.plugins, &config.plugin_trust, &mut self.sandbox)
@@ -55,4 +59,12 @@ impl Workload {
     pub async fn stop(self) {
         self.field.stop().await;
     }
+}
+
+/// How large the outputs of plug-ins and codecs may be under `config`.
+pub(super) fn message_room(config: &Config) -> MessageRoom {
+    MessageRoom::new(
+        Topics::new(&config.mqtt.topic_prefix, &config.gateway.id),
+        config.mqtt.max_message_bytes,
+    )
 }

@@ -169,6 +169,7 @@ impl StatusSource for Vitals {
                     traps: load(&plugin.traps),
                     lost_batches: load(&plugin.lost_batches),
                     skipped_batches: load(&plugin.skipped_batches),
+                    queued: load(&plugin.queued),
                     readings_in: load(&plugin.readings_in),
                     outputs: load(&plugin.outputs),
                     busy_ms: load(&plugin.busy_nanos) / 1_000_000,

@@ -75,6 +75,33 @@ impl Topics {
     }
 }
 
+/// How large a plug-in's or a codec's output may be: the message limit less
+/// the longest topic it is published on (its telemetry, or the events).
+#[derive(Debug, Clone)]
+pub struct MessageRoom {
+    topics: Topics,
+    max_message_bytes: usize,
+}
+
+impl MessageRoom {
+    pub fn new(topics: Topics, max_message_bytes: usize) -> Self {
+        Self {
+            topics,
+            max_message_bytes,
+        }
+    }
+
+    /// Bytes a message of `device` (a plug-in's, or a codec's device) may take besides its topic.
+    pub fn for_device(&self, device: &str) -> usize {
+        let topic = self
+            .topics
+            .telemetry(device)
+            .len()
+            .max(self.topics.events().len());
+        self.max_message_bytes.saturating_sub(topic)
+    }
+}
+
 /// A telemetry message; without `seq` where nothing was stored (`kite
 /// plugin test`).
 #[derive(Serialize)]
@@ -217,6 +244,8 @@ pub struct PluginReport {
     pub traps: u64,
     pub lost_batches: u64,
     pub skipped_batches: u64,
+    /// Batches offered and not yet taken up.
+    pub queued: u64,
     pub readings_in: u64,
     pub outputs: u64,
     pub busy_ms: u64,

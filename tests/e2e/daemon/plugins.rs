@@ -1,6 +1,8 @@
 //! Plug-ins in the running daemon: their events and derived readings travel
 //! the buffer and the uplink like any telemetry, and a plug-in that loops
-//! forever is disabled while the raw data keeps flowing.
+//! forever is disabled while the raw data keeps flowing. Well-behaved
+//! plug-ins get a time limit of 1 s: a debug build on a loaded machine can
+//! take longer than the 5 ms default just to start one.
 
 use std::path::Path;
 
@@ -41,12 +43,14 @@ unit = "degC"
 [[plugins]]
 name = "overheat"
 path = "{threshold}"
+time_limit = "1s"
 inputs = ["boiler-*/temperature"]
 config = {{ threshold = 90.0, severity = "critical" }}
 
 [[plugins]]
 name = "fahrenheit"
 path = "{convert}"
+time_limit = "1s"
 inputs = ["*/temperature"]
 config = {{ from = "degC", to = "degF" }}
 
@@ -132,7 +136,7 @@ fn plugin_test(wasm: &Path, input: &Path, config: &str, extra: &[&str]) -> Strin
         "--config".as_ref(),
         config.as_ref(),
     ];
-    args.extend(extra.iter().map(|arg| std::ffi::OsStr::new(arg)));
+    args.extend(extra.iter().map(std::ffi::OsStr::new));
     let output = kite_cli(&args);
     assert!(
         output.status.success(),
@@ -221,7 +225,7 @@ async fn unsigned_and_tampered_plugins_are_refused_and_nothing_else_stops() {
     let mut sub = Subscriber::connect(broker.port, "kite/gw-sign/#", "sign-test", false).await;
     let plugin = |name: &str, path: &std::path::Path| {
         format!(
-            "[[plugins]]\nname = \"{name}\"\npath = \"{}\"\ninputs = [\"*/temperature\"]\nconfig = {{ from = \"degC\", to = \"K\" }}\n",
+            "[[plugins]]\nname = \"{name}\"\npath = \"{}\"\ninputs = [\"*/temperature\"]\ntime_limit = \"1s\"\nconfig = {{ from = \"degC\", to = \"K\" }}\n",
             path.display()
         )
     };
@@ -277,7 +281,7 @@ async fn replacing_a_plugin_file_swaps_versions_without_a_gap() {
     let extra = format!(
         "[[devices]]\nname = \"boiler-1\"\nprotocol = \"modbus-tcp\"\naddress = \"127.0.0.1:{port}\"\npoll_interval = \"100ms\"\n\
          [[devices.points]]\nname = \"temperature\"\naddress = 0\ntype = \"i16\"\nscale = 0.1\n\n\
-         [[plugins]]\nname = \"live\"\npath = \"{}\"\ninputs = [\"*/temperature\"]\nconfig = {{ from = \"degC\", to = \"degF\", window = 2 }}\n",
+         [[plugins]]\nname = \"live\"\npath = \"{}\"\ninputs = [\"*/temperature\"]\ntime_limit = \"1s\"\nconfig = {{ from = \"degC\", to = \"degF\", window = 2 }}\n",
         wasm.display()
     );
     let kite = Kite::start(
@@ -342,7 +346,7 @@ async fn plugin_outputs_of_the_last_readings_are_committed_at_shutdown() {
     let extra = format!(
         "[[devices]]\nname = \"boiler-1\"\nprotocol = \"modbus-tcp\"\naddress = \"127.0.0.1:{port}\"\npoll_interval = \"100ms\"\n\
          [[devices.points]]\nname = \"temperature\"\naddress = 0\ntype = \"i16\"\nscale = 0.1\nunit = \"degC\"\n\n\
-         [[plugins]]\nname = \"fahrenheit\"\npath = \"{}\"\ninputs = [\"*/temperature\"]\nconfig = {{ from = \"degC\", to = \"degF\" }}\n",
+         [[plugins]]\nname = \"fahrenheit\"\npath = \"{}\"\ninputs = [\"*/temperature\"]\ntime_limit = \"1s\"\nconfig = {{ from = \"degC\", to = \"degF\" }}\n",
         examples().join("kite_example_convert.wasm").display()
     );
     // No broker: everything stays in the buffer, where it can be counted.

@@ -216,12 +216,12 @@ async fn reload_starts_stops_and_restarts_plugins() {
     );
     let convert = |to: &str| {
         format!(
-            "[[plugins]]\nname = \"fahrenheit\"\npath = \"{}\"\ninputs = [\"*/temperature\"]\nconfig = {{ from = \"degC\", to = \"{to}\" }}\n\n",
+            "[[plugins]]\nname = \"fahrenheit\"\npath = \"{}\"\ninputs = [\"*/temperature\"]\ntime_limit = \"1s\"\nconfig = {{ from = \"degC\", to = \"{to}\" }}\n\n",
             examples.join("kite_example_convert.wasm").display()
         )
     };
     let overheat = format!(
-        "[[plugins]]\nname = \"overheat\"\npath = \"{}\"\ninputs = [\"boiler-*/temperature\"]\nconfig = {{ threshold = 90.0, severity = \"critical\" }}\n\n",
+        "[[plugins]]\nname = \"overheat\"\npath = \"{}\"\ninputs = [\"boiler-*/temperature\"]\ntime_limit = \"1s\"\nconfig = {{ threshold = 90.0, severity = \"critical\" }}\n\n",
         examples.join("kite_example_threshold.wasm").display()
     );
     let config = kite_config(

@@ -321,6 +321,14 @@ pub(super) fn render(vitals: &Vitals, verdict: &Verdict) -> String {
         |c| count(&c.busy_nanos) / 1e9,
     );
     out.each(
+        "kite_plugin_queued_batches",
+        "gauge",
+        "Batches offered to the plug-in and not yet taken up",
+        "plugin",
+        plugins,
+        |c| count(&c.queued),
+    );
+    out.each(
         "kite_plugin_lost_batches_total",
         "counter",
         "Batches whose outputs were lost: the call failed, or the gateway stopped first",
