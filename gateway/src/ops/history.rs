@@ -61,10 +61,45 @@ struct Inner {
     bytes: usize,
 }
 
-type Points = BTreeMap<Arc<str>, Series>;
+/// A device's series, in the order they first came, found by name through
+/// `index`. A poller sends its points in the same order every time, with
+/// the same names: the series at a point's position is tried first, and a
+/// pointer comparison of the names spares the lookup.
+#[derive(Debug, Default)]
+struct Points {
+    series: Vec<Series>,
+    index: BTreeMap<Arc<str>, usize>,
+}
+
+impl Points {
+    fn len(&self) -> usize {
+        self.series.len()
+    }
+
+    /// The series of `name`, the `position`th point of its sample.
+    fn find(&mut self, position: usize, name: &Arc<str>) -> Option<&mut Series> {
+        let at = match self.series.get(position) {
+            Some(series) if Arc::ptr_eq(&series.name, name) => position,
+            _ => *self.index.get(name)?,
+        };
+        self.series.get_mut(at)
+    }
+
+    fn insert(&mut self, series: Series) -> &mut Series {
+        self.index.insert(series.name.clone(), self.series.len());
+        self.series.push(series);
+        self.series.last_mut().expect("just pushed")
+    }
+
+    /// The series, by name.
+    fn sorted(&self) -> impl Iterator<Item = &Series> {
+        self.index.values().map(|&at| &self.series[at])
+    }
+}
 
 #[derive(Debug)]
 struct Series {
+    name: Arc<str>,
     reading: Reading,
     unit: Option<Arc<str>>,
     ts_ms: i64,
@@ -95,7 +130,11 @@ impl History {
         inner.devices.retain(|name, points| {
             let keep = inner.known.contains(name) || !before.contains(name);
             if !keep {
-                freed += points.keys().map(|point| series_cost(point)).sum::<usize>();
+                freed += points
+                    .series
+                    .iter()
+                    .map(|s| series_cost(&s.name))
+                    .sum::<usize>();
             }
             keep
         });
@@ -141,8 +180,8 @@ impl History {
             .iter()
             .map(|(device, points)| {
                 let points: serde_json::Map<String, serde_json::Value> = points
-                    .iter()
-                    .map(|(point, series)| (point.to_string(), series.to_json()))
+                    .sorted()
+                    .map(|series| (series.name.to_string(), series.to_json()))
                     .collect();
                 (device.to_string(), json!({ "points": points }))
             })
@@ -178,38 +217,38 @@ impl Inner {
         let points = match self.devices.entry(sample.device.clone()) {
             Entry::Occupied(entry) => entry.into_mut(),
             Entry::Vacant(entry) if self.known.contains(&*sample.device) => {
-                entry.insert(Points::new())
+                entry.insert(Points::default())
             }
             Entry::Vacant(entry) if self.others < OTHER_DEVICES => {
                 self.others += 1;
-                entry.insert(Points::new())
+                entry.insert(Points::default())
             }
             Entry::Vacant(_) => {
                 self.dropped += sample.points.len() as u64;
                 return;
             }
         };
-        for point in &sample.points {
+        for (position, point) in sample.points.iter().enumerate() {
             let count = points.len();
-            let cost = series_cost(&point.name);
-            let series = match points.entry(point.name.clone()) {
-                Entry::Occupied(entry) => entry.into_mut(),
-                Entry::Vacant(entry)
-                    if count < POINTS_PER_DEVICE
-                        && point.name.len() <= MAX_NAME_BYTES
-                        && self.bytes + cost <= MAX_BYTES =>
-                {
+            let series = match points.find(position, &point.name) {
+                Some(series) => series,
+                None => {
+                    let cost = series_cost(&point.name);
+                    if count >= POINTS_PER_DEVICE
+                        || point.name.len() > MAX_NAME_BYTES
+                        || self.bytes + cost > MAX_BYTES
+                    {
+                        self.dropped += 1;
+                        continue;
+                    }
                     self.bytes += cost;
-                    entry.insert(Series {
+                    points.insert(Series {
+                        name: point.name.clone(),
                         reading: Reading::Bad(String::new()),
                         unit: None,
                         ts_ms: sample.ts_ms,
                         recent: VecDeque::new(),
                     })
-                }
-                Entry::Vacant(_) => {
-                    self.dropped += 1;
-                    continue;
                 }
             };
             series.update(sample.ts_ms, point);
@@ -466,7 +505,7 @@ mod tests {
             history.record(&[sample(device, &points)]);
         }
         let inner = history.lock();
-        let kept: usize = inner.devices.values().map(BTreeMap::len).sum();
+        let kept: usize = inner.devices.values().map(Points::len).sum();
         assert!(inner.bytes <= MAX_BYTES);
         assert_eq!(inner.bytes, kept * series_cost(&names[0]));
         assert_eq!(
@@ -474,6 +513,22 @@ mod tests {
             2 + (devices.len() * POINTS_PER_DEVICE - kept) as u64
         );
         assert!(kept < devices.len() * POINTS_PER_DEVICE);
+    }
+
+    #[test]
+    fn points_in_another_order_or_with_other_names_find_their_own_series() {
+        let doc = check(
+            &["plc"],
+            &[
+                vec![sample("plc", &[("a", good(1.0)), ("b", good(2.0))])],
+                vec![sample("plc", &[("b", good(20.0)), ("a", good(10.0))])],
+                vec![sample("plc", &[("c", good(3.0)), ("a", good(100.0))])],
+            ],
+        );
+        let points = &doc["devices"]["plc"]["points"];
+        assert_eq!(points["a"]["recent"], json!([1.0, 10.0, 100.0]));
+        assert_eq!(points["b"]["recent"], json!([2.0, 20.0]));
+        assert_eq!(points["c"]["recent"], json!([3.0]));
     }
 
     #[test]

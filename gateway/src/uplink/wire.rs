@@ -67,11 +67,10 @@ impl Topics {
     }
 
     /// Room for the `points` object of a telemetry message of `device`
-    /// within `max_message_bytes`.
+    /// within `max_message_bytes`. Called for every sample: it allocates nothing.
     pub fn points_budget(&self, device: &str, max_message_bytes: usize) -> usize {
-        let device_json = serde_json::to_string(device).map_or(0, |text| text.len());
-        max_message_bytes
-            .saturating_sub(self.telemetry(device).len() + device_json + ENVELOPE_BYTES)
+        let topic = self.base.len() + 1 + device.len();
+        max_message_bytes.saturating_sub(topic + json_string_len(device) + ENVELOPE_BYTES)
     }
 }
 
@@ -100,6 +99,19 @@ impl MessageRoom {
             .max(self.topics.events().len());
         self.max_message_bytes.saturating_sub(topic)
     }
+}
+
+/// The length of `text` as a JSON string, at most: quotes, escapes of
+/// quotes and backslashes, and control characters counted at their longest.
+fn json_string_len(text: &str) -> usize {
+    2 + text
+        .chars()
+        .map(|c| match c {
+            '"' | '\\' => 2,
+            c if u32::from(c) < 0x20 => 6,
+            c => c.len_utf8(),
+        })
+        .sum::<usize>()
 }
 
 /// A telemetry message; without `seq` where nothing was stored (`kite
@@ -535,6 +547,15 @@ mod tests {
             "{all}"
         );
         assert!(rows.iter().all(|r| r.body.len() <= 1000));
+    }
+
+    #[test]
+    fn json_string_lengths_are_never_short() {
+        for text in ["meter", "b\"1", "a\\b", "tab\there", "\u{1}", "é€"] {
+            let json = serde_json::to_string(text).unwrap();
+            assert!(json_string_len(text) >= json.len(), "{text:?}: {json}");
+        }
+        assert_eq!(json_string_len("meter"), 7);
     }
 
     #[test]
