@@ -324,19 +324,11 @@ async fn replacing_a_plugin_file_swaps_versions_without_a_gap() {
     assert!(last > first);
 }
 
-/// Rows of `device` in the buffer of the gateway in `dir`.
-fn buffered_rows(dir: &std::path::Path, device: &str) -> i64 {
-    let conn = rusqlite::Connection::open_with_flags(
-        dir.join("data/buffer.sqlite3"),
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-    )
-    .unwrap();
-    conn.query_row(
-        "SELECT count(*) FROM messages WHERE device = ?1",
-        [device],
-        |r| r.get(0),
-    )
-    .unwrap()
+/// Rows of `device` in the buffer of `kite`.
+fn buffered_rows(kite: &Kite, device: &str) -> i64 {
+    kite.buffer_number(&format!(
+        "SELECT count(*) FROM messages WHERE device = '{device}'"
+    ))
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -356,15 +348,14 @@ async fn plugin_outputs_of_the_last_readings_are_committed_at_shutdown() {
         &kite_config(dir.path(), "gw-drain", free_port(), &extra),
     );
     wait_until("readings and their conversions are buffered", || {
-        dir.path().join("data/buffer.sqlite3").exists()
-            && buffered_rows(dir.path(), "fahrenheit") >= 20
+        buffered_rows(&kite, "fahrenheit") >= 20
     })
     .await;
     assert!(kite.terminate().await.success());
     // One derived reading per reading, the last ones included.
     assert_eq!(
-        buffered_rows(dir.path(), "fahrenheit"),
-        buffered_rows(dir.path(), "boiler-1"),
+        buffered_rows(&kite, "fahrenheit"),
+        buffered_rows(&kite, "boiler-1"),
         "{}",
         kite.log()
     );

@@ -22,21 +22,6 @@ fn reads(status: &Value, device: &str) -> u64 {
         .unwrap_or_else(|| panic!("no device {device} in {status}"))
 }
 
-/// The highest seq the buffer ever gave a row (it survives the row's delivery).
-fn last_seq(dir: &std::path::Path) -> u64 {
-    let conn = rusqlite::Connection::open_with_flags(
-        dir.join("data/buffer.sqlite3"),
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-    )
-    .unwrap();
-    conn.query_row(
-        "SELECT seq FROM sqlite_sequence WHERE name = 'messages'",
-        [],
-        |row| row.get::<_, i64>(0),
-    )
-    .unwrap() as u64
-}
-
 /// Telemetry seqs read from `sub` until `stop` says so.
 async fn collect_seqs(
     sub: &mut Subscriber,
@@ -129,7 +114,8 @@ async fn reload_applies_devices_and_uplink_changes_without_loss() {
     // the first broker acknowledged reached its subscriber (a marker
     // published after the switch comes after all of it), and the rest went
     // to the second broker.
-    let last = last_seq(dir.path());
+    // The highest seq the buffer ever gave a row (it survives the row's delivery).
+    let last = kite.buffer_number("SELECT seq FROM sqlite_sequence WHERE name = 'messages'") as u64;
     first.publish("kite/marker", "end").await;
     collect_seqs(&mut first, &mut seqs, |topic, _| topic == "kite/marker").await;
     collect_seqs(&mut second, &mut seqs, |_, m| {

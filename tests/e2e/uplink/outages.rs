@@ -353,20 +353,10 @@ async fn a_write_result_made_while_the_link_is_down_survives_a_kill_9() {
     // The request reached the device; the link goes down before it times out.
     writes.wait_for(|count| *count >= 1).await.unwrap();
     proxy.cut();
-    let buffer = dir.path().join("data/buffer.sqlite3");
-    let result_stored = || {
-        rusqlite::Connection::open_with_flags(&buffer, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-            .and_then(|conn| {
-                conn.query_row(
-                    "SELECT count(*) FROM messages WHERE kind = 2 AND device = 'valve'",
-                    [],
-                    |r| r.get::<_, i64>(0),
-                )
-            })
-            .unwrap_or(0)
-            == 1
-    };
-    wait_until("the write result is committed", result_stored).await;
+    wait_until("the write result is committed", || {
+        kite.buffer_number("SELECT count(*) FROM messages WHERE kind = 2 AND device = 'valve'") == 1
+    })
+    .await;
     kite.kill9();
     kite.restart();
     proxy.restore();

@@ -410,6 +410,17 @@ impl Kite {
     }
 
     /// The buffer as seen beside the running daemon.
+    /// A number the buffer file answers to `sql` (one value), read beside
+    /// the running daemon; 0 while there is no buffer yet.
+    pub fn buffer_number(&self, sql: &str) -> i64 {
+        rusqlite::Connection::open_with_flags(
+            self.dir.join("data/buffer.sqlite3"),
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )
+        .and_then(|conn| conn.query_row(sql, [], |r| r.get(0)))
+        .unwrap_or(0)
+    }
+
     pub fn buffer(&self) -> BufferCounts {
         let path = self.dir.join("data/buffer.sqlite3");
         let Ok(conn) = rusqlite::Connection::open_with_flags(
