@@ -17,7 +17,7 @@ use crate::counters::IngestCounters;
 use crate::current::Current;
 use crate::ops::history::History;
 use crate::store::{BufferError, BufferHandle, NewRecord};
-use crate::uplink::wire::{self, Topics};
+use crate::uplink::wire::{self, MessageRoom};
 use crate::uplink::WriteOutcome;
 
 /// Most samples committed in one transaction.
@@ -38,8 +38,8 @@ pub(super) struct Ingest {
     pub counters: Arc<IngestCounters>,
     pub history: Arc<History>,
     pub plugins: Arc<Current<PluginHandles>>,
-    pub topics: Topics,
-    pub max_message_bytes: usize,
+    /// Follows reloads of `[mqtt]`, like the uplink it feeds.
+    pub room: Arc<Current<MessageRoom>>,
     /// Cancelled when the gateway starts to stop.
     pub stopping: CancellationToken,
     /// When failing commits stop being retried: [`STOP_GRACE`] after `stopping`.
@@ -160,10 +160,9 @@ impl Ingest {
     /// The rows of `samples`, each fitting one message.
     fn telemetry(&self, samples: &[Sample]) -> Vec<NewRecord> {
         let mut records = Vec::with_capacity(samples.len());
+        let room = self.room.get();
         for sample in samples {
-            let budget = self
-                .topics
-                .points_budget(&sample.device, self.max_message_bytes);
+            let budget = room.points_budget(&sample.device);
             let (rows, too_large) = wire::telemetry_records(sample, budget);
             if too_large > 0 {
                 self.counters

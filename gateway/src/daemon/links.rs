@@ -21,6 +21,7 @@ use tracing::error;
 use super::reconcile::{reconcile, Step};
 use super::sandbox::{FileStamp, SandboxSlot};
 use crate::config::{Decode, InstrumentConfig};
+use crate::current::Current;
 use crate::ops::vitals::FieldHealth;
 use crate::uplink::wire::MessageRoom;
 use crate::uplink::WriteRoutes;
@@ -69,11 +70,11 @@ pub struct Field {
     /// Where codec plug-ins keep their state.
     codec_state: PathBuf,
     /// How large a codec's output may become.
-    pub room: MessageRoom,
+    room: Arc<Current<MessageRoom>>,
 }
 
 impl Field {
-    pub fn new(samples: SampleSink, codec_state: PathBuf, room: MessageRoom) -> Self {
+    pub fn new(samples: SampleSink, codec_state: PathBuf, room: Arc<Current<MessageRoom>>) -> Self {
         Self {
             links: Vec::new(),
             samples,
@@ -228,7 +229,7 @@ impl Field {
                     config_json,
                     state_path: self.codec_state.clone(),
                     trust,
-                    max_message_bytes: self.room.for_device(name),
+                    max_message_bytes: self.room.get().for_device(name),
                 };
                 let sandbox = sandbox.get().map_err(|e| e.to_string())?;
                 // Compiling takes long: off the runtime's threads.

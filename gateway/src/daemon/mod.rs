@@ -35,7 +35,6 @@ use crate::current::Current;
 use crate::ops::vitals::{Vitals, STALL_LIMIT};
 use crate::ops::{http, systemd};
 use crate::store::{Buffer, BufferHandle};
-use crate::uplink::wire::Topics;
 use crate::uplink::{Uplink, UplinkContext, WriteRoutes};
 use ingest::Ingest;
 use links::Field;
@@ -122,12 +121,14 @@ pub async fn run(
     let (outputs_tx, outputs_rx) = mpsc::channel(PLUGIN_OUTPUTS);
     let (samples_tx, samples_rx) = mpsc::channel(SAMPLE_CHANNEL);
     let sink = SampleSink::new(samples_tx, STOP_GRACE, ingest_counters.unsent.clone());
+    let room = Arc::new(Current::new(workload::message_room(&config)));
     let mut workload = Workload {
         sandbox: SandboxSlot::new(data_dir.join("plugin-cache")),
-        field: Field::new(sink, plugin_state.clone(), workload::message_room(&config)),
-        plugins: Plugins::new(outputs_tx, plugin_state, workload::message_room(&config)),
+        field: Field::new(sink, plugin_state.clone(), room.clone()),
+        plugins: Plugins::new(outputs_tx, plugin_state, room.clone()),
         routes,
         vitals: vitals.clone(),
+        room: room.clone(),
     };
     workload.apply(&config).await;
     let watching = CancellationToken::new();
@@ -141,8 +142,7 @@ pub async fn run(
             counters: ingest_counters,
             history: vitals.history.clone(),
             plugins: plugin_handles,
-            topics: Topics::new(&config.mqtt.topic_prefix, &config.gateway.id),
-            max_message_bytes: config.mqtt.max_message_bytes,
+            room,
             stopping: stopping.clone(),
             give_up_at: None,
         }

@@ -35,7 +35,7 @@ pub struct Plugins {
     outputs: mpsc::Sender<PluginOutput>,
     state_path: PathBuf,
     /// How large a plug-in's output may become.
-    pub room: MessageRoom,
+    room: Arc<Current<MessageRoom>>,
     /// What the ingest task and the file watcher see.
     pub handles: Arc<Current<PluginHandles>>,
 }
@@ -44,7 +44,7 @@ impl Plugins {
     pub fn new(
         outputs: mpsc::Sender<PluginOutput>,
         state_path: PathBuf,
-        room: MessageRoom,
+        room: Arc<Current<MessageRoom>>,
     ) -> Self {
         Self {
             running: Vec::new(),
@@ -150,7 +150,7 @@ impl Plugins {
             config_json: config.config_json.clone(),
             state_path: self.state_path.clone(),
             trust: trust.clone(),
-            max_message_bytes: self.room.for_device(&config.name),
+            max_message_bytes: self.room.get().for_device(&config.name),
         };
         let outputs = self.outputs.clone();
         let sandbox = sandbox.get()?;

@@ -22,15 +22,17 @@ pub(super) struct Workload {
     pub plugins: Plugins,
     pub routes: Arc<Current<WriteRoutes>>,
     pub vitals: Arc<Vitals>,
+    /// How large what is stored may be, for the ingest task, links and plug-ins.
+    pub room: Arc<Current<MessageRoom>>,
 }
 
 impl Workload {
     /// Brings links and plug-ins in line with `config` (at start, and at
     /// every reload) and publishes the result; what changed, a line each.
     pub async fn apply(&mut self, config: &Config) -> Vec<String> {
-        // Plug-ins and codecs started from now on are bounded by the new settings.
-        self.field.room = message_room(config);
-        self.plugins.room = message_room(config);
+        // What is stored from now on, and the plug-ins and codecs started
+        // from now on, are bounded by the new settings.
+        self.room.set(message_room(config));
         let mut changes = self
             .plugins
             .apply(&config.plugins, &config.plugin_trust, &mut self.sandbox)

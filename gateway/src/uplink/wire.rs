@@ -65,17 +65,10 @@ impl Topics {
             Kind::WriteResult => self.set_result(&record.device),
         }
     }
-
-    /// Room for the `points` object of a telemetry message of `device`
-    /// within `max_message_bytes`. Called for every sample: it allocates nothing.
-    pub fn points_budget(&self, device: &str, max_message_bytes: usize) -> usize {
-        let topic = self.base.len() + 1 + device.len();
-        max_message_bytes.saturating_sub(topic + json_string_len(device) + ENVELOPE_BYTES)
-    }
 }
 
-/// How large a plug-in's or a codec's output may be: the message limit less
-/// the longest topic it is published on (its telemetry, or the events).
+/// How large what the gateway stores may be, so that each row fits one
+/// message of at most `mqtt.max_message_bytes` on its topic.
 #[derive(Debug, Clone)]
 pub struct MessageRoom {
     topics: Topics,
@@ -90,7 +83,17 @@ impl MessageRoom {
         }
     }
 
-    /// Bytes a message of `device` (a plug-in's, or a codec's device) may take besides its topic.
+    /// Room for the `points` object of a telemetry message of `device`.
+    /// Called for every sample: it allocates nothing.
+    pub fn points_budget(&self, device: &str) -> usize {
+        let topic = self.topics.base.len() + 1 + device.len();
+        self.max_message_bytes
+            .saturating_sub(topic + json_string_len(device) + ENVELOPE_BYTES)
+    }
+
+    /// Bytes an output of the plug-in or codec device `device` may take
+    /// besides its topic: the longest it is published on (its telemetry,
+    /// or the events).
     pub fn for_device(&self, device: &str) -> usize {
         let topic = self
             .topics
@@ -561,7 +564,7 @@ mod tests {
     #[test]
     fn the_budget_leaves_room_for_the_envelope() {
         let topics = Topics::new("kite", "gw");
-        let budget = topics.points_budget("meter", 1024);
+        let budget = MessageRoom::new(topics.clone(), 1024).points_budget("meter");
         let body = format!(r#"{{"p":{{"value":"{}"}}}}"#, "x".repeat(budget - 18));
         assert_eq!(body.len(), budget);
         let payload = message(&Record {
