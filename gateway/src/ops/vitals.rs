@@ -56,6 +56,8 @@ pub struct Vitals {
     pub history: Arc<History>,
     /// Set once every task is started.
     pub started: AtomicBool,
+    /// How long the buffer thread may take to answer a check.
+    probe_timeout: Duration,
     judge: Mutex<Judge>,
 }
 
@@ -86,6 +88,7 @@ impl Vitals {
             plugins: Current::default(),
             history: Arc::default(),
             started: AtomicBool::new(false),
+            probe_timeout: BUFFER_PROBE_TIMEOUT.min(stall_limit / 4),
             judge: Mutex::new(Judge::new(stall_limit, Instant::now())),
         }
     }
@@ -93,10 +96,7 @@ impl Vitals {
     pub async fn check(&self) -> Verdict {
         // Read before probing the buffer: a hung commit holds the probe up too.
         let storing_since = self.ingest.storing_since.get();
-        let probe_timeout = {
-            let judge = self.judge.lock().unwrap_or_else(|e| e.into_inner());
-            BUFFER_PROBE_TIMEOUT.min(judge.stall_limit / 4)
-        };
+        let probe_timeout = self.probe_timeout;
         let buffer = match tokio::time::timeout(probe_timeout, self.buffer.stats()).await {
             Ok(Ok(stats)) => Ok(stats),
             Ok(Err(e)) => Err(format!("buffer: {e}")),

@@ -373,25 +373,15 @@ mod tests {
     fn seq_is_never_reused_even_when_everything_was_acked() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("b.sqlite3");
-        let mut buffer = Buffer::open(
-            &path,
-            Settings {
-                max_bytes: 1 << 20,
-                durability: Durability::Full,
-            },
-        )
-        .unwrap();
+        let settings = Settings {
+            max_bytes: 1 << 20,
+            durability: Durability::Full,
+        };
+        let mut buffer = Buffer::open(&path, settings).unwrap();
         let appended = buffer.append(&[record(1, 10), record(2, 10)]).unwrap();
         buffer.ack(&[1, 2]).unwrap();
         drop(buffer);
-        let mut buffer = Buffer::open(
-            &path,
-            Settings {
-                max_bytes: 1 << 20,
-                durability: Durability::Full,
-            },
-        )
-        .unwrap();
+        let mut buffer = Buffer::open(&path, settings).unwrap();
         assert_eq!(buffer.stats().unwrap().rows, 0);
         let next = buffer.append(&[record(3, 10)]).unwrap();
         assert_eq!(next.last_seq, appended.last_seq + 1);

@@ -133,23 +133,6 @@ impl PluginCounters {
     fn set_state(&self, state: RunState) {
         self.state.store(state as u8, Ordering::Relaxed);
     }
-
-    pub fn to_json(&self) -> serde_json::Value {
-        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        serde_json::json!({
-            "state": self.state().name(),
-            "calls": load(&self.calls),
-            "failures": load(&self.failures),
-            "timeouts": load(&self.timeouts),
-            "traps": load(&self.traps),
-            "lost_batches": load(&self.lost_batches),
-            "skipped_batches": load(&self.skipped_batches),
-            "queued": load(&self.queued),
-            "readings_in": load(&self.readings_in),
-            "outputs": load(&self.outputs),
-            "busy_ms": load(&self.busy_nanos) / 1_000_000,
-        })
-    }
 }
 
 /// What one batch produced, ready for the buffer.

@@ -365,7 +365,6 @@ fn batches_waiting_for_a_blocked_plugin_are_counted_and_its_output_lost_at_shutd
     handle.offer(&[sample(3.0)]);
     handle.offer(&[sample(4.0)]);
     assert_eq!(load(&counters.queued), 2);
-    assert_eq!(counters.to_json()["queued"], 2);
     assert_eq!(load(&counters.lost_batches), 0);
     // The gateway stops: the blocked output is lost, and counted.
     drop(receiver);

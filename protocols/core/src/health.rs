@@ -4,8 +4,6 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 
-use serde_json::{json, Value as Json};
-
 /// Longest `last_error` kept, in bytes.
 pub const MAX_ERROR_BYTES: usize = 256;
 
@@ -81,18 +79,6 @@ impl DeviceHealth {
         truncate(&mut error, MAX_ERROR_BYTES);
         *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(error);
     }
-
-    pub fn to_json(&self) -> Json {
-        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        json!({
-            "state": self.state(),
-            "reads": load(&self.reads),
-            "timeouts": load(&self.timeouts),
-            "errors": load(&self.errors),
-            "discarded_bytes": load(&self.discarded_bytes),
-            "last_error": self.last_error(),
-        })
-    }
 }
 
 /// One bus's (or link's) health.
@@ -104,16 +90,6 @@ pub struct BusHealth {
     /// Times the port or connection failed or could not be opened.
     pub link_failures: AtomicU64,
     pub link_up: AtomicBool,
-}
-
-impl BusHealth {
-    pub fn to_json(&self) -> Json {
-        json!({
-            "state": if self.link_up.load(Ordering::Relaxed) { "open" } else { "closed" },
-            "missed_polls": self.missed_polls.load(Ordering::Relaxed),
-            "link_failures": self.link_failures.load(Ordering::Relaxed),
-        })
-    }
 }
 
 #[cfg(test)]

@@ -77,6 +77,10 @@ time_limit = "5ms"
         status["plugins"]["overheat"].is_object(),
         "plug-ins in the status: {status}"
     );
+    assert!(
+        status["plugins"]["overheat"]["queued"].is_u64(),
+        "batches waiting for a plug-in in the status: {status}"
+    );
 
     let event = sub.next_on("kite/gw-plug/events", |_| true).await;
     assert_eq!(event["plugin"], "overheat");
