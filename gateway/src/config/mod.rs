@@ -27,7 +27,7 @@ mod resolve;
 mod tls;
 mod units;
 
-pub use devices::{Decode, InstrumentConfig};
+pub use devices::{BleConfig, BleDecoder, BleDeviceConfig, Decode, InstrumentConfig};
 pub use locate::{locate, Location};
 pub use tls::{Tls, TlsFiles};
 pub use units::{parse_duration, parse_size};
@@ -40,7 +40,7 @@ pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 256 << 10;
 pub const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:9870";
 
 /// Topic levels under the gateway that belong to Kite, so no device may take them.
-const RESERVED_DEVICE_NAMES: &[&str] = &["status", "events"];
+const RESERVED_DEVICE_NAMES: &[&str] = &["status", "events", "ble"];
 
 /// A validated configuration.
 #[derive(Debug, Clone, PartialEq)]
@@ -52,6 +52,8 @@ pub struct Config {
     /// Modbus devices, grouped by the link (connection, line, converter) that polls them.
     pub modbus: Vec<BusSpec>,
     pub instruments: Vec<InstrumentConfig>,
+    /// BLE scanning, when `[ble]` or a BLE device is configured.
+    pub ble: Option<BleConfig>,
     pub plugins: Vec<PluginConfig>,
     pub plugin_trust: Trust,
     /// Things that work but deserve a second look (plaintext MQTT off the host, say).
@@ -65,6 +67,7 @@ impl Config {
             .map(|bus| bus.devices.len())
             .sum::<usize>()
             + self.instruments.len()
+            + self.ble.as_ref().map_or(0, |ble| ble.devices.len())
     }
 }
 

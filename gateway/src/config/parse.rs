@@ -12,7 +12,7 @@ use kite_plugins::{Limits, Pattern, Trust};
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::devices::{self, RawBus, RawDevice};
+use super::devices::{self, BleConfig, RawBle, RawBus, RawDevice};
 use super::resolve::{FileRef, Files, TlsRefs};
 use super::units::{ByteSize, Interval};
 use super::{
@@ -38,6 +38,7 @@ pub(super) struct RawConfig {
     plugin_trust: RawTrust,
     #[serde(default)]
     http: RawHttp,
+    ble: Option<RawBle>,
 }
 
 #[derive(Deserialize)]
@@ -268,6 +269,24 @@ impl RawConfig {
             &mut warnings,
             &mut files,
         );
+        let ble_devices = devices.ble;
+        let mut addresses = HashSet::new();
+        for device in &ble_devices {
+            if !addresses.insert(device.spec.address) {
+                report.push(
+                    0..0,
+                    format!(
+                        "BLE address {} is given to more than one device",
+                        device.spec.address
+                    ),
+                );
+            }
+        }
+        // Scanning runs with a [ble] section (for discovery alone) or BLE devices.
+        let ble = (self.ble.is_some() || !ble_devices.is_empty()).then(|| BleConfig {
+            spec: self.ble.unwrap_or_default().build(report),
+            devices: ble_devices,
+        });
         let device_names = devices.names;
         let mut plugin_names = HashSet::new();
         let plugins = self
@@ -298,6 +317,7 @@ impl RawConfig {
             },
             modbus: devices.modbus,
             instruments: devices.instruments,
+            ble,
             warnings,
         };
         (config, files)

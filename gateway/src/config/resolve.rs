@@ -57,6 +57,8 @@ pub(super) struct Files {
     pub trusted_keys: Vec<FileRef>,
     /// Plug-ins and codecs, with what each is: they must exist.
     pub components: Vec<(FileRef, &'static str)>,
+    /// BTHome bind keys, with the device each is for.
+    pub bind_keys: Vec<(FileRef, String)>,
 }
 
 /// Reads what `files` names into `config`; what cannot be read is a problem at its place.
@@ -105,6 +107,25 @@ pub(super) fn resolve(config: &mut Config, files: Files, report: &mut Report<'_>
     config.plugin_trust.keys = keys.into();
     if let Some(refs) = files.tls {
         config.mqtt.tls = resolve_tls(refs, report);
+    }
+    for (file, device) in files.bind_keys {
+        let key = std::fs::read_to_string(&file.path)
+            .map_err(|e| e.to_string())
+            .and_then(|text| super::devices::parse_bind_key(&text));
+        match key {
+            Ok(key) => {
+                let ble = config.ble.iter_mut().flat_map(|ble| &mut ble.devices);
+                for found in ble.filter(|d| *d.spec.name == *device) {
+                    if let Some(super::BleDecoder::Format { bind_key, .. }) = &mut found.decoder {
+                        *bind_key = Some(key);
+                    }
+                }
+            }
+            Err(e) => report.push(
+                file.span,
+                format!("bind_key_file {}: {e}", file.path.display()),
+            ),
+        }
     }
     for (file, what) in files.components {
         if !file.path.is_file() {

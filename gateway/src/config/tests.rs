@@ -311,3 +311,158 @@ fn parsing_reads_no_file_and_resolving_names_each_one_missing() {
         ]
     );
 }
+
+#[test]
+fn ble_sensors_take_documented_defaults() {
+    let text = format!(
+        "{MINIMAL}[[devices]]\nname = \"fridge\"\nprotocol = \"ble\"\naddress = \"aa:bb:cc:dd:ee:ff\"\ndecoder = \"ruuvi\"\npoints = [\"temperature\", \"rssi\"]\n"
+    );
+    let config = from_text(&text, Path::new("kite.toml")).unwrap();
+    assert_eq!(config.device_count(), 1);
+    let ble = config.ble.expect("a BLE device starts scanning");
+    assert_eq!(ble.spec.adapter, "hci0");
+    assert_eq!(ble.spec.scan, kite_ble::Scan::Passive);
+    assert!(!ble.spec.discovery);
+    assert_eq!(ble.spec.restart_after, Duration::from_secs(60));
+    let device = &ble.devices[0];
+    assert_eq!(device.spec.address.to_string(), "AA:BB:CC:DD:EE:FF");
+    assert_eq!(device.spec.stale_after, Duration::from_secs(600));
+    assert_eq!(device.spec.min_interval, Duration::ZERO);
+    assert_eq!(
+        device.spec.points.as_deref(),
+        Some(&["temperature".to_string(), "rssi".to_string()][..])
+    );
+    // No BLE at all: no scanning.
+    assert!(from_text(MINIMAL, Path::new("kite.toml"))
+        .unwrap()
+        .ble
+        .is_none());
+}
+
+#[test]
+fn ble_mistakes_are_named_with_their_line() {
+    let ble = |extra: &str| {
+        format!("[[devices]]\nname = \"s\"\nprotocol = \"ble\"\naddress = \"AA:BB:CC:DD:EE:FF\"\n{extra}")
+    };
+    check_error(
+        &ble("decoder = \"xiaomi\"\n"),
+        10,
+        "expected one of \"bthome\"",
+    );
+    check_error(&ble(""), 7, "needs `decoder`");
+    check_error(
+        "[[devices]]\nname = \"s\"\nprotocol = \"ble\"\naddress = \"AA:BB:CC:DD:EE\"\ndecoder = \"atc\"\n",
+        9,
+        "expected a Bluetooth address",
+    );
+    check_error(
+        &ble("decoder = \"ruuvi\"\nbind_key_file = \"k\"\n"),
+        11,
+        "`bind_key_file` is for decoder = \"bthome\"",
+    );
+    check_error(
+        &ble("decoder = \"ruuvi\"\npoll_interval = \"1s\"\n"),
+        11,
+        "`poll_interval` does not apply",
+    );
+    check_error(
+        &ble("decoder = \"ruuvi\"\n[[devices.points]]\nname = \"t\"\nwritable = true\n"),
+        13,
+        "cannot be written",
+    );
+    check_error(&ble("decoder = \"codec\"\n"), 7, "needs `codec`");
+    check_error("[ble]\nscan = \"loud\"\n", 7, "unknown variant");
+    check_error("[ble]\nrestart_after = \"1s\"\n", 7, "at least 5s");
+    check_error("[ble]\nadapter = \"hci0/x\"\n", 7, "adapter name");
+    check_error(
+        "[[devices]]\nname = \"m\"\nprotocol = \"modbus-tcp\"\naddress = \"127.0.0.1:502\"\ndecoder = \"ruuvi\"\n",
+        10,
+        "`decoder` does not apply",
+    );
+}
+
+#[test]
+fn bind_keys_are_read_when_resolved() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "{MINIMAL}[[devices]]\nname = \"s\"\nprotocol = \"ble\"\naddress = \"AA:BB:CC:DD:EE:FF\"\ndecoder = \"bthome\"\nbind_key_file = \"s.key\"\n"
+    );
+    let path = dir.path().join("kite.toml");
+    let missing = from_text(&text, &path).unwrap_err().to_string();
+    assert!(
+        missing.contains("kite.toml:11:") && missing.contains("s.key"),
+        "{missing}"
+    );
+    std::fs::write(dir.path().join("s.key"), "not hex").unwrap();
+    let bad = from_text(&text, &path).unwrap_err().to_string();
+    assert!(bad.contains("32 hex characters"), "{bad}");
+    std::fs::write(
+        dir.path().join("s.key"),
+        "231d39c1d7cc1ab1aee224cd096db932\n",
+    )
+    .unwrap();
+    let config = from_text(&text, &path).unwrap();
+    let Some(BleDecoder::Format { bind_key, .. }) = &config.ble.unwrap().devices[0].decoder else {
+        panic!("a built-in decoder");
+    };
+    assert_eq!(bind_key.unwrap()[..2], [0x23, 0x1d]);
+}
+
+#[test]
+fn gatt_points_are_read_on_an_interval_or_notified() {
+    let text = format!(
+        "{MINIMAL}[[devices]]\nname = \"probe\"\nprotocol = \"ble\"\naddress = \"AA:BB:CC:DD:EE:01\"\n\
+         gatt = [\n  {{ service = \"181a\", characteristic = \"2a6e\", name = \"temperature\", type = \"i16\", scale = 0.01, unit = \"degC\", interval = \"60s\" }},\n  \
+         {{ service = \"6e400001-b5a3-f393-e0a9-e50e24dcca9e\", characteristic = \"6E400003-B5A3-F393-E0A9-E50E24DCCA9E\", name = \"level\", type = \"u32\", order = \"big\", notify = true }},\n]\n"
+    );
+    let config = from_text(&text, Path::new("kite.toml")).unwrap();
+    let device = &config.ble.unwrap().devices[0];
+    assert!(device.decoder.is_none(), "GATT alone needs no decoder");
+    let [temperature, level] = &device.gatt[..] else {
+        panic!("two points: {:?}", device.gatt);
+    };
+    assert_eq!(temperature.service, "0000181a-0000-1000-8000-00805f9b34fb");
+    assert_eq!(
+        temperature.characteristic,
+        "00002a6e-0000-1000-8000-00805f9b34fb"
+    );
+    assert_eq!(
+        temperature.mode,
+        kite_ble::GattMode::Interval(Duration::from_secs(60))
+    );
+    assert!(!temperature.big_endian);
+    assert_eq!(level.characteristic, "6e400003-b5a3-f393-e0a9-e50e24dcca9e");
+    assert_eq!(level.mode, kite_ble::GattMode::Notify);
+    assert!(level.big_endian);
+
+    let gatt = |entry: &str| {
+        format!("[[devices]]\nname = \"p\"\nprotocol = \"ble\"\naddress = \"AA:BB:CC:DD:EE:01\"\ngatt = [{entry}]\n")
+    };
+    check_error(
+        &gatt("{ service = \"18\", characteristic = \"2a6e\", name = \"t\", interval = \"5s\" }"),
+        10,
+        "expected a UUID",
+    );
+    check_error(
+        &gatt("{ service = \"181a\", characteristic = \"2a6e\", name = \"t\" }"),
+        10,
+        "needs `interval`",
+    );
+    check_error(
+        &gatt("{ service = \"181a\", characteristic = \"2a6e\", name = \"t\", interval = \"5s\", notify = true }"),
+        10,
+        "not both",
+    );
+    check_error(
+        &gatt("{ service = \"181a\", characteristic = \"2a6e\", name = \"t\", type = \"u24\", notify = true }"),
+        10,
+        "expected bool, u8",
+    );
+    check_error(
+        &gatt(
+            "{ service = \"181a\", characteristic = \"2a6e\", name = \"t\", interval = \"100ms\" }",
+        ),
+        10,
+        "at least 1s",
+    );
+}

@@ -4,6 +4,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use kite_ble::Discovered;
 use kite_core::{Backoff, Sample};
 use kite_plugins::PluginOutput;
 use tokio::sync::{mpsc, oneshot};
@@ -66,20 +67,30 @@ impl PluginsAtStop {
     }
 }
 
+/// What the ingest task takes in.
+pub(super) struct Inputs {
+    pub samples: mpsc::Receiver<Sample>,
+    pub outputs: mpsc::Receiver<PluginOutput>,
+    pub results: mpsc::Receiver<WriteOutcome>,
+    /// Reports of unknown BLE devices.
+    pub discovered: mpsc::Receiver<Discovered>,
+}
+
 impl Ingest {
     /// Runs until every input is closed. `quiesced` fires once the pollers
     /// and plug-ins are done and all they produced is committed (or
     /// counted); write results are taken until the uplink is gone.
-    pub async fn run(
-        mut self,
-        mut samples: mpsc::Receiver<Sample>,
-        mut outputs: mpsc::Receiver<PluginOutput>,
-        mut results: mpsc::Receiver<WriteOutcome>,
-        quiesced: oneshot::Sender<()>,
-    ) {
+    pub async fn run(mut self, inputs: Inputs, quiesced: oneshot::Sender<()>) {
+        let Inputs {
+            mut samples,
+            mut outputs,
+            mut results,
+            mut discovered,
+        } = inputs;
         let mut batch = Vec::with_capacity(MAX_BATCH);
         let mut done = Vec::new();
         let (mut samples_open, mut outputs_open, mut results_open) = (true, true, true);
+        let mut discovered_open = true;
         let mut quiesced = Some(quiesced);
         let mut plugins = PluginsAtStop::Running;
         loop {
@@ -121,6 +132,13 @@ impl Ingest {
                         .collect();
                     self.store(records).await;
                 }
+                found = discovered.recv(), if discovered_open => match found {
+                    Some(found) => {
+                        let record = wire::discovery_record(kite_core::now_ms(), &found);
+                        self.store(vec![record]).await;
+                    }
+                    None => discovered_open = false,
+                },
                 _ = plugins.due(), if outputs_open => {
                     // Outputs already sent are still taken; plug-ins that
                     // are not done count what they could not send.

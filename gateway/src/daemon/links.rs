@@ -7,6 +7,10 @@ use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
+use kite_ble::{
+    AdvertDecode, AdvertDecoder, Advertisement, BleDevice, BleHealth, BleOutputs, Discovered,
+    Format, GattDevice, Tracker,
+};
 use kite_core::{BusHealth, DeviceHealth, PointSample, SampleSink};
 use kite_modbus::{BusMonitor, BusSpec, Link, WriteRequest};
 use kite_plugins::{Codec, Limits, PluginSpec, Trust};
@@ -20,7 +24,7 @@ use tracing::error;
 
 use super::reconcile::{reconcile, Step};
 use super::sandbox::{FileStamp, SandboxSlot};
-use crate::config::{Decode, InstrumentConfig};
+use crate::config::{BleConfig, BleDecoder, Decode, InstrumentConfig};
 use crate::current::Current;
 use crate::ops::vitals::FieldHealth;
 use crate::uplink::wire::MessageRoom;
@@ -38,6 +42,13 @@ enum LinkConfig {
         /// A codec plug-in's file and whom it must be signed by.
         codec: Option<(FileStamp, Trust)>,
     },
+    /// The BLE adapter and every sensor it listens for.
+    Ble {
+        config: Box<BleConfig>,
+        /// The codec plug-ins' files, and whom they must be signed by.
+        codecs: Vec<FileStamp>,
+        trust: Trust,
+    },
 }
 
 impl LinkConfig {
@@ -49,6 +60,7 @@ impl LinkConfig {
                 _ => format!("bus {}", bus.name),
             },
             LinkConfig::Instrument { config, .. } => format!("device {}", config.spec.name),
+            LinkConfig::Ble { config, .. } => format!("BLE adapter {}", config.spec.adapter),
         }
     }
 }
@@ -61,12 +73,15 @@ struct RunningLink {
     routes: Vec<(String, mpsc::Sender<WriteRequest>)>,
     bus: Option<(String, Arc<BusHealth>)>,
     devices: Vec<(String, Arc<DeviceHealth>)>,
+    ble: Option<(String, Arc<BleHealth>)>,
 }
 
 /// The links that poll the configured devices.
 pub struct Field {
     links: Vec<RunningLink>,
     samples: SampleSink,
+    /// Reports of BLE devices that are not configured.
+    discovered: mpsc::Sender<Discovered>,
     /// Where codec plug-ins keep their state.
     codec_state: PathBuf,
     /// How large a codec's output may become.
@@ -74,10 +89,16 @@ pub struct Field {
 }
 
 impl Field {
-    pub fn new(samples: SampleSink, codec_state: PathBuf, room: Arc<Current<MessageRoom>>) -> Self {
+    pub fn new(
+        samples: SampleSink,
+        discovered: mpsc::Sender<Discovered>,
+        codec_state: PathBuf,
+        room: Arc<Current<MessageRoom>>,
+    ) -> Self {
         Self {
             links: Vec::new(),
             samples,
+            discovered,
             codec_state,
             room,
         }
@@ -90,6 +111,7 @@ impl Field {
         &mut self,
         modbus: &[BusSpec],
         instruments: &[InstrumentConfig],
+        ble: Option<&BleConfig>,
         trust: &Trust,
         sandbox: &mut SandboxSlot,
     ) -> Vec<String> {
@@ -105,6 +127,20 @@ impl Field {
                 LinkConfig::Instrument {
                     config: Box::new(config.clone()),
                     codec,
+                }
+            }))
+            .chain(ble.map(|ble| {
+                LinkConfig::Ble {
+                    codecs: ble
+                        .devices
+                        .iter()
+                        .filter_map(|device| match &device.decoder {
+                            Some(BleDecoder::Codec { path, .. }) => Some(FileStamp::of(path)),
+                            _ => None,
+                        })
+                        .collect(),
+                    config: Box::new(ble.clone()),
+                    trust: trust.clone(),
                 }
             }))
             .collect();
@@ -166,6 +202,7 @@ impl Field {
             routes: Vec::new(),
             bus: None,
             devices: Vec::new(),
+            ble: None,
         };
         match config {
             LinkConfig::Modbus(bus) => {
@@ -204,8 +241,109 @@ impl Field {
                     Err(e) => refuse(&name, &health, &e),
                 }
             }
+            LinkConfig::Ble { config, trust, .. } => {
+                let BleConfig { spec, devices } = *config;
+                let health = Arc::new(BleHealth::default());
+                link.ble = Some((spec.adapter.clone(), health.clone()));
+                let formats: Option<Vec<Format>> = devices
+                    .iter()
+                    .filter_map(|device| match &device.decoder {
+                        Some(BleDecoder::Format { format, .. }) => Some(Some(*format)),
+                        Some(BleDecoder::Codec { .. }) => Some(None),
+                        None => None,
+                    })
+                    .chain(
+                        spec.discovery
+                            .then(|| Format::ALL.map(Some))
+                            .into_iter()
+                            .flatten(),
+                    )
+                    .collect();
+                let patterns = formats.map(kite_ble::monitor::patterns);
+                let mut scanned = Vec::new();
+                let mut read = Vec::new();
+                for device in devices {
+                    let name = device.spec.name.to_string();
+                    let device_health = Arc::new(DeviceHealth::default());
+                    link.devices.push((name.clone(), device_health.clone()));
+                    let decoder: Option<Box<dyn AdvertDecode>> = match device.decoder {
+                        None => None,
+                        Some(BleDecoder::Format { format, bind_key }) => {
+                            Some(Box::new(AdvertDecoder::new(format, bind_key)))
+                        }
+                        Some(BleDecoder::Codec { path, config_json }) => {
+                            let codec = self
+                                .codec(&name, path, config_json, trust.clone(), sandbox)
+                                .await;
+                            match codec {
+                                Ok(codec) => Some(Box::new(AdvertCodec(Mutex::new(codec)))),
+                                Err(e) => {
+                                    refuse(&name, &device_health, &e);
+                                    None
+                                }
+                            }
+                        }
+                    };
+                    if !device.gatt.is_empty() {
+                        read.push(GattDevice {
+                            name: device.spec.name.clone(),
+                            address: device.spec.address,
+                            points: device.gatt,
+                            health: device_health.clone(),
+                        });
+                    }
+                    scanned.push(BleDevice {
+                        address: device.spec.address,
+                        tracker: decoder.map(|d| Tracker::new(Arc::new(device.spec), d)),
+                        health: device_health,
+                    });
+                }
+                let outputs = BleOutputs {
+                    samples: self.samples.clone(),
+                    discovered: spec.discovery.then(|| self.discovered.clone()),
+                };
+                let adapter = spec.adapter.clone();
+                let samples = self.samples.clone();
+                link.task = Some(tokio::spawn(async move {
+                    let scanning =
+                        kite_ble::run_ble(spec, scanned, patterns, health, outputs, stop.clone());
+                    if read.is_empty() {
+                        scanning.await;
+                    } else {
+                        let reading = kite_ble::run_gatt(adapter, read, samples, stop);
+                        tokio::join!(scanning, reading);
+                    }
+                }));
+            }
         }
         link
+    }
+
+    /// Starts a codec plug-in for `device`, off the runtime's threads:
+    /// compiling takes long.
+    async fn codec(
+        &self,
+        device: &str,
+        path: PathBuf,
+        config_json: String,
+        trust: Trust,
+        sandbox: &mut SandboxSlot,
+    ) -> Result<Codec, String> {
+        let spec = PluginSpec {
+            name: device.to_string(),
+            wasm: path,
+            inputs: Vec::new(),
+            limits: Limits::default(),
+            config_json,
+            state_path: self.codec_state.clone(),
+            trust,
+            max_message_bytes: self.room.get().for_device(device),
+        };
+        let sandbox = sandbox.get().map_err(|e| e.to_string())?;
+        tokio::task::spawn_blocking(move || Codec::start(sandbox, spec))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())
     }
 
     async fn decoder(
@@ -221,22 +359,7 @@ impl Field {
             }
             Decode::Nmea => Box::new(NmeaDecoder),
             Decode::Codec { path, config_json } => {
-                let spec = PluginSpec {
-                    name: name.to_string(),
-                    wasm: path,
-                    inputs: Vec::new(),
-                    limits: Limits::default(),
-                    config_json,
-                    state_path: self.codec_state.clone(),
-                    trust,
-                    max_message_bytes: self.room.get().for_device(name),
-                };
-                let sandbox = sandbox.get().map_err(|e| e.to_string())?;
-                // Compiling takes long: off the runtime's threads.
-                let codec = tokio::task::spawn_blocking(move || Codec::start(sandbox, spec))
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .map_err(|e| e.to_string())?;
+                let codec = self.codec(name, path, config_json, trust, sandbox).await?;
                 Box::new(CodecDecoder(Mutex::new(codec)))
             }
         })
@@ -254,6 +377,7 @@ impl Field {
     pub fn health(&self) -> FieldHealth {
         FieldHealth {
             buses: self.links.iter().filter_map(|l| l.bus.clone()).collect(),
+            ble: self.links.iter().find_map(|l| l.ble.clone()),
             devices: self
                 .links
                 .iter()
@@ -294,5 +418,19 @@ impl FrameDecoder for CodecDecoder {
             .unwrap_or_else(|e| e.into_inner())
             .decode(frame)
             .map_err(DecodeError::Invalid)
+    }
+}
+
+/// A codec plug-in as a BLE decoder: it is given the advertisement's data
+/// as the AD structures it came in (length, type, payload), service data
+/// and manufacturer data in the order BlueZ reported them. The lock is
+/// only taken by the scanner's task, as for [`CodecDecoder`].
+struct AdvertCodec(Mutex<Codec>);
+
+impl AdvertDecode for AdvertCodec {
+    fn decode(&mut self, advert: &Advertisement) -> Result<Option<Vec<PointSample>>, String> {
+        let structures = kite_ble::advert::ad_structures(advert);
+        let codec = self.0.get_mut().unwrap_or_else(|e| e.into_inner());
+        codec.decode(&structures).map(Some)
     }
 }

@@ -36,7 +36,7 @@ use crate::ops::vitals::{Vitals, STALL_LIMIT};
 use crate::ops::{http, systemd};
 use crate::store::{Buffer, BufferHandle};
 use crate::uplink::{Uplink, UplinkContext, WriteRoutes};
-use ingest::Ingest;
+use ingest::{Ingest, Inputs};
 use links::Field;
 use plugins::{watch_plugins, Plugins};
 use reload::Running;
@@ -59,6 +59,9 @@ const PLUGIN_OUTPUTS: usize = 64;
 const RELOAD_QUEUE: usize = 4;
 /// Write results waiting to be committed; write tasks wait when it is full.
 const WRITE_RESULTS: usize = 64;
+/// Reports of unknown BLE devices waiting to be committed; more are dropped
+/// and counted (they repeat every minute).
+const DISCOVERED_QUEUE: usize = 64;
 /// At shutdown, how long pollers wait for room to hand over what they read,
 /// plug-ins get to finish their queued batches, and a failing commit keeps
 /// being tried; what still cannot be committed then is counted as lost.
@@ -120,11 +123,12 @@ pub async fn run(
     let plugin_state = data_dir.join("plugins.sqlite3");
     let (outputs_tx, outputs_rx) = mpsc::channel(PLUGIN_OUTPUTS);
     let (samples_tx, samples_rx) = mpsc::channel(SAMPLE_CHANNEL);
+    let (discovered_tx, discovered_rx) = mpsc::channel(DISCOVERED_QUEUE);
     let sink = SampleSink::new(samples_tx, STOP_GRACE, ingest_counters.unsent.clone());
     let room = Arc::new(Current::new(workload::message_room(&config)));
     let mut workload = Workload {
         sandbox: SandboxSlot::new(data_dir.join("plugin-cache")),
-        field: Field::new(sink, plugin_state.clone(), room.clone()),
+        field: Field::new(sink, discovered_tx, plugin_state.clone(), room.clone()),
         plugins: Plugins::new(outputs_tx, plugin_state, room.clone()),
         routes,
         vitals: vitals.clone(),
@@ -146,7 +150,15 @@ pub async fn run(
             stopping: stopping.clone(),
             give_up_at: None,
         }
-        .run(samples_rx, outputs_rx, results_rx, quiesced_tx),
+        .run(
+            Inputs {
+                samples: samples_rx,
+                outputs: outputs_rx,
+                results: results_rx,
+                discovered: discovered_rx,
+            },
+            quiesced_tx,
+        ),
     );
 
     let uplink_stop = CancellationToken::new();

@@ -42,6 +42,7 @@ impl Workload {
                 .apply(
                     &config.modbus,
                     &config.instruments,
+                    config.ble.as_ref(),
                     &config.plugin_trust,
                     &mut self.sandbox,
                 )

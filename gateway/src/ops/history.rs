@@ -302,6 +302,7 @@ impl Series {
         let (value, quality, error) = match &self.reading {
             Reading::Good(value) => (Some(value), "good", None),
             Reading::Bad(reason) => (None, "bad", Some(reason)),
+            Reading::Stale(value, reason) => (Some(value), "stale", Some(reason)),
         };
         json!({
             "value": value,

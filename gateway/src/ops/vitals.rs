@@ -23,7 +23,8 @@ use crate::current::Current;
 use crate::ops::history::History;
 use crate::store::{BufferHandle, Stats};
 use crate::uplink::wire::{
-    BufferReport, BusReport, DeviceReport, HistoryReport, PluginReport, Status, UplinkReport,
+    BleReport, BufferReport, BusReport, DeviceReport, HistoryReport, PluginReport, Status,
+    UplinkReport,
 };
 use crate::uplink::StatusSource;
 
@@ -41,6 +42,8 @@ pub type PluginList = Vec<(String, Arc<PluginCounters>)>;
 pub struct FieldHealth {
     pub buses: Vec<(String, Arc<BusHealth>)>,
     pub devices: Vec<(String, Arc<DeviceHealth>)>,
+    /// The BLE adapter, when BLE is configured.
+    pub ble: Option<(String, Arc<kite_ble::BleHealth>)>,
 }
 
 /// The pipeline's state, as the checks, the status message and the
@@ -152,6 +155,8 @@ impl StatusSource for Vitals {
                     errors: load(&device.errors),
                     discarded_bytes: load(&device.discarded_bytes),
                     last_error: device.last_error(),
+                    last_seen: Some(device.last_seen_ms.load(Ordering::Relaxed))
+                        .filter(|ms| *ms > 0),
                 };
                 (name.clone(), report)
             })
@@ -202,6 +207,15 @@ impl StatusSource for Vitals {
             history: HistoryReport {
                 dropped: self.history.dropped(),
             },
+            ble: field.ble.as_ref().map(|(adapter, ble)| BleReport {
+                adapter: adapter.clone(),
+                state: ble.state(),
+                restarts: load(&ble.restarts),
+                advertisements: load(&ble.advertisements),
+                decode_errors: load(&ble.decode_errors),
+                discovered: load(&ble.discovered),
+                dropped: load(&ble.dropped),
+            }),
             buses,
             devices,
             plugins,

@@ -137,6 +137,8 @@ pub enum Kind {
     Event = 1,
     /// The result of a write from the cloud, for `{device}/set/result`.
     WriteResult = 2,
+    /// A BLE device heard that is not in the config, for `ble/discovered`.
+    Discovery = 3,
 }
 
 impl Kind {
@@ -144,6 +146,7 @@ impl Kind {
         match value {
             1 => Kind::Event,
             2 => Kind::WriteResult,
+            3 => Kind::Discovery,
             _ => Kind::Telemetry,
         }
     }

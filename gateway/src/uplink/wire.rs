@@ -47,6 +47,9 @@ impl Topics {
     pub fn set_result(&self, device: &str) -> String {
         format!("{}/{device}/set/result", self.base)
     }
+    pub fn ble_discovered(&self) -> String {
+        format!("{}/ble/discovered", self.base)
+    }
 
     /// The device a `.../{device}/set` topic addresses.
     pub fn set_device<'t>(&self, topic: &'t str) -> Option<&'t str> {
@@ -63,6 +66,7 @@ impl Topics {
             Kind::Telemetry => self.telemetry(&record.device),
             Kind::Event => self.events(),
             Kind::WriteResult => self.set_result(&record.device),
+            Kind::Discovery => self.ble_discovered(),
         }
     }
 }
@@ -183,6 +187,9 @@ pub struct Status {
     pub buffer: BufferReport,
     pub uplink: UplinkReport,
     pub history: HistoryReport,
+    /// The BLE adapter, when BLE is configured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ble: Option<BleReport>,
     pub buses: BTreeMap<String, BusReport>,
     pub devices: BTreeMap<String, DeviceReport>,
     pub plugins: BTreeMap<String, PluginReport>,
@@ -232,6 +239,21 @@ pub struct HistoryReport {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BleReport {
+    pub adapter: String,
+    /// `starting`, `scanning`, `no adapter`, `powered off` or `offline`.
+    pub state: &'static str,
+    /// Times discovery was started again (silence, the adapter back).
+    pub restarts: u64,
+    pub advertisements: u64,
+    pub decode_errors: u64,
+    /// Unknown devices reported on `ble/discovered`.
+    pub discovered: u64,
+    /// Advertisements dropped because the gateway fell behind.
+    pub dropped: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct BusReport {
     /// `open` or `closed`.
     pub state: &'static str,
@@ -241,13 +263,16 @@ pub struct BusReport {
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct DeviceReport {
-    /// `polling`, `quarantined`, `offline` or `refused`.
+    /// `polling`, `quarantined`, `stale`, `offline` or `refused`.
     pub state: &'static str,
     pub reads: u64,
     pub timeouts: u64,
     pub errors: u64,
     pub discarded_bytes: u64,
     pub last_error: Option<String>,
+    /// When the device last answered or sent something readable, in
+    /// milliseconds since the Unix epoch.
+    pub last_seen: Option<i64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -311,7 +336,7 @@ pub fn message(record: &Record) -> Result<String, BadRow> {
             })
             .map_err(bad)
         }
-        Kind::WriteResult => {
+        Kind::WriteResult | Kind::Discovery => {
             // Stored whole, as published.
             let result: &RawValue = serde_json::from_str(&record.body).map_err(bad)?;
             Ok(result.get().to_string())
@@ -336,6 +361,37 @@ pub fn result_record(device: &str, ts_ms: i64, result: &WriteResult) -> NewRecor
         ts_ms,
         device: device.to_string(),
         body: serde_json::to_string(result).expect("a write result serializes"),
+    }
+}
+
+/// A BLE device heard that is not in the config, as published on
+/// `ble/discovered`.
+#[derive(Serialize, Debug)]
+pub struct Discovered {
+    pub address: String,
+    pub name: Option<String>,
+    pub rssi: Option<i16>,
+    pub service_uuids: Vec<String>,
+    pub manufacturer_ids: Vec<u16>,
+    /// The format Kite recognised in its advertisement.
+    pub decoder: Option<&'static str>,
+}
+
+/// The row to store for one report of an unknown BLE device.
+pub fn discovery_record(ts_ms: i64, found: &kite_ble::Discovered) -> NewRecord {
+    let message = Discovered {
+        address: found.address.to_string(),
+        name: found.name.clone(),
+        rssi: found.rssi,
+        service_uuids: found.service_uuids.clone(),
+        manufacturer_ids: found.manufacturer_ids.clone(),
+        decoder: found.decoder.map(kite_ble::Format::name),
+    };
+    NewRecord {
+        kind: Kind::Discovery,
+        ts_ms,
+        device: message.address.clone(),
+        body: serde_json::to_string(&message).expect("a discovery serializes"),
     }
 }
 

@@ -522,7 +522,11 @@ pub fn readings_for(spec: &PluginSpec, samples: &[Sample]) -> Vec<Reading> {
                     }),
                     None,
                 ),
-                SampleReading::Bad(reason) => (None, Some(reason.clone())),
+                // A stale value is old news: a plug-in must not act on it
+                // as if it were just read.
+                SampleReading::Bad(reason) | SampleReading::Stale(_, reason) => {
+                    (None, Some(reason.clone()))
+                }
             };
             batch.push(Reading {
                 device: sample.device.to_string(),

@@ -1,7 +1,7 @@
 //! What an operator needs to see about a device or a bus: counters and the
 //! last error, shared between the task that polls and the status reporter.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Mutex;
 
 /// Longest `last_error` kept, in bytes.
@@ -39,12 +39,25 @@ pub struct DeviceHealth {
     /// Not started: its configuration could not be put to work (a codec
     /// plug-in refused, say); `last_error` says why.
     pub refused: AtomicBool,
+    /// Not heard from for longer than it should be (a radio sensor that
+    /// sends on its own); its last values went out marked stale.
+    pub stale: AtomicBool,
+    /// When it last answered or sent something that could be read, in
+    /// milliseconds since the Unix epoch; 0: never.
+    pub last_seen_ms: AtomicI64,
     last_error: Mutex<Option<String>>,
 }
 
 impl DeviceHealth {
     pub fn count(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A successful read (a reply, a decoded frame or advertisement) at
+    /// `ts_ms`.
+    pub fn record_read(&self, ts_ms: i64) {
+        self.reads.fetch_add(1, Ordering::Relaxed);
+        self.last_seen_ms.store(ts_ms, Ordering::Relaxed);
     }
 
     pub fn record_poll(&self, took: std::time::Duration) {
@@ -65,6 +78,8 @@ impl DeviceHealth {
             "refused"
         } else if self.offline.load(Ordering::Relaxed) {
             "offline"
+        } else if self.stale.load(Ordering::Relaxed) {
+            "stale"
         } else if self.quarantined.load(Ordering::Relaxed) {
             "quarantined"
         } else {
@@ -102,6 +117,8 @@ mod tests {
         assert_eq!(health.state(), "polling");
         health.quarantined.store(true, Ordering::Relaxed);
         assert_eq!(health.state(), "quarantined");
+        health.stale.store(true, Ordering::Relaxed);
+        assert_eq!(health.state(), "stale");
         health.offline.store(true, Ordering::Relaxed);
         assert_eq!(health.state(), "offline");
         health.refused.store(true, Ordering::Relaxed);

@@ -22,6 +22,9 @@ pub enum Value {
 pub enum Reading {
     Good(Value),
     Bad(String),
+    /// The last value a device sent that has not been heard from since; the
+    /// reason says for how long.
+    Stale(Value, String),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -86,6 +89,7 @@ impl<'a> From<&'a PointSample> for PointJson<'a> {
         let (value, quality, error) = match &point.reading {
             Reading::Good(value) => (Some(value), "good", None),
             Reading::Bad(reason) => (None, "bad", Some(reason.as_str())),
+            Reading::Stale(value, reason) => (Some(value), "stale", Some(reason.as_str())),
         };
         PointJson {
             value,
@@ -129,11 +133,16 @@ mod tests {
                 ),
                 point("pressure", None, Reading::Bad("timeout".into())),
                 point("on", None, Reading::Good(Value::Bool(true))),
+                point(
+                    "rssi",
+                    Some("dBm"),
+                    Reading::Stale(Value::Int(-70), "not heard for 10m".into()),
+                ),
             ],
         };
         assert_eq!(
             sample.points_json(),
-            r#"{"temperature":{"value":21.5,"quality":"good","unit":"degC"},"pressure":{"quality":"bad","error":"timeout"},"on":{"value":true,"quality":"good"}}"#
+            r#"{"temperature":{"value":21.5,"quality":"good","unit":"degC"},"pressure":{"quality":"bad","error":"timeout"},"on":{"value":true,"quality":"good"},"rssi":{"value":-70,"quality":"stale","error":"not heard for 10m","unit":"dBm"}}"#
         );
         assert_eq!(sample.good_count(), 2);
     }

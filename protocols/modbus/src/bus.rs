@@ -395,7 +395,7 @@ impl Bus {
             match self.read(unit, limit, block).await {
                 Ok(words) => {
                     let slot = &self.slots[index];
-                    DeviceHealth::count(&slot.health.reads);
+                    slot.health.record_read(ts_ms);
                     for &i in &block.points {
                         let point = &slot.spec.points[i];
                         readings[i] = Some(decode(point, block, &words));

@@ -109,7 +109,7 @@ impl Instrument {
                     };
                     match self.decoder.decode(frame) {
                         Ok(points) => {
-                            DeviceHealth::count(&self.health.reads);
+                            self.health.record_read(now_ms());
                             self.decoding = true;
                             if !points.is_empty() {
                                 self.send(points, shutdown).await?;

@@ -1,6 +1,8 @@
 //! Field buses against real peers: Modbus TCP, RTU and RTU over TCP from
-//! pymodbus, raw instruments played on socat serial pairs, devices that fail.
+//! pymodbus, raw instruments played on socat serial pairs, BLE sensors on
+//! BlueZ as python-dbusmock serves it, devices that fail.
 
+mod ble;
 mod failing;
 mod modbus;
 mod serial;

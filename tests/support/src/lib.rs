@@ -14,6 +14,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 
+pub mod bluez;
+pub use bluez::{Advert, Bluez};
+
 /// Generous upper bound for anything the tests wait for; reaching it is a failure.
 pub const PATIENCE: Duration = Duration::from_secs(60);
 

@@ -18,7 +18,11 @@ use super::resolve::Files;
 use super::units::Interval;
 use super::{check_topic_level, Report, RESERVED_DEVICE_NAMES};
 
+mod ble;
 mod instruments;
+
+pub(super) use ble::{parse_bind_key, RawBle};
+pub use ble::{BleConfig, BleDecoder, BleDeviceConfig};
 
 /// A raw serial instrument and how its frames become points.
 #[derive(Debug, Clone, PartialEq)]
@@ -49,6 +53,7 @@ enum Protocol {
     ModbusRtu,
     ModbusRtuOverTcp,
     Serial,
+    Ble,
 }
 
 #[derive(Deserialize)]
@@ -97,7 +102,9 @@ pub(super) struct RawDevice {
     timeout: Spanned<Interval>,
     #[serde(default)]
     max_gap: u16,
-    #[serde(default)]
+    /// Tables, or (for protocols that name their own points) bare names
+    /// of the points to keep.
+    #[serde(default, deserialize_with = "point_entries")]
     points: Vec<RawPoint>,
     // Raw serial instruments only.
     framing: Option<Spanned<RawFraming>>,
@@ -115,6 +122,62 @@ pub(super) struct RawDevice {
     pattern: Option<Spanned<String>>,
     codec: Option<Spanned<PathBuf>>,
     codec_config: Option<Spanned<toml::Table>>,
+    // BLE only.
+    decoder: Option<Spanned<String>>,
+    bind_key_file: Option<Spanned<PathBuf>>,
+    stale_after: Option<Spanned<Interval>>,
+    min_interval: Option<Spanned<Interval>>,
+    gatt: Option<Spanned<Vec<ble::RawGatt>>>,
+}
+
+/// `points = ["temperature", { name = "on", writable = true }]`: a bare
+/// name is a point with nothing else said about it.
+fn point_entries<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Vec<RawPoint>, D::Error> {
+    let entries = Vec::<Spanned<RawPointEntry>>::deserialize(deserializer)?;
+    Ok(entries
+        .into_iter()
+        .map(|entry| {
+            let span = entry.span();
+            match entry.into_inner() {
+                RawPointEntry::Table(point) => *point,
+                RawPointEntry::Name(name) => RawPoint::named(Spanned::new(span, name)),
+            }
+        })
+        .collect())
+}
+
+enum RawPointEntry {
+    Name(String),
+    Table(Box<RawPoint>),
+}
+
+impl<'de> Deserialize<'de> for RawPointEntry {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Entry;
+        impl<'de> serde::de::Visitor<'de> for Entry {
+            type Value = RawPointEntry;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a point name or a point table")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, name: &str) -> Result<RawPointEntry, E> {
+                Ok(RawPointEntry::Name(name.to_string()))
+            }
+
+            fn visit_map<M: serde::de::MapAccess<'de>>(
+                self,
+                map: M,
+            ) -> Result<RawPointEntry, M::Error> {
+                let point =
+                    RawPoint::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                Ok(RawPointEntry::Table(Box::new(point)))
+            }
+        }
+        deserializer.deserialize_any(Entry)
+    }
 }
 
 #[derive(Deserialize, Clone, Copy, PartialEq, Eq)]
@@ -195,11 +258,31 @@ fn default_scale() -> f64 {
     1.0
 }
 
+impl RawPoint {
+    fn named(name: Spanned<String>) -> Self {
+        Self {
+            name,
+            area: None,
+            address: None,
+            data_type: None,
+            order: ByteOrder::default(),
+            scale: default_scale(),
+            offset: 0.0,
+            unit: None,
+            writable: None,
+            bit: None,
+            length: None,
+            capture: None,
+        }
+    }
+}
+
 /// What `[[buses]]` and `[[devices]]` build into.
 #[derive(Debug, Default)]
 pub(super) struct Devices {
     pub modbus: Vec<BusSpec>,
     pub instruments: Vec<InstrumentConfig>,
+    pub ble: Vec<BleDeviceConfig>,
     pub names: HashSet<String>,
 }
 
@@ -237,14 +320,9 @@ pub(super) fn build(
                 format!("duplicate device name {name:?}"),
             );
         }
-        let Some((link_key, link, spec)) = device.build(
-            report,
-            base,
-            &lines,
-            &mut bus_users,
-            &mut out.instruments,
-            files,
-        ) else {
+        let Some((link_key, link, spec)) =
+            device.build(report, base, &lines, &mut bus_users, &mut out, files)
+        else {
             continue;
         };
         match link_index.get(&link_key) {
@@ -332,14 +410,14 @@ impl RawBus {
 
 impl RawDevice {
     /// Checks the device; Modbus devices come back with the key of the link
-    /// they are polled through, raw instruments go to `instruments`.
+    /// they are polled through, raw instruments and BLE devices go to `found`.
     fn build(
         self,
         report: &mut Report<'_>,
         base: &Path,
         lines: &BTreeMap<String, (SerialLine, Spanned<u8>)>,
         bus_users: &mut HashMap<String, (Protocol, String)>,
-        instruments: &mut Vec<InstrumentConfig>,
+        found: &mut Devices,
         files: &mut Files,
     ) -> Option<(String, Link, DeviceSpec)> {
         check_topic_level(report, &self.name, "device name");
@@ -363,6 +441,12 @@ impl RawDevice {
             report.push(self.timeout.span(), "timeout must be at least 10ms".into());
         }
         self.check_keys(report, protocol);
+        if protocol == Protocol::Ble {
+            if let Some(device) = self.build_ble(report, base, files) {
+                found.ble.push(device);
+            }
+            return None;
+        }
 
         let uses_bus = matches!(protocol, Protocol::ModbusRtu | Protocol::Serial);
         let line = if uses_bus {
@@ -417,7 +501,7 @@ impl RawDevice {
             if let Some(instrument) =
                 self.build_instrument(report, base, line, poll_interval, timeout, files)
             {
-                instruments.push(instrument);
+                found.instruments.push(instrument);
             }
             return None;
         }
@@ -465,7 +549,7 @@ impl RawDevice {
                     ))
                 }
             }
-            Protocol::Serial => None,
+            Protocol::Serial | Protocol::Ble => None,
         }
     }
 
@@ -473,12 +557,20 @@ impl RawDevice {
     /// silently ignored settings.
     fn check_keys(&self, report: &mut Report<'_>, protocol: Protocol) {
         let name = protocol_name(protocol);
-        let takes_address = matches!(protocol, Protocol::ModbusTcp | Protocol::ModbusRtuOverTcp);
+        let takes_address = matches!(
+            protocol,
+            Protocol::ModbusTcp | Protocol::ModbusRtuOverTcp | Protocol::Ble
+        );
         if takes_address && self.address.is_none() {
+            let form = if protocol == Protocol::Ble {
+                "AA:BB:CC:DD:EE:FF"
+            } else {
+                "host:port"
+            };
             report.push(
                 self.name.span(),
                 format!(
-                    "device {:?}: protocol {name} needs `address` (host:port)",
+                    "device {:?}: protocol {name} needs `address` ({form})",
                     self.name.get_ref()
                 ),
             );
@@ -489,6 +581,26 @@ impl RawDevice {
             }
         };
         let is_serial = protocol == Protocol::Serial;
+        let is_ble = protocol == Protocol::Ble;
+        if !is_ble {
+            refuse(self.decoder.as_ref().map(Spanned::span), "decoder");
+            refuse(
+                self.bind_key_file.as_ref().map(Spanned::span),
+                "bind_key_file",
+            );
+            refuse(self.stale_after.as_ref().map(Spanned::span), "stale_after");
+            refuse(
+                self.min_interval.as_ref().map(Spanned::span),
+                "min_interval",
+            );
+            refuse(self.gatt.as_ref().map(Spanned::span), "gatt");
+        } else {
+            // A BLE sensor sends when it likes; nothing is polled.
+            let written = |span: std::ops::Range<usize>| (span != (0..0)).then_some(span);
+            refuse(written(self.poll_interval.span()), "poll_interval");
+            refuse(written(self.timeout.span()), "timeout");
+            refuse(self.unit_id.as_ref().map(Spanned::span), "unit_id");
+        }
         if !takes_address {
             refuse(self.address.as_ref().map(Spanned::span), "address");
         }
@@ -523,11 +635,13 @@ impl RawDevice {
             refuse(self.request.as_ref().map(Spanned::span), "request");
             refuse(self.decode.as_ref().map(Spanned::span), "decode");
             refuse(self.pattern.as_ref().map(Spanned::span), "pattern");
-            refuse(self.codec.as_ref().map(Spanned::span), "codec");
-            refuse(
-                self.codec_config.as_ref().map(Spanned::span),
-                "codec_config",
-            );
+            if !is_ble {
+                refuse(self.codec.as_ref().map(Spanned::span), "codec");
+                refuse(
+                    self.codec_config.as_ref().map(Spanned::span),
+                    "codec_config",
+                );
+            }
         }
     }
 
@@ -603,5 +717,6 @@ fn protocol_name(protocol: Protocol) -> &'static str {
         Protocol::ModbusRtu => "modbus-rtu",
         Protocol::ModbusRtuOverTcp => "modbus-rtu-over-tcp",
         Protocol::Serial => "serial",
+        Protocol::Ble => "ble",
     }
 }

@@ -233,6 +233,29 @@ pub(super) fn render(vitals: &Vitals, verdict: &Verdict) -> String {
         devices,
         |h| f64::from(u8::from(h.offline.load(Ordering::Relaxed))),
     );
+    out.each(
+        "kite_device_stale",
+        "gauge",
+        "1 while a device that sends on its own (BLE) has not been heard for its stale_after",
+        "device",
+        devices,
+        |h| f64::from(u8::from(h.stale.load(Ordering::Relaxed))),
+    );
+    out.family(
+        "kite_device_last_seen_timestamp_seconds",
+        "gauge",
+        "When the device last answered or sent something readable",
+    );
+    for (device, health) in devices {
+        let ms = health.last_seen_ms.load(Ordering::Relaxed);
+        if ms > 0 {
+            out.sample(
+                "kite_device_last_seen_timestamp_seconds",
+                &[("device", device.as_str())],
+                ms as f64 / 1000.0,
+            );
+        }
+    }
     out.family(
         "kite_device_poll_duration_seconds",
         "summary",
@@ -277,6 +300,58 @@ pub(super) fn render(vitals: &Vitals, verdict: &Verdict) -> String {
         buses,
         |h| count(&h.link_failures),
     );
+
+    if let Some((adapter, ble)) = &field.ble {
+        let ble = [(adapter.clone(), ble.clone())];
+        out.each(
+            "kite_ble_scanning",
+            "gauge",
+            "1 while the adapter is discovering",
+            "adapter",
+            &ble,
+            |h| f64::from(u8::from(h.state() == "scanning")),
+        );
+        out.each(
+            "kite_ble_restarts_total",
+            "counter",
+            "Times discovery was started again (silence, the adapter back)",
+            "adapter",
+            &ble,
+            |h| count(&h.restarts),
+        );
+        out.each(
+            "kite_ble_advertisements_total",
+            "counter",
+            "Advertisements received",
+            "adapter",
+            &ble,
+            |h| count(&h.advertisements),
+        );
+        out.each(
+            "kite_ble_decode_errors_total",
+            "counter",
+            "Advertisements of configured devices that did not decode (malformed, wrong key, replayed)",
+            "adapter",
+            &ble,
+            |h| count(&h.decode_errors),
+        );
+        out.each(
+            "kite_ble_discovered_total",
+            "counter",
+            "Reports of unknown devices",
+            "adapter",
+            &ble,
+            |h| count(&h.discovered),
+        );
+        out.each(
+            "kite_ble_dropped_total",
+            "counter",
+            "Advertisements and reports dropped because the gateway fell behind",
+            "adapter",
+            &ble,
+            |h| count(&h.dropped),
+        );
+    }
 
     let plugins = vitals.plugins.get();
     let plugins = plugins.as_slice();

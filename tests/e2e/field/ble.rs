@@ -1,0 +1,305 @@
+//! BLE sensors against BlueZ's D-Bus API as python-dbusmock serves it on a
+//! private bus: devices appearing with their first advertisement, later
+//! advertisements as property changes, an encrypted sensor with the wrong
+//! key, an unknown device, silence, and the adapter going away.
+
+use std::path::Path;
+
+use serde_json::Value;
+
+use crate::support::bluez::{Advert, Bluez};
+use crate::support::*;
+
+const BTHOME: &str = "0000fcd2-0000-1000-8000-00805f9b34fb";
+const THERMO: &str = "3C:2E:F5:00:00:01";
+const RUUVI: &str = "D4:7C:44:00:00:02";
+const LOCKED: &str = "3C:2E:F5:00:00:03";
+const STRANGER: &str = "C0:FF:EE:00:00:04";
+
+/// A BTHome v2 advertisement, unencrypted: packet id, 25.00 degC, 50.55 %.
+fn bthome(packet_id: u8) -> Advert {
+    Advert {
+        rssi: -61,
+        service: vec![(
+            BTHOME.into(),
+            vec![0x40, 0x00, packet_id, 0x02, 0xc4, 0x09, 0x03, 0xbf, 0x13],
+        )],
+        ..Default::default()
+    }
+}
+
+/// Ruuvi RAWv2 "valid data" from its specification: 24.3 degC, 53.49 %,
+/// 1000.44 hPa, 1.036 g on z.
+fn ruuvi() -> Advert {
+    let hex = "0512FC5394C37C0004FFFC040CAC364200CDCBB8334C884F";
+    let bytes = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+        .collect();
+    Advert {
+        rssi: -70,
+        manufacturer: vec![(0x0499, bytes)],
+        ..Default::default()
+    }
+}
+
+/// An encrypted BTHome payload (device info, ciphertext, counter, MIC)
+/// that no key the gateway has can authenticate.
+fn sealed() -> Advert {
+    Advert {
+        rssi: -80,
+        service: vec![(
+            BTHOME.into(),
+            vec![
+                0x41, 0xa4, 0x72, 0x66, 0xc9, 0x5f, 0x73, 1, 0, 0, 0, 0x10, 0x20, 0x30, 0x40,
+            ],
+        )],
+        ..Default::default()
+    }
+}
+
+fn config(dir: &Path, mqtt_port: u16, ble: &str, devices: &str) -> String {
+    kite_config(dir, "gw", mqtt_port, &format!("[ble]\n{ble}\n{devices}"))
+}
+
+fn device(name: &str, address: &str, decoder: &str, extra: &str) -> String {
+    format!(
+        "[[devices]]\nname = \"{name}\"\nprotocol = \"ble\"\naddress = \"{address}\"\ndecoder = \"{decoder}\"\n{extra}\n"
+    )
+}
+
+fn start(dir: &Path, bluez: &Bluez, config: &str) -> Kite {
+    let bus = bluez.bus_address();
+    Kite::start_with_env(
+        kite_bin(),
+        dir,
+        config,
+        &[("DBUS_SYSTEM_BUS_ADDRESS", bus.as_str())],
+    )
+}
+
+async fn scanning(kite: &Kite) -> Value {
+    kite.api_until("/status", "BLE is scanning", |s| {
+        s["ble"]["state"] == "scanning"
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn advertisements_are_decoded_into_telemetry_once_each() {
+    let dir = tempfile::tempdir().unwrap();
+    let bluez = Bluez::start(dir.path()).await;
+    bluez.add_adapter("hci0").await;
+    let broker = Mosquitto::start(dir.path(), false).await;
+    let mut sub = Subscriber::connect(broker.port, "kite/gw/#", "ble-test", false).await;
+    std::fs::write(
+        dir.path().join("locked.key"),
+        "231d39c1d7cc1ab1aee224cd096db932\n",
+    )
+    .unwrap();
+    let devices = [
+        device("thermo", &THERMO.to_lowercase(), "bthome", ""),
+        device(
+            "dock",
+            RUUVI,
+            "ruuvi",
+            "points = [\"temperature\", \"acceleration_z\", \"rssi\"]",
+        ),
+        device("locked", LOCKED, "bthome", "bind_key_file = \"locked.key\""),
+    ]
+    .concat();
+    let kite = start(
+        dir.path(),
+        &bluez,
+        &config(dir.path(), broker.port, "discovery = true", &devices),
+    );
+    scanning(&kite).await;
+    let mut filter = bluez.discovery_filter("hci0").await;
+    filter.sort();
+    assert_eq!(
+        filter,
+        [
+            ("DuplicateData".to_string(), "true".to_string()),
+            ("Transport".to_string(), "le".to_string())
+        ]
+    );
+
+    // The first advertisement comes with the device object, later ones as
+    // property changes; an RSSI alone is not an advertisement with data.
+    bluez
+        .appear("hci0", THERMO, Some("SBHT-003C"), &bthome(1))
+        .await;
+    bluez.advertise("hci0", THERMO, &bthome(2)).await;
+    bluez.rssi("hci0", THERMO, -55).await;
+    bluez.advertise("hci0", THERMO, &bthome(3)).await;
+    let mut packets = Vec::new();
+    while packets.last() != Some(&3) {
+        let message = sub.next_on("kite/gw/thermo", |_| true).await;
+        let points = &message["points"];
+        assert_eq!(points["temperature"]["value"], 25.0, "{message}");
+        assert_eq!(points["temperature"]["unit"], "degC");
+        assert_eq!(points["humidity"]["value"], 50.55);
+        assert_eq!(points["humidity"]["unit"], "%");
+        assert_eq!(points["rssi"]["value"], -61);
+        assert_eq!(points["rssi"]["unit"], "dBm");
+        assert_eq!(points["rssi"]["quality"], "good");
+        packets.push(points["packet_id"]["value"].as_u64().unwrap());
+    }
+    assert_eq!(
+        packets,
+        [1, 2, 3],
+        "one message per advertisement, never twice"
+    );
+
+    bluez
+        .appear("hci0", RUUVI, Some("Ruuvi 884F"), &ruuvi())
+        .await;
+    let dock = sub.next_on("kite/gw/dock", |_| true).await;
+    let names: Vec<&String> = dock["points"].as_object().unwrap().keys().collect();
+    assert_eq!(names, ["acceleration_z", "rssi", "temperature"], "{dock}");
+    assert_eq!(dock["points"]["temperature"]["value"], 24.3);
+    assert_eq!(dock["points"]["acceleration_z"]["unit"], "g");
+
+    // A payload that fails authentication is counted, never decoded.
+    bluez.appear("hci0", LOCKED, None, &sealed()).await;
+    let status = kite
+        .api_until("/status", "the sealed payload is counted", |s| {
+            s["devices"]["locked"]["errors"] == 1
+        })
+        .await;
+    assert!(
+        status["ble"]["decode_errors"].as_u64().unwrap() >= 1,
+        "{status}"
+    );
+    assert!(
+        status["devices"]["locked"]["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("authentication"),
+        "{status}"
+    );
+
+    // A device nobody configured is reported, with what Kite recognised.
+    bluez
+        .appear("hci0", STRANGER, Some("Ruuvi 0004"), &ruuvi())
+        .await;
+    let found = sub.next_on("kite/gw/ble/discovered", |_| true).await;
+    assert_eq!(found["address"], STRANGER, "{found}");
+    assert_eq!(found["name"], "Ruuvi 0004");
+    assert_eq!(found["rssi"], -70);
+    assert_eq!(found["manufacturer_ids"], serde_json::json!([0x0499]));
+    assert_eq!(found["service_uuids"], serde_json::json!([]));
+    assert_eq!(found["decoder"], "ruuvi");
+
+    let status = kite.api("/status").await;
+    assert!(status["devices"]["thermo"]["last_seen"].as_i64().unwrap() > 0);
+    assert_eq!(status["devices"]["thermo"]["state"], "polling");
+    assert_eq!(status["ble"]["adapter"], "hci0");
+    assert!(
+        status["ble"]["advertisements"].as_u64().unwrap() >= 6,
+        "{status}"
+    );
+    // The locked sensor sent nothing.
+    assert_eq!(status["devices"]["locked"]["reads"], 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_silent_sensor_goes_stale_and_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let bluez = Bluez::start(dir.path()).await;
+    bluez.add_adapter("hci0").await;
+    let broker = Mosquitto::start(dir.path(), false).await;
+    let mut sub = Subscriber::connect(broker.port, "kite/gw/#", "ble-stale", false).await;
+    let devices = device("thermo", THERMO, "bthome", "stale_after = \"2s\"");
+    let kite = start(
+        dir.path(),
+        &bluez,
+        &config(dir.path(), broker.port, "", &devices),
+    );
+    scanning(&kite).await;
+
+    bluez.appear("hci0", THERMO, None, &bthome(7)).await;
+    sub.next_on("kite/gw/thermo", |m| {
+        m["points"]["packet_id"]["quality"] == "good"
+    })
+    .await;
+    let stale = sub
+        .next_on("kite/gw/thermo", |m| {
+            m["points"]["rssi"]["quality"] == "stale"
+        })
+        .await;
+    for (name, point) in stale["points"].as_object().unwrap() {
+        assert_eq!(point["quality"], "stale", "{name}: {stale}");
+        assert_eq!(point["error"], "not heard for 2s", "{name}: {stale}");
+    }
+    assert_eq!(stale["points"]["temperature"]["value"], 25.0);
+    kite.api_until("/status", "thermo is stale", |s| {
+        s["devices"]["thermo"]["state"] == "stale"
+    })
+    .await;
+
+    bluez.advertise("hci0", THERMO, &bthome(8)).await;
+    let back = sub
+        .next_on("kite/gw/thermo", |m| m["points"]["packet_id"]["value"] == 8)
+        .await;
+    assert_eq!(back["points"]["temperature"]["quality"], "good", "{back}");
+    kite.api_until("/status", "thermo is heard again", |s| {
+        s["devices"]["thermo"]["state"] == "polling"
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn scanning_heals_after_silence_power_loss_and_a_vanished_adapter() {
+    let dir = tempfile::tempdir().unwrap();
+    let bluez = Bluez::start(dir.path()).await;
+    bluez.add_adapter("hci0").await;
+    let broker = Mosquitto::start(dir.path(), false).await;
+    let mut sub = Subscriber::connect(broker.port, "kite/gw/#", "ble-heal", false).await;
+    let devices = device("thermo", THERMO, "bthome", "");
+    let kite = start(
+        dir.path(),
+        &bluez,
+        &config(dir.path(), broker.port, "restart_after = \"5s\"", &devices),
+    );
+    scanning(&kite).await;
+
+    // Nothing heard for restart_after: discovery is started again.
+    kite.api_until("/status", "discovery restarted", |s| {
+        s["ble"]["restarts"].as_u64() >= Some(1)
+    })
+    .await;
+    assert!(bluez.start_discovery_calls("hci0").await >= 2);
+
+    // Powered off: powered on again, discovery restarted.
+    bluez.set_powered("hci0", false).await;
+    let calls = bluez.start_discovery_calls("hci0").await;
+    wait_for(|| async { bluez.start_discovery_calls("hci0").await > calls }).await;
+    assert!(bluez.discovering("hci0").await);
+
+    // The adapter goes away and comes back: no daemon restart needed.
+    bluez.remove_adapter("hci0").await;
+    kite.api_until("/status", "the adapter is missed", |s| {
+        s["ble"]["state"] == "no adapter"
+    })
+    .await;
+    bluez.add_adapter("hci0").await;
+    scanning(&kite).await;
+    assert!(bluez.discovering("hci0").await);
+    bluez.appear("hci0", THERMO, None, &bthome(9)).await;
+    sub.next_on("kite/gw/thermo", |m| m["points"]["packet_id"]["value"] == 9)
+        .await;
+}
+
+/// Polls an asynchronous condition until it holds, within [`PATIENCE`].
+async fn wait_for<F, Fut>(mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while !condition().await {
+        assert!(tokio::time::Instant::now() < deadline, "condition not met");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
