@@ -472,7 +472,7 @@ impl Scanner {
             match event {
                 Event::Device { path, props } => {
                     let advertised = ADVERTISED.iter().any(|k| props.contains_key(*k));
-                    if !advertised || !path.as_str().starts_with(&self.adapter_path) {
+                    if !advertised || !under(&path, &self.adapter_path) {
                         continue;
                     }
                     let Some(address) = address_of(&path) else {
@@ -807,6 +807,14 @@ impl Scanner {
         }
         Ok(())
     }
+}
+
+/// True for objects of the adapter at `adapter` (`/org/bluez/hci0/...`, not
+/// `/org/bluez/hci01/...`).
+fn under(path: &OwnedObjectPath, adapter: &str) -> bool {
+    path.as_str()
+        .strip_prefix(adapter)
+        .is_some_and(|rest| rest.starts_with('/'))
 }
 
 /// BlueZ names device objects after their address: `.../dev_AA_BB_CC_DD_EE_FF`.

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use serde_json::Value;
 
-use crate::support::bluez::{Advert, Bluez};
+use crate::support::bluez::{Advert, Bluez, Characteristic};
 use crate::support::*;
 
 const BTHOME: &str = "0000fcd2-0000-1000-8000-00805f9b34fb";
@@ -302,4 +302,190 @@ where
         assert!(tokio::time::Instant::now() < deadline, "condition not met");
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
+}
+
+const PROBE: &str = "3C:2E:F5:00:00:05";
+const METER: &str = "3C:2E:F5:00:00:06";
+
+fn characteristic(uuid: &str, value: &[u8], flag: &str) -> Characteristic {
+    Characteristic {
+        uuid: uuid.into(),
+        value: value.to_vec(),
+        flags: vec![flag.into()],
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn gatt_characteristics_are_read_on_an_interval_or_notified_one_connection_at_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let bluez = Bluez::start(dir.path()).await;
+    bluez.add_adapter("hci0").await;
+    let broker = Mosquitto::start(dir.path(), false).await;
+    let mut sub = Subscriber::connect(broker.port, "kite/gw/probe", "ble-gatt", false).await;
+    let mut meter =
+        Subscriber::connect(broker.port, "kite/gw/meter", "ble-gatt-meter", false).await;
+    let quiet = Advert {
+        rssi: -50,
+        ..Default::default()
+    };
+    bluez.appear("hci0", PROBE, Some("probe"), &quiet).await;
+    bluez.appear("hci0", METER, Some("meter"), &quiet).await;
+    let temperature = "00002a6e-0000-1000-8000-00805f9b34fb";
+    let humidity = "00002a6f-0000-1000-8000-00805f9b34fb";
+    bluez
+        .gatt_service(
+            "hci0",
+            PROBE,
+            "0000181a-0000-1000-8000-00805f9b34fb",
+            &[
+                characteristic(temperature, &[0x2c, 0x09], "read"),
+                characteristic(humidity, &[0, 0], "notify"),
+            ],
+        )
+        .await;
+    let level = "6e400003-b5a3-f393-e0a9-e50e24dcca9e";
+    bluez
+        .gatt_service(
+            "hci0",
+            METER,
+            "6e400001-b5a3-f393-e0a9-e50e24dcca9e",
+            &[characteristic(level, &[42], "read")],
+        )
+        .await;
+    // The meter's radio fails the first attempt.
+    bluez.fail_connects("hci0", METER, 1).await;
+    let devices = [
+        format!(
+            "[[devices]]\nname = \"probe\"\nprotocol = \"ble\"\naddress = \"{PROBE}\"\ngatt = [\n  \
+             {{ service = \"181a\", characteristic = \"2a6e\", name = \"temperature\", type = \"i16\", scale = 0.01, unit = \"degC\", interval = \"1s\" }},\n  \
+             {{ service = \"181a\", characteristic = \"2a6f\", name = \"humidity\", type = \"u16\", scale = 0.01, unit = \"%\", notify = true }},\n]\n"
+        ),
+        format!(
+            "[[devices]]\nname = \"meter\"\nprotocol = \"ble\"\naddress = \"{METER}\"\ngatt = [\n  \
+             {{ service = \"6e400001-b5a3-f393-e0a9-e50e24dcca9e\", characteristic = \"{level}\", name = \"level\", type = \"u8\", interval = \"1s\" }},\n]\n"
+        ),
+    ]
+    .concat();
+    let kite = start(
+        dir.path(),
+        &bluez,
+        &config(dir.path(), broker.port, "", &devices),
+    );
+
+    let probe = sub
+        .next_on("kite/gw/probe", |m| m["points"]["temperature"].is_object())
+        .await;
+    assert_eq!(probe["points"]["temperature"]["value"], 23.48, "{probe}");
+    assert_eq!(probe["points"]["temperature"]["unit"], "degC");
+
+    // Notifications come as they are sent, on a connection kept open.
+    wait_for(|| async { bluez.notifying("hci0", PROBE, humidity).await }).await;
+    bluez
+        .set_value("hci0", PROBE, humidity, &[0xbf, 0x13])
+        .await;
+    let notified = sub
+        .next_on("kite/gw/probe", |m| m["points"]["humidity"].is_object())
+        .await;
+    assert_eq!(notified["points"]["humidity"]["value"], 50.55, "{notified}");
+
+    // A dropped connection is made again and notifications resume.
+    bluez.drop_connection("hci0", PROBE).await;
+    wait_for(|| async { bluez.notifying("hci0", PROBE, humidity).await }).await;
+    bluez
+        .set_value("hci0", PROBE, humidity, &[0x10, 0x27])
+        .await;
+    sub.next_on("kite/gw/probe", |m| {
+        m["points"]["humidity"]["value"] == 100.0
+    })
+    .await;
+
+    // The meter's failed attempt is a bad reading with the reason; it is
+    // tried again, read, and let go between reads.
+    let failed = meter
+        .next_on("kite/gw/meter", |m| {
+            m["points"]["level"]["quality"] == "bad"
+        })
+        .await;
+    assert!(
+        failed["points"]["level"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("org.bluez.Error.Failed"),
+        "{failed}"
+    );
+    let read = meter
+        .next_on("kite/gw/meter", |m| {
+            m["points"]["level"]["quality"] == "good"
+        })
+        .await;
+    assert_eq!(read["points"]["level"]["value"], 42);
+    wait_for(|| async { bluez.read_calls("hci0", METER, level).await >= 2 }).await;
+    wait_for(|| async { !bluez.connected("hci0", METER).await }).await;
+    let status = kite
+        .api_until("/status", "the meter answered", |s| {
+            s["devices"]["meter"]["state"] == "polling"
+        })
+        .await;
+    assert!(
+        status["devices"]["meter"]["errors"].as_u64().unwrap() >= 1,
+        "{status}"
+    );
+
+    assert_eq!(
+        bluez.max_connects_in_flight("hci0").await,
+        1,
+        "one connection attempt at a time per adapter"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn passive_scanning_listens_through_an_advertisement_monitor() {
+    let dir = tempfile::tempdir().unwrap();
+    let bluez = Bluez::start(dir.path()).await;
+    bluez.add_adapter("hci0").await;
+    bluez.offer_monitors("hci0").await;
+    let broker = Mosquitto::start(dir.path(), false).await;
+    let mut sub = Subscriber::connect(broker.port, "kite/gw/#", "ble-passive", false).await;
+    let devices = [
+        device("thermo", THERMO, "bthome", ""),
+        device("dock", RUUVI, "ruuvi", ""),
+    ]
+    .concat();
+    let kite = start(
+        dir.path(),
+        &bluez,
+        &config(dir.path(), broker.port, "", &devices),
+    );
+    scanning(&kite).await;
+
+    let mut monitors = Vec::new();
+    while monitors.is_empty() {
+        monitors = bluez.monitors("hci0").await;
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let (kind, mut patterns) = monitors.remove(0);
+    assert_eq!(kind, "or_patterns");
+    patterns.sort();
+    assert_eq!(
+        patterns,
+        [
+            (0, 0x16, vec![0xd2, 0xfc]),
+            (0, 0xff, vec![0x99, 0x04, 0x05])
+        ]
+    );
+    assert_eq!(
+        bluez.start_discovery_calls("hci0").await,
+        0,
+        "no discovery (active scanning) in passive mode"
+    );
+
+    bluez.appear("hci0", THERMO, None, &bthome(4)).await;
+    bluez.monitor_found("hci0", THERMO).await;
+    bluez.advertise("hci0", THERMO, &bthome(5)).await;
+    let mut packets = Vec::new();
+    while packets.last() != Some(&5) {
+        let message = sub.next_on("kite/gw/thermo", |_| true).await;
+        packets.push(message["points"]["packet_id"]["value"].as_u64().unwrap());
+    }
+    assert_eq!(packets, [4, 5]);
 }

@@ -5,13 +5,43 @@
 //! real BlueZ; the test plays the radio, making devices appear, advertise
 //! and disappear, and reads back what the gateway asked the adapter to do.
 //!
+//! Connectable sensors: devices have `Device1.Connect` and `Disconnect`,
+//! and a device given a [`Bluez::gatt_service`] gets GATT objects
+//! (`GattService1`, `GattCharacteristic1` with ReadValue, WriteValue,
+//! StartNotify, StopNotify) as bluetoothd exports them. A successful Connect
+//! is answered after ~100 ms, as bluetoothd answers an LE Connect: once the
+//! link is up, BEFORE the services are resolved. The signals are, in order:
+//! PropertiesChanged(Device1: Connected=true), the Connect reply, ~50 ms
+//! later, on the first connection only, one InterfacesAdded per service then
+//! per characteristic, any Notifying=true of notify sessions resuming, then
+//! PropertiesChanged(Device1: ServicesResolved=true). A client must wait for
+//! ServicesResolved before looking for characteristics. As in bluetoothd
+//! (cache "always"), the GATT objects outlive disconnections; so do notify
+//! sessions, which resume on reconnection (Notifying is left true meanwhile).
+//! A read emits PropertiesChanged(Value) on the characteristic, as BlueZ's
+//! cache does, exactly like a notification: telling them apart takes knowing
+//! whether a read is pending. `Value` is absent until the first read or
+//! notification, `Notifying` exists only with "notify" or "indicate".
+//! Errors, with bluetoothd's names and messages: Connect while one to the
+//! same device is in flight: `org.bluez.Error.InProgress`; a failing one
+//! ([`Bluez::fail_connects`]): `Failed` "le-connection-abort-by-local", one
+//! cancelled by Disconnect, `disappear` or `remove_adapter`: `Failed`
+//! "br-connection-canceled", by [`Bluez::drop_connection`]: `Failed`
+//! "le-connection-abort-by-remote"; ReadValue/WriteValue while disconnected:
+//! `Failed` "Not connected"; ReadValue without "read": `NotPermitted` "Read
+//! not permitted"; StartNotify without "notify"/"indicate" and WriteValue
+//! without a write flag: `NotSupported`; StopNotify without a session:
+//! `Failed`. StartNotify while disconnected succeeds and takes effect on
+//! connection, as in bluetoothd. [`Bluez::offer_monitors`] adds
+//! `AdvertisementMonitorManager1` to an adapter.
+//!
 //! Limits: there is no radio and no kernel behind it, so nothing happens
 //! unless the test makes it happen (discovery finds nothing by itself, a
-//! device never ages out). Adapters have `org.bluez.Adapter1` only — no
-//! `GattManager1`, `LEAdvertisingManager1` or `AdvertisementMonitorManager1`
-//! — and devices have `org.bluez.Device1` properties but no methods
-//! (`Connect`, `Pair`) and no GATT services. Discovery sessions are not
-//! tracked per client: `Discovering` stays true when the client that
+//! device never ages out, a monitor's patterns select nothing). Adapters
+//! have no `GattManager1` or `LEAdvertisingManager1`, devices no `Pair`, GATT
+//! objects no descriptors; a connection attempt does not need the adapter
+//! powered, and powering off leaves devices connected. Discovery sessions
+//! are not tracked per client: `Discovering` stays true when the client that
 //! started it leaves the bus. The adapter's discovery methods act as
 //! bluetoothd's do (`org.bluez.Error.NotReady` while powered off,
 //! `InvalidArguments` for a malformed filter) but change `Discovering` before
@@ -81,11 +111,13 @@ for key, value in args[0].items():
         raise dbus.exceptions.DBusException('Invalid arguments in method call', name='org.bluez.Error.InvalidArguments')
 "#;
 
-/// Loads [`KITE_PY`] into the mock: run with it as argument, in a namespace
-/// of its own that also holds dbusmock's `root` object and `objects` map.
+/// Loads [`KITE_PY`] into the mock from the file named by its argument, in a
+/// namespace of its own that also holds dbusmock's `root` object and
+/// `objects` map.
 const KITE_LOADER: &str = r#"
 ns = {'__name__': 'kite_bluez', 'root': self, 'objects': objects}
-exec(compile(args[0], 'kite_bluez.py', 'exec'), ns)
+with open(args[0], encoding='utf-8') as source:
+    exec(compile(source.read(), args[0], 'exec'), ns)
 "#;
 
 /// BlueZ behaviour dbusmock's bluez5 template lacks: Device1 Connect and
@@ -849,7 +881,10 @@ impl Bluez {
             &(BLUEZ_MOCK, "KiteLoad", "s", "", KITE_LOADER),
         )
         .await;
-        call(&connection, BLUEZ, "/", BLUEZ_MOCK, "KiteLoad", &(KITE_PY,)).await;
+        let kite_py = dir.join("kite_bluez.py");
+        std::fs::write(&kite_py, KITE_PY).unwrap();
+        let kite_py = kite_py.to_str().expect("a UTF-8 directory");
+        call(&connection, BLUEZ, "/", BLUEZ_MOCK, "KiteLoad", &(kite_py,)).await;
         Self {
             connection,
             dir: dir.to_path_buf(),
@@ -1379,6 +1414,16 @@ mod tests {
     const BEACON: &str = "D0:00:00:00:00:0B";
     const BEACON_PATH: &str = "/org/bluez/hci0/dev_D0_00_00_00_00_0B";
     const ENVIRONMENTAL: &str = "0000181a-0000-1000-8000-00805f9b34fb";
+    const TEMPERATURE: &str = "00002a6e-0000-1000-8000-00805f9b34fb";
+    const HUMIDITY: &str = "00002a6f-0000-1000-8000-00805f9b34fb";
+    const SERVICE_PATH: &str = "/org/bluez/hci0/dev_C4_7C_8D_6A_01_02/service0010";
+    const TEMPERATURE_PATH: &str = "/org/bluez/hci0/dev_C4_7C_8D_6A_01_02/service0010/char0011";
+    const HUMIDITY_PATH: &str = "/org/bluez/hci0/dev_C4_7C_8D_6A_01_02/service0010/char0013";
+    const GATT_SERVICE: &str = "org.bluez.GattService1";
+    const GATT_CHARACTERISTIC: &str = "org.bluez.GattCharacteristic1";
+    const MONITOR_MANAGER: &str = "org.bluez.AdvertisementMonitorManager1";
+
+    type Interfaces = HashMap<String, HashMap<String, OwnedValue>>;
 
     /// BlueZ's signals as a client subscribed to everything from `org.bluez` sees them.
     struct Signals(MessageStream);
@@ -1445,6 +1490,18 @@ mod tests {
             let device = interfaces.remove(DEVICE).expect("Device1 properties");
             assert!(interfaces.is_empty(), "{interfaces:?}");
             (path.to_string(), device)
+        }
+
+        /// The next signal, which must be InterfacesAdded (for any interfaces).
+        async fn added(&mut self) -> (String, Interfaces) {
+            let message = self.expect("/", OBJECT_MANAGER, "InterfacesAdded").await;
+            assert_eq!(
+                message.body().signature().to_string_no_parens(),
+                "oa{sa{sv}}"
+            );
+            let (path, interfaces): (OwnedObjectPath, Interfaces) =
+                message.body().deserialize().unwrap();
+            (path.to_string(), interfaces)
         }
 
         async fn interfaces_removed(&mut self) -> (String, Vec<String>) {
@@ -1541,6 +1598,73 @@ mod tests {
         client
             .call_method(Some(BLUEZ), "/org/bluez/hci0", Some(ADAPTER), method, body)
             .await
+    }
+
+    async fn client_of(bluez: &Bluez) -> Connection {
+        zbus::connection::Builder::address(bluez.bus_address().as_str())
+            .unwrap()
+            .build()
+            .await
+            .unwrap()
+    }
+
+    async fn object_call<B: Serialize + DynamicType>(
+        client: &Connection,
+        path: &str,
+        interface: &str,
+        method: &str,
+        body: &B,
+    ) -> zbus::Result<Message> {
+        client
+            .call_method(Some(BLUEZ), path, Some(interface), method, body)
+            .await
+    }
+
+    async fn connect_device(client: &Connection, path: &str) -> zbus::Result<Message> {
+        object_call(client, path, DEVICE, "Connect", &()).await
+    }
+
+    async fn read_value(client: &Connection, path: &str) -> zbus::Result<Vec<u8>> {
+        let options: HashMap<&str, Value> = HashMap::new();
+        let reply =
+            object_call(client, path, GATT_CHARACTERISTIC, "ReadValue", &(options,)).await?;
+        Ok(reply.body().deserialize().unwrap())
+    }
+
+    async fn managed_objects(client: &Connection) -> HashMap<OwnedObjectPath, Interfaces> {
+        object_call(client, "/", OBJECT_MANAGER, "GetManagedObjects", &())
+            .await
+            .unwrap()
+            .body()
+            .deserialize()
+            .unwrap()
+    }
+
+    /// The D-Bus error name and message of a failed call.
+    fn error(result: zbus::Result<Message>) -> (String, String) {
+        match result {
+            Err(zbus::Error::MethodError(name, message, _)) => {
+                (name.to_string(), message.unwrap_or_default())
+            }
+            other => panic!("expected a D-Bus error, got {other:?}"),
+        }
+    }
+
+    fn bytes(props: &HashMap<String, OwnedValue>, name: &str) -> Vec<u8> {
+        assert_eq!(signature(&props[name]), "ay");
+        Vec::try_from(props[name].try_clone().unwrap()).unwrap()
+    }
+
+    fn strings(props: &HashMap<String, OwnedValue>, name: &str) -> Vec<String> {
+        assert_eq!(signature(&props[name]), "as");
+        Vec::try_from(props[name].try_clone().unwrap()).unwrap()
+    }
+
+    fn object_path(props: &HashMap<String, OwnedValue>, name: &str) -> String {
+        assert_eq!(signature(&props[name]), "o");
+        OwnedObjectPath::try_from(props[name].try_clone().unwrap())
+            .unwrap()
+            .to_string()
     }
 
     #[tokio::test]
@@ -1731,5 +1855,490 @@ mod tests {
         assert!(!bluez.discovering("hci1").await);
         assert_eq!(bluez.start_discovery_calls("hci1").await, 1);
         assert_eq!(bluez.discovery_filter("hci1").await, vec![]);
+    }
+
+    #[tokio::test]
+    async fn connects_and_serves_gatt_like_bluez() {
+        let dir = tempfile::tempdir().unwrap();
+        let bluez = Bluez::start(dir.path()).await;
+        bluez.add_adapter("hci0").await;
+        let client = client_of(&bluez).await;
+        let mut signals = Signals::subscribe(&client).await;
+
+        bluez
+            .appear("hci0", SENSOR, Some("Ruuvi 0102"), &Advert::default())
+            .await;
+        assert_eq!(signals.interfaces_added().await.0, SENSOR_PATH);
+        let flags = |flags: &[&str]| flags.iter().map(|f| f.to_string()).collect();
+        bluez
+            .gatt_service(
+                "hci0",
+                SENSOR,
+                ENVIRONMENTAL,
+                &[
+                    Characteristic {
+                        uuid: TEMPERATURE.to_string(),
+                        value: vec![0x2c, 0x09],
+                        flags: flags(&["read"]),
+                    },
+                    Characteristic {
+                        uuid: HUMIDITY.to_string(),
+                        value: vec![0x10, 0x17],
+                        flags: flags(&["notify"]),
+                    },
+                ],
+            )
+            .await;
+        assert!(!bluez.connected("hci0", SENSOR).await);
+        assert_eq!(bluez.connect_calls("hci0", SENSOR).await, 0);
+        assert!(!managed_objects(&client)
+            .await
+            .contains_key(&OwnedObjectPath::try_from(SERVICE_PATH).unwrap()));
+
+        // Connect answers once connected; the services are resolved after.
+        connect_device(&client, SENSOR_PATH).await.unwrap();
+        let changed = signals.properties_changed(SENSOR_PATH, DEVICE).await;
+        assert_eq!(keys(&changed), BTreeSet::from(["Connected"]));
+        assert!(boolean(&changed, "Connected"));
+        let (path, interfaces) = signals.added().await;
+        assert_eq!(path, SERVICE_PATH);
+        assert_eq!(interfaces.len(), 1, "{interfaces:?}");
+        let service = &interfaces[GATT_SERVICE];
+        assert_eq!(string(service, "UUID"), ENVIRONMENTAL);
+        assert!(boolean(service, "Primary"));
+        assert_eq!(object_path(service, "Device"), SENSOR_PATH);
+        let (path, interfaces) = signals.added().await;
+        assert_eq!(path, TEMPERATURE_PATH);
+        let temperature = &interfaces[GATT_CHARACTERISTIC];
+        assert_eq!(string(temperature, "UUID"), TEMPERATURE);
+        assert_eq!(object_path(temperature, "Service"), SERVICE_PATH);
+        assert_eq!(strings(temperature, "Flags"), ["read"]);
+        // BlueZ has no Value before a read, and no Notifying without notify.
+        assert!(!temperature.contains_key("Value"));
+        assert!(!temperature.contains_key("Notifying"));
+        let (path, interfaces) = signals.added().await;
+        assert_eq!(path, HUMIDITY_PATH);
+        let humidity = &interfaces[GATT_CHARACTERISTIC];
+        assert_eq!(string(humidity, "UUID"), HUMIDITY);
+        assert_eq!(strings(humidity, "Flags"), ["notify"]);
+        assert!(!boolean(humidity, "Notifying"));
+        let changed = signals.properties_changed(SENSOR_PATH, DEVICE).await;
+        assert_eq!(keys(&changed), BTreeSet::from(["ServicesResolved"]));
+        assert!(boolean(&changed, "ServicesResolved"));
+        assert!(bluez.connected("hci0", SENSOR).await);
+        let objects = managed_objects(&client).await;
+        let object = |path: &str| &objects[&OwnedObjectPath::try_from(path).unwrap()];
+        assert!(object(SERVICE_PATH).contains_key(GATT_SERVICE));
+        assert!(object(TEMPERATURE_PATH).contains_key(GATT_CHARACTERISTIC));
+        assert!(object(HUMIDITY_PATH).contains_key(GATT_CHARACTERISTIC));
+        assert!(boolean(&object(SENSOR_PATH)[DEVICE], "ServicesResolved"));
+
+        // A read answers the value, which BlueZ's cache announces.
+        assert_eq!(
+            read_value(&client, TEMPERATURE_PATH).await.unwrap(),
+            [0x2c, 0x09]
+        );
+        let changed = signals
+            .properties_changed(TEMPERATURE_PATH, GATT_CHARACTERISTIC)
+            .await;
+        assert_eq!(keys(&changed), BTreeSet::from(["Value"]));
+        assert_eq!(bytes(&changed, "Value"), [0x2c, 0x09]);
+        let refused = error(
+            object_call(
+                &client,
+                HUMIDITY_PATH,
+                GATT_CHARACTERISTIC,
+                "ReadValue",
+                &(HashMap::<&str, Value>::new(),),
+            )
+            .await,
+        );
+        assert_eq!(
+            refused,
+            (
+                "org.bluez.Error.NotPermitted".to_string(),
+                "Read not permitted".to_string()
+            )
+        );
+        assert_eq!(bluez.read_calls("hci0", SENSOR, TEMPERATURE).await, 1);
+        assert_eq!(bluez.read_calls("hci0", SENSOR, HUMIDITY).await, 1);
+
+        // Notifications.
+        let refused = error(
+            object_call(
+                &client,
+                TEMPERATURE_PATH,
+                GATT_CHARACTERISTIC,
+                "StartNotify",
+                &(),
+            )
+            .await,
+        );
+        assert_eq!(refused.0, "org.bluez.Error.NotSupported");
+        assert!(!bluez.notifying("hci0", SENSOR, HUMIDITY).await);
+        object_call(
+            &client,
+            HUMIDITY_PATH,
+            GATT_CHARACTERISTIC,
+            "StartNotify",
+            &(),
+        )
+        .await
+        .unwrap();
+        let changed = signals
+            .properties_changed(HUMIDITY_PATH, GATT_CHARACTERISTIC)
+            .await;
+        assert_eq!(keys(&changed), BTreeSet::from(["Notifying"]));
+        assert!(boolean(&changed, "Notifying"));
+        assert!(bluez.notifying("hci0", SENSOR, HUMIDITY).await);
+        assert!(!bluez.notifying("hci0", SENSOR, TEMPERATURE).await);
+        bluez
+            .set_value("hci0", SENSOR, HUMIDITY, &[0x11, 0x17])
+            .await;
+        let changed = signals
+            .properties_changed(HUMIDITY_PATH, GATT_CHARACTERISTIC)
+            .await;
+        assert_eq!(keys(&changed), BTreeSet::from(["Value"]));
+        assert_eq!(bytes(&changed, "Value"), [0x11, 0x17]);
+        // A characteristic nobody listens to changes silently; a read sees it.
+        bluez
+            .set_value("hci0", SENSOR, TEMPERATURE, &[0x2d, 0x09])
+            .await;
+        assert_eq!(
+            read_value(&client, TEMPERATURE_PATH).await.unwrap(),
+            [0x2d, 0x09]
+        );
+        let changed = signals
+            .properties_changed(TEMPERATURE_PATH, GATT_CHARACTERISTIC)
+            .await;
+        assert_eq!(bytes(&changed, "Value"), [0x2d, 0x09]);
+        assert_eq!(bluez.read_calls("hci0", SENSOR, TEMPERATURE).await, 2);
+
+        // The sensor drops the link: one PropertiesChanged, no notifications.
+        bluez.drop_connection("hci0", SENSOR).await;
+        let changed = signals.properties_changed(SENSOR_PATH, DEVICE).await;
+        assert_eq!(
+            keys(&changed),
+            BTreeSet::from(["Connected", "ServicesResolved"])
+        );
+        assert!(!boolean(&changed, "Connected"));
+        assert!(!boolean(&changed, "ServicesResolved"));
+        assert!(!bluez.connected("hci0", SENSOR).await);
+        assert!(!bluez.notifying("hci0", SENSOR, HUMIDITY).await);
+        bluez
+            .set_value("hci0", SENSOR, HUMIDITY, &[0x12, 0x17])
+            .await;
+        let refused = error(
+            object_call(
+                &client,
+                TEMPERATURE_PATH,
+                GATT_CHARACTERISTIC,
+                "ReadValue",
+                &(HashMap::<&str, Value>::new(),),
+            )
+            .await,
+        );
+        assert_eq!(
+            refused,
+            (
+                "org.bluez.Error.Failed".to_string(),
+                "Not connected".to_string()
+            )
+        );
+
+        // A connection attempt that fails, as a radio timeout does.
+        bluez.fail_connects("hci0", SENSOR, 1).await;
+        let started = std::time::Instant::now();
+        let refused = error(connect_device(&client, SENSOR_PATH).await);
+        assert_eq!(
+            refused,
+            (
+                "org.bluez.Error.Failed".to_string(),
+                "le-connection-abort-by-local".to_string()
+            )
+        );
+        assert!(
+            started.elapsed() >= Duration::from_millis(190),
+            "{:?}",
+            started.elapsed()
+        );
+        assert!(!bluez.connected("hci0", SENSOR).await);
+
+        // Reconnected: the GATT cache is kept (no InterfacesAdded) and the
+        // notify session resumes.
+        connect_device(&client, SENSOR_PATH).await.unwrap();
+        let changed = signals.properties_changed(SENSOR_PATH, DEVICE).await;
+        assert_eq!(keys(&changed), BTreeSet::from(["Connected"]));
+        let changed = signals.properties_changed(SENSOR_PATH, DEVICE).await;
+        assert_eq!(keys(&changed), BTreeSet::from(["ServicesResolved"]));
+        assert!(bluez.notifying("hci0", SENSOR, HUMIDITY).await);
+        bluez
+            .set_value("hci0", SENSOR, HUMIDITY, &[0x13, 0x17])
+            .await;
+        let changed = signals
+            .properties_changed(HUMIDITY_PATH, GATT_CHARACTERISTIC)
+            .await;
+        assert_eq!(bytes(&changed, "Value"), [0x13, 0x17]);
+        object_call(
+            &client,
+            HUMIDITY_PATH,
+            GATT_CHARACTERISTIC,
+            "StopNotify",
+            &(),
+        )
+        .await
+        .unwrap();
+        let changed = signals
+            .properties_changed(HUMIDITY_PATH, GATT_CHARACTERISTIC)
+            .await;
+        assert!(!boolean(&changed, "Notifying"));
+        assert!(!bluez.notifying("hci0", SENSOR, HUMIDITY).await);
+        let refused = error(
+            object_call(
+                &client,
+                HUMIDITY_PATH,
+                GATT_CHARACTERISTIC,
+                "StopNotify",
+                &(),
+            )
+            .await,
+        );
+        assert_eq!(refused.0, "org.bluez.Error.Failed");
+
+        // Disconnect, then two Connects at once to one device.
+        object_call(&client, SENSOR_PATH, DEVICE, "Disconnect", &())
+            .await
+            .unwrap();
+        let changed = signals.properties_changed(SENSOR_PATH, DEVICE).await;
+        assert_eq!(
+            keys(&changed),
+            BTreeSet::from(["Connected", "ServicesResolved"])
+        );
+        assert!(!boolean(&changed, "Connected"));
+        assert_eq!(bluez.connect_calls("hci0", SENSOR).await, 3);
+        let (first, second) = tokio::join!(
+            connect_device(&client, SENSOR_PATH),
+            connect_device(&client, SENSOR_PATH)
+        );
+        let mut names: Vec<String> = [first, second]
+            .into_iter()
+            .map(|result| result.map_or_else(|_| String::new(), |_| "ok".to_string()))
+            .collect();
+        names.sort();
+        assert_eq!(names, ["", "ok"]);
+        // Connected already: answered at once, and counted.
+        connect_device(&client, SENSOR_PATH).await.unwrap();
+        assert_eq!(bluez.connect_calls("hci0", SENSOR).await, 6);
+        let changed = signals.properties_changed(SENSOR_PATH, DEVICE).await;
+        assert_eq!(keys(&changed), BTreeSet::from(["Connected"]));
+        let changed = signals.properties_changed(SENSOR_PATH, DEVICE).await;
+        assert_eq!(keys(&changed), BTreeSet::from(["ServicesResolved"]));
+        assert_eq!(bluez.max_connects_in_flight("hci0").await, 1);
+
+        // A connected device that goes takes its GATT objects along.
+        bluez.disappear("hci0", SENSOR).await;
+        let changed = signals.properties_changed(SENSOR_PATH, DEVICE).await;
+        assert!(!boolean(&changed, "Connected"));
+        for (path, interface) in [
+            (TEMPERATURE_PATH, GATT_CHARACTERISTIC),
+            (HUMIDITY_PATH, GATT_CHARACTERISTIC),
+            (SERVICE_PATH, GATT_SERVICE),
+            (SENSOR_PATH, DEVICE),
+        ] {
+            assert_eq!(
+                signals.interfaces_removed().await,
+                (path.to_string(), vec![interface.to_string()])
+            );
+        }
+        assert!(!managed_objects(&client)
+            .await
+            .keys()
+            .any(|path| path.as_str().starts_with(SENSOR_PATH)));
+
+        // Connections to two devices overlap, and the mock sees it.
+        bluez.appear("hci0", SENSOR, None, &Advert::default()).await;
+        bluez.appear("hci0", BEACON, None, &Advert::default()).await;
+        let (sensor, beacon) = tokio::join!(
+            connect_device(&client, SENSOR_PATH),
+            connect_device(&client, BEACON_PATH)
+        );
+        sensor.unwrap();
+        beacon.unwrap();
+        assert_eq!(bluez.max_connects_in_flight("hci0").await, 2);
+        assert_eq!(bluez.connect_calls("hci0", SENSOR).await, 7);
+        assert_eq!(bluez.connect_calls("hci0", BEACON).await, 1);
+        assert!(bluez.connected("hci0", BEACON).await);
+    }
+
+    /// A client's AdvertisementMonitor1, reporting the calls it gets.
+    struct Monitor {
+        name: &'static str,
+        patterns: Vec<(u8, u8, Vec<u8>)>,
+        calls: tokio::sync::mpsc::UnboundedSender<String>,
+    }
+
+    impl Monitor {
+        fn report(&self, call: String) {
+            let _ = self.calls.send(format!("{} {call}", self.name));
+        }
+    }
+
+    #[zbus::interface(name = "org.bluez.AdvertisementMonitor1")]
+    impl Monitor {
+        fn release(&self) {
+            self.report("Release".to_string());
+        }
+
+        fn activate(&self) {
+            self.report("Activate".to_string());
+        }
+
+        fn device_found(&self, device: OwnedObjectPath) {
+            self.report(format!("DeviceFound {}", device.as_str()));
+        }
+
+        fn device_lost(&self, device: OwnedObjectPath) {
+            self.report(format!("DeviceLost {}", device.as_str()));
+        }
+
+        #[zbus(property, name = "Type")]
+        fn kind(&self) -> String {
+            "or_patterns".to_string()
+        }
+
+        #[zbus(property)]
+        fn patterns(&self) -> Vec<(u8, u8, Vec<u8>)> {
+            self.patterns.clone()
+        }
+    }
+
+    #[tokio::test]
+    async fn serves_advertisement_monitors_like_bluez() {
+        let dir = tempfile::tempdir().unwrap();
+        let bluez = Bluez::start(dir.path()).await;
+        bluez.add_adapter("hci0").await;
+        bluez.offer_monitors("hci0").await;
+        let client = client_of(&bluez).await;
+
+        let objects = managed_objects(&client).await;
+        let adapter = &objects[&OwnedObjectPath::try_from("/org/bluez/hci0").unwrap()];
+        assert!(adapter.contains_key(ADAPTER));
+        let manager = &adapter[MONITOR_MANAGER];
+        assert_eq!(strings(manager, "SupportedMonitorTypes"), ["or_patterns"]);
+        assert!(strings(manager, "SupportedFeatures").is_empty());
+
+        let (calls, mut called) = tokio::sync::mpsc::unbounded_channel();
+        let mut next_calls = async |n: usize| {
+            let mut got = BTreeSet::new();
+            for _ in 0..n {
+                let call = tokio::time::timeout(PATIENCE, called.recv())
+                    .await
+                    .expect("a call on a monitor")
+                    .unwrap();
+                got.insert(call);
+            }
+            got
+        };
+        let monitor = |name, patterns| Monitor {
+            name,
+            patterns,
+            calls: calls.clone(),
+        };
+        let ruuvi = vec![(0, 0xff, vec![0x99, 0x04])];
+        let server = client.object_server();
+        server
+            .at("/kite/monitor", zbus::fdo::ObjectManager)
+            .await
+            .unwrap();
+        server
+            .at("/kite/monitor/ruuvi", monitor("ruuvi", ruuvi.clone()))
+            .await
+            .unwrap();
+        server
+            .at("/kite/monitor/empty", monitor("empty", vec![]))
+            .await
+            .unwrap();
+        let application = ObjectPath::try_from("/kite/monitor").unwrap();
+        let register = async |method| {
+            object_call(
+                &client,
+                "/org/bluez/hci0",
+                MONITOR_MANAGER,
+                method,
+                &(&application,),
+            )
+            .await
+        };
+
+        // Registered, the valid monitor is activated and the invalid released.
+        register("RegisterMonitor").await.unwrap();
+        assert_eq!(
+            bluez.monitors("hci0").await,
+            vec![("or_patterns".to_string(), ruuvi.clone())]
+        );
+        assert_eq!(
+            next_calls(2).await,
+            BTreeSet::from(["empty Release".to_string(), "ruuvi Activate".to_string()])
+        );
+        assert_eq!(
+            error(register("RegisterMonitor").await).0,
+            "org.bluez.Error.AlreadyExists"
+        );
+
+        bluez.appear("hci0", SENSOR, None, &Advert::default()).await;
+        bluez.monitor_found("hci0", SENSOR).await;
+        assert_eq!(
+            next_calls(1).await,
+            BTreeSet::from([format!("ruuvi DeviceFound {SENSOR_PATH}")])
+        );
+
+        // A monitor exported later is taken and activated too.
+        let environmental = vec![(0, 0x16, vec![0x1a, 0x18])];
+        server
+            .at(
+                "/kite/monitor/environmental",
+                monitor("environmental", environmental.clone()),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            next_calls(1).await,
+            BTreeSet::from(["environmental Activate".to_string()])
+        );
+        assert_eq!(
+            bluez.monitors("hci0").await,
+            vec![
+                ("or_patterns".to_string(), ruuvi.clone()),
+                ("or_patterns".to_string(), environmental),
+            ]
+        );
+
+        // Unregistered, each monitor is released.
+        register("UnregisterMonitor").await.unwrap();
+        assert_eq!(
+            next_calls(2).await,
+            BTreeSet::from([
+                "environmental Release".to_string(),
+                "ruuvi Release".to_string()
+            ])
+        );
+        assert!(bluez.monitors("hci0").await.is_empty());
+        assert_eq!(
+            error(register("UnregisterMonitor").await).0,
+            "org.bluez.Error.DoesNotExist"
+        );
+
+        // A registration ends when its client leaves the bus.
+        register("RegisterMonitor").await.unwrap();
+        assert_eq!(bluez.monitors("hci0").await.len(), 2);
+        client.close().await.unwrap();
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        while !bluez.monitors("hci0").await.is_empty() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the registration outlived its client"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 }
