@@ -431,6 +431,8 @@ impl AdvertDecode for AdvertCodec {
     fn decode(&mut self, advert: &Advertisement) -> Result<Option<Vec<PointSample>>, String> {
         let structures = kite_ble::advert::ad_structures(advert);
         let codec = self.0.get_mut().unwrap_or_else(|e| e.into_inner());
-        codec.decode(&structures).map(Some)
+        // No points: the advertisement carries nothing the codec reads.
+        let points = codec.decode(&structures)?;
+        Ok((!points.is_empty()).then_some(points))
     }
 }

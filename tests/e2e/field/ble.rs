@@ -489,3 +489,65 @@ async fn passive_scanning_listens_through_an_advertisement_monitor() {
     }
     assert_eq!(packets, [4, 5]);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_codec_plugin_decodes_a_vendor_advertisement() {
+    let examples = crate::plugin_builds::examples();
+    let dir = tempfile::tempdir().unwrap();
+    let bluez = Bluez::start(dir.path()).await;
+    bluez.add_adapter("hci0").await;
+    let broker = Mosquitto::start(dir.path(), false).await;
+    let mut sub = Subscriber::connect(broker.port, "kite/gw/#", "ble-codec", false).await;
+    let devices = device(
+        "vendor",
+        STRANGER,
+        "codec",
+        &format!(
+            "codec = \"{}\"\ncodec_config = {{ company = 0x0A0B }}\npoints = [\"temperature\", \"humidity\"]\n",
+            examples.join("kite_example_ble_codec.wasm").display()
+        ),
+    );
+    let kite = start(
+        dir.path(),
+        &bluez,
+        &config(dir.path(), broker.port, "", &devices),
+    );
+    scanning(&kite).await;
+
+    let reading = |data: Vec<u8>| Advert {
+        rssi: -66,
+        manufacturer: vec![(0x0A0B, data)],
+        ..Default::default()
+    };
+    bluez
+        .appear("hci0", STRANGER, None, &reading(vec![0x2c, 0xf6, 41, 90]))
+        .await;
+    // Too short for the vendor's layout: counted, not sent.
+    bluez
+        .advertise("hci0", STRANGER, &reading(vec![0x01]))
+        .await;
+    bluez
+        .advertise("hci0", STRANGER, &reading(vec![0x10, 0x27, 55, 90]))
+        .await;
+    let first = sub.next_on("kite/gw/vendor", |_| true).await;
+    assert_eq!(first["points"]["temperature"]["value"], -25.16, "{first}");
+    assert_eq!(first["points"]["humidity"]["value"], 41);
+    assert!(
+        first["points"].get("battery").is_none(),
+        "not kept: {first}"
+    );
+    let second = sub.next_on("kite/gw/vendor", |_| true).await;
+    assert_eq!(second["points"]["temperature"]["value"], 100.0, "{second}");
+    let status = kite
+        .api_until("/status", "the short advertisement is counted", |s| {
+            s["devices"]["vendor"]["errors"] == 1
+        })
+        .await;
+    assert!(
+        status["devices"]["vendor"]["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("4 needed"),
+        "{status}"
+    );
+}
