@@ -111,7 +111,7 @@ pub(super) fn resolve(config: &mut Config, files: Files, report: &mut Report<'_>
     for (file, device) in files.bind_keys {
         let key = std::fs::read_to_string(&file.path)
             .map_err(|e| e.to_string())
-            .and_then(|text| super::devices::parse_bind_key(&text));
+            .and_then(|text| parse_bind_key(&text));
         match key {
             Ok(key) => {
                 let ble = config.ble.iter_mut().flat_map(|ble| &mut ble.devices);
@@ -170,4 +170,17 @@ fn resolve_tls(refs: TlsRefs, report: &mut Report<'_>) -> Option<tls::Tls> {
             None
         }
     }
+}
+
+/// A BTHome bind key: 32 hex characters.
+fn parse_bind_key(text: &str) -> Result<[u8; 16], String> {
+    let text = text.trim();
+    if text.len() != 32 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err("expected 32 hex characters (a 128-bit BTHome key)".into());
+    }
+    let mut key = [0u8; 16];
+    for (i, byte) in key.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).map_err(|e| e.to_string())?;
+    }
+    Ok(key)
 }

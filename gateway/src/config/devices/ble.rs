@@ -421,16 +421,3 @@ fn decoder_names() -> String {
         .collect::<Vec<_>>()
         .join(", ")
 }
-
-/// A BTHome bind key: 32 hex characters.
-pub(in crate::config) fn parse_bind_key(text: &str) -> Result<[u8; 16], String> {
-    let text = text.trim();
-    if text.len() != 32 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err("expected 32 hex characters (a 128-bit BTHome key)".into());
-    }
-    let mut key = [0u8; 16];
-    for (i, byte) in key.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).map_err(|e| e.to_string())?;
-    }
-    Ok(key)
-}

@@ -21,7 +21,7 @@ use super::{check_topic_level, Report, RESERVED_DEVICE_NAMES};
 mod ble;
 mod instruments;
 
-pub(super) use ble::{parse_bind_key, RawBle};
+pub(super) use ble::RawBle;
 pub use ble::{BleConfig, BleDecoder, BleDeviceConfig};
 
 /// A raw serial instrument and how its frames become points.
