@@ -12,7 +12,8 @@ use kite_ble::{
     Format, GattDevice, Tracker,
 };
 use kite_core::{BusHealth, DeviceHealth, PointSample, SampleSink};
-use kite_modbus::{BusMonitor, BusSpec, Link, WriteRequest};
+use kite_core::WriteRequest;
+use kite_modbus::{BusMonitor, BusSpec, Link};
 use kite_plugins::{Codec, Limits, PluginSpec, Trust};
 use kite_serial::decode::{DecodeError, RegexDecoder};
 use kite_serial::nmea::NmeaDecoder;

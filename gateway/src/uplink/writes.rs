@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use kite_modbus::{WriteError, WriteRequest};
+use kite_core::{WriteError, WriteRequest};
 use rumqttc::Publish;
 use serde::Deserialize;
 use tokio::sync::{mpsc, Semaphore};

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use kite_core::{PointSample, Reading, Sample, Value};
+use kite_core::{Freshness, PointSample, Reading, Sample, Value};
 use tokio::time::Instant;
 
 use crate::advert::{Address, Advertisement};
@@ -47,10 +47,7 @@ pub enum Heard {
 pub struct Tracker {
     spec: Arc<DeviceSpec>,
     decoder: Box<dyn AdvertDecode>,
-    /// The points of the last message, and when it went.
-    last: Option<(Vec<PointSample>, Instant)>,
-    last_heard: Option<Instant>,
-    stale: bool,
+    freshness: Freshness,
 }
 
 const RSSI: &str = "rssi";
@@ -58,11 +55,9 @@ const RSSI: &str = "rssi";
 impl Tracker {
     pub fn new(spec: Arc<DeviceSpec>, decoder: Box<dyn AdvertDecode>) -> Self {
         Self {
+            freshness: Freshness::new(spec.stale_after),
             spec,
             decoder,
-            last: None,
-            last_heard: None,
-            stale: false,
         }
     }
 
@@ -71,12 +66,12 @@ impl Tracker {
     }
 
     pub fn is_stale(&self) -> bool {
-        self.stale
+        self.freshness.is_stale()
     }
 
     /// One advertisement received at `now` (`ts_ms` on the wall clock).
     pub fn heard(&mut self, advert: &Advertisement, now: Instant, ts_ms: i64) -> Heard {
-        self.last_heard = Some(now);
+        self.freshness.heard(now);
         if !advert.has_data() {
             // BlueZ reports a signal strength alone when an advertisement
             // repeats what it knows; the device is alive, nothing is new.
@@ -98,18 +93,17 @@ impl Tracker {
                 reading: Reading::Good(Value::Int(rssi.into())),
             });
         }
-        let due = match &self.last {
+        let due = match self.freshness.last() {
             None => true,
-            Some((_, _)) if self.stale => true,
+            Some(_) if self.freshness.is_stale() => true,
             Some((last, sent)) => {
-                now.duration_since(*sent) >= self.spec.min_interval || changed(last, &points)
+                now.duration_since(sent) >= self.spec.min_interval || changed(last, &points)
             }
         };
-        self.stale = false;
         if !due {
             return Heard::Quiet;
         }
-        self.last = Some((points.clone(), now));
+        self.freshness.sent(&points, now);
         Heard::Sample(Sample {
             device: self.spec.name.clone(),
             ts_ms,
@@ -118,34 +112,9 @@ impl Tracker {
     }
 
     /// The stale message, once, when the device has not been heard for
-    /// `stale_after` at `now`; it is sent again only after the device was
-    /// heard and went quiet once more.
+    /// `stale_after` at `now` (see [`Freshness::check`]).
     pub fn check_stale(&mut self, now: Instant, ts_ms: i64) -> Option<Sample> {
-        let heard = self.last_heard?;
-        let silent = now.duration_since(heard);
-        if self.stale || silent < self.spec.stale_after {
-            return None;
-        }
-        self.stale = true;
-        let (last, _) = self.last.as_ref()?;
-        let reason = format!("not heard for {}", human(self.spec.stale_after));
-        let points = last
-            .iter()
-            .map(|point| match &point.reading {
-                Reading::Good(value) | Reading::Stale(value, _) => PointSample {
-                    name: point.name.clone(),
-                    unit: point.unit.clone(),
-                    reading: Reading::Stale(value.clone(), reason.clone()),
-                },
-                // A point that had no value has none to go stale.
-                Reading::Bad(_) => point.clone(),
-            })
-            .collect();
-        Some(Sample {
-            device: self.spec.name.clone(),
-            ts_ms,
-            points,
-        })
+        self.freshness.check(&self.spec.name, now, ts_ms)
     }
 
     fn keeps(&self, name: &str) -> bool {
@@ -166,20 +135,6 @@ fn changed(last: &[PointSample], now: &[PointSample]) -> bool {
             .collect::<Vec<_>>()
     };
     readings(last) != readings(now)
-}
-
-/// A duration as the config writes it: `10m`, `90s`, `2h`.
-fn human(duration: Duration) -> String {
-    let secs = duration.as_secs();
-    if secs == 0 {
-        format!("{}ms", duration.as_millis())
-    } else if secs.is_multiple_of(3600) {
-        format!("{}h", secs / 3600)
-    } else if secs.is_multiple_of(60) {
-        format!("{}m", secs / 60)
-    } else {
-        format!("{secs}s")
-    }
 }
 
 #[cfg(test)]
@@ -338,13 +293,5 @@ mod tests {
             device.heard(&empty, Instant::now(), 1),
             Heard::Undecodable("empty".into())
         );
-    }
-
-    #[test]
-    fn durations_read_as_written() {
-        assert_eq!(human(Duration::from_secs(600)), "10m");
-        assert_eq!(human(Duration::from_secs(7200)), "2h");
-        assert_eq!(human(Duration::from_secs(90)), "90s");
-        assert_eq!(human(Duration::from_millis(500)), "500ms");
     }
 }

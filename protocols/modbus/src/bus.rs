@@ -22,8 +22,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kite_core::serial::SerialLine;
-use kite_core::{now_ms, BusHealth, DeviceHealth, PointSample, Reading, Sample, SampleSink};
-use tokio::sync::{mpsc, oneshot};
+use kite_core::{now_ms, BusHealth, DeviceHealth, PointSample, Reading, Sample, SampleSink, WriteError, WriteRequest};
+use tokio::sync::mpsc;
 use tokio::time::{sleep_until, timeout, Instant};
 use tokio_modbus::client::{Client, Context};
 use tokio_modbus::prelude::SlaveContext;
@@ -32,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, trace, warn};
 
 use crate::plan::{plan_reads, ReadBlock};
-use crate::point::{Area, PointSpec, WriteError, WritePayload};
+use crate::point::{Area, PointSpec, WritePayload};
 use crate::schedule::Schedule;
 
 /// How the gateway reaches the devices of one bus.
@@ -142,15 +142,6 @@ impl BusMonitor {
             devices: spec.devices.iter().map(|_| Arc::default()).collect(),
         }
     }
-}
-
-/// A write from the uplink; the result goes back on `reply`.
-#[derive(Debug)]
-pub struct WriteRequest {
-    pub device: Arc<str>,
-    pub point: String,
-    pub value: serde_json::Value,
-    pub reply: oneshot::Sender<Result<(), WriteError>>,
 }
 
 /// Why a call failed, and so what it costs.

@@ -19,6 +19,6 @@ pub mod schedule;
 #[cfg(feature = "simulator")]
 pub mod simulator;
 
-pub use bus::{run_bus, BusMonitor, BusSpec, DeviceSpec, Link, WriteRequest};
+pub use bus::{run_bus, BusMonitor, BusSpec, DeviceSpec, Link};
 pub use plan::{plan_reads, ReadBlock};
-pub use point::{Area, ByteOrder, DataType, PointError, PointSpec, WriteError, WritePayload};
+pub use point::{Area, ByteOrder, DataType, PointError, PointSpec, WritePayload};

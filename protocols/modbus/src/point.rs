@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use kite_core::{Reading, Value};
+use kite_core::{Reading, Value, WriteError};
 use serde::Deserialize;
 
 /// Largest number of registers one read may ask for (Modbus application protocol, FC 3/4).
@@ -337,22 +337,6 @@ impl PointSpec {
 pub enum WritePayload {
     Coil(bool),
     Registers(Vec<u16>),
-}
-
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-pub enum WriteError {
-    #[error("no point named {0:?} on this device")]
-    UnknownPoint(String),
-    #[error("point {0:?} is not writable")]
-    NotWritable(String),
-    #[error("expected a {0}, got {1}")]
-    Type(&'static str, String),
-    #[error("{0}")]
-    Range(String),
-    #[error("device error: {0}")]
-    Device(String),
-    #[error("the device is shutting down")]
-    ShuttingDown,
 }
 
 enum Raw {
