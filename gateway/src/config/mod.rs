@@ -27,8 +27,9 @@ mod resolve;
 mod tls;
 mod units;
 
-pub use devices::{BleConfig, BleDecoder, BleDeviceConfig, Decode, InstrumentConfig};
+pub use devices::{BleConfig, BleDecoder, BleDeviceConfig, Decode, InstrumentConfig, ZigbeeConfig};
 pub use locate::{locate, Location};
+pub(crate) use resolve::parse_key;
 pub use tls::{Tls, TlsFiles};
 pub use units::{parse_duration, parse_size};
 
@@ -40,7 +41,7 @@ pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 256 << 10;
 pub const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:9870";
 
 /// Topic levels under the gateway that belong to Kite, so no device may take them.
-const RESERVED_DEVICE_NAMES: &[&str] = &["status", "events", "ble"];
+const RESERVED_DEVICE_NAMES: &[&str] = &["status", "events", "ble", "zigbee"];
 
 /// A validated configuration.
 #[derive(Debug, Clone, PartialEq)]
@@ -54,6 +55,8 @@ pub struct Config {
     pub instruments: Vec<InstrumentConfig>,
     /// BLE scanning, when `[ble]` or a BLE device is configured.
     pub ble: Option<BleConfig>,
+    /// The Zigbee coordinator and its devices, when `[zigbee]` is configured.
+    pub zigbee: Option<ZigbeeConfig>,
     pub plugins: Vec<PluginConfig>,
     pub plugin_trust: Trust,
     /// Things that work but deserve a second look (plaintext MQTT off the host, say).
@@ -68,6 +71,10 @@ impl Config {
             .sum::<usize>()
             + self.instruments.len()
             + self.ble.as_ref().map_or(0, |ble| ble.devices.len())
+            + self
+                .zigbee
+                .as_ref()
+                .map_or(0, |zigbee| zigbee.devices.len())
     }
 }
 

@@ -12,7 +12,7 @@ use kite_plugins::{Limits, Pattern, Trust};
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::devices::{self, BleConfig, RawBle, RawBus, RawDevice};
+use super::devices::{self, BleConfig, RawBle, RawBus, RawDevice, RawZigbee};
 use super::resolve::{FileRef, Files, TlsRefs};
 use super::units::{ByteSize, Interval};
 use super::{
@@ -39,6 +39,7 @@ pub(super) struct RawConfig {
     #[serde(default)]
     http: RawHttp,
     ble: Option<RawBle>,
+    zigbee: Option<Spanned<RawZigbee>>,
 }
 
 #[derive(Deserialize)]
@@ -287,6 +288,36 @@ impl RawConfig {
             spec: self.ble.unwrap_or_default().build(report),
             devices: ble_devices,
         });
+        let mut ieees = HashSet::new();
+        for device in &devices.zigbee {
+            if !ieees.insert(device.ieee) {
+                report.push(
+                    0..0,
+                    format!(
+                        "Zigbee address {} is given to more than one device",
+                        kite_zigbee::znp::ieee_to_string(device.ieee)
+                    ),
+                );
+            }
+        }
+        let zigbee = match self.zigbee {
+            Some(raw) => Some(
+                raw.into_inner()
+                    .build(report, base, &mut files, devices.zigbee),
+            ),
+            None => {
+                if let Some(device) = devices.zigbee.first() {
+                    report.push(
+                        0..0,
+                        format!(
+                            "device {:?}: Zigbee devices need a [zigbee] section with the coordinator's port",
+                            &*device.name
+                        ),
+                    );
+                }
+                None
+            }
+        };
         let device_names = devices.names;
         let mut plugin_names = HashSet::new();
         let plugins = self
@@ -318,6 +349,7 @@ impl RawConfig {
             modbus: devices.modbus,
             instruments: devices.instruments,
             ble,
+            zigbee,
             warnings,
         };
         (config, files)

@@ -59,6 +59,9 @@ pub(super) struct Files {
     pub components: Vec<(FileRef, &'static str)>,
     /// BTHome bind keys, with the device each is for.
     pub bind_keys: Vec<(FileRef, String)>,
+    /// The Zigbee network key: checked when it exists (it is created at
+    /// the first start otherwise).
+    pub zigbee_key: Option<FileRef>,
 }
 
 /// Reads what `files` names into `config`; what cannot be read is a problem at its place.
@@ -111,7 +114,7 @@ pub(super) fn resolve(config: &mut Config, files: Files, report: &mut Report<'_>
     for (file, device) in files.bind_keys {
         let key = std::fs::read_to_string(&file.path)
             .map_err(|e| e.to_string())
-            .and_then(|text| parse_bind_key(&text));
+            .and_then(|text| parse_key(&text));
         match key {
             Ok(key) => {
                 let ble = config.ble.iter_mut().flat_map(|ble| &mut ble.devices);
@@ -125,6 +128,17 @@ pub(super) fn resolve(config: &mut Config, files: Files, report: &mut Report<'_>
                 file.span,
                 format!("bind_key_file {}: {e}", file.path.display()),
             ),
+        }
+    }
+    if let Some(file) = files.zigbee_key.filter(|f| f.path.exists()) {
+        let key = std::fs::read_to_string(&file.path)
+            .map_err(|e| e.to_string())
+            .and_then(|text| parse_key(&text));
+        if let Err(e) = key {
+            report.push(
+                file.span,
+                format!("zigbee.network_key_file {}: {e}", file.path.display()),
+            );
         }
     }
     for (file, what) in files.components {
@@ -172,11 +186,11 @@ fn resolve_tls(refs: TlsRefs, report: &mut Report<'_>) -> Option<tls::Tls> {
     }
 }
 
-/// A BTHome bind key: 32 hex characters.
-fn parse_bind_key(text: &str) -> Result<[u8; 16], String> {
+/// A 128-bit key (a BTHome bind key, a Zigbee network key): 32 hex characters.
+pub(crate) fn parse_key(text: &str) -> Result<[u8; 16], String> {
     let text = text.trim();
     if text.len() != 32 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err("expected 32 hex characters (a 128-bit BTHome key)".into());
+        return Err("expected 32 hex characters (a 128-bit key)".into());
     }
     let mut key = [0u8; 16];
     for (i, byte) in key.iter_mut().enumerate() {

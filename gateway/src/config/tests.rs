@@ -466,3 +466,82 @@ fn gatt_points_are_read_on_an_interval_or_notified() {
         "at least 1s",
     );
 }
+
+#[test]
+fn zigbee_takes_documented_defaults_and_names_its_mistakes() {
+    let text = format!(
+        "{MINIMAL}[zigbee]\nport = \"/dev/ttyACM0\"\n\
+         [[devices]]\nname = \"plug\"\nprotocol = \"zigbee\"\naddress = \"0x00124B0012345678\"\n\
+         [[devices.points]]\nname = \"on\"\nwritable = true\n\
+         [[devices]]\nname = \"weather\"\nprotocol = \"zigbee\"\naddress = \"00:12:4b:00:aa:bb:cc:dd\"\npoints = [\"temperature\", \"humidity\"]\nstale_after = \"30m\"\n"
+    );
+    let config = from_text(&text, Path::new("kite.toml")).unwrap();
+    let zigbee = config.zigbee.expect("[zigbee] configured");
+    assert_eq!((zigbee.baud, zigbee.channel), (115_200, 15));
+    assert_eq!((zigbee.pan_id, zigbee.extended_pan_id), (None, None));
+    assert!(!zigbee.permit_join);
+    let [plug, weather] = &zigbee.devices[..] else {
+        panic!("two devices");
+    };
+    assert_eq!(plug.ieee, 0x0012_4b00_1234_5678);
+    assert_eq!(plug.writable, ["on"]);
+    assert_eq!(plug.points, None, "a table only makes a point writable");
+    assert_eq!(plug.stale_after, Duration::from_secs(7200));
+    assert_eq!(weather.ieee, 0x0012_4b00_aabb_ccdd);
+    assert_eq!(
+        weather.points.as_deref(),
+        Some(&["temperature".to_string(), "humidity".to_string()][..])
+    );
+    assert_eq!(weather.stale_after, Duration::from_secs(1800));
+
+    let hex = format!(
+        "{MINIMAL}[zigbee]\nport = \"/dev/ttyACM0\"\npan_id = 0x1a2b\nextended_pan_id = \"0xdddddddddddddddd\"\nchannel = 25\n"
+    );
+    let zigbee = from_text(&hex, Path::new("kite.toml"))
+        .unwrap()
+        .zigbee
+        .unwrap();
+    assert_eq!(zigbee.pan_id, Some(0x1a2b));
+    assert_eq!(zigbee.extended_pan_id, Some(0xdddd_dddd_dddd_dddd));
+
+    check_error(
+        "[zigbee]\nport = \"/dev/x\"\nchannel = 27\n",
+        8,
+        "expected 11 to 26",
+    );
+    check_error(
+        "[zigbee]\nport = \"/dev/x\"\npan_id = 0xffff\n",
+        8,
+        "other than 0xffff",
+    );
+    check_error(
+        "[zigbee]\nport = \"/dev/x\"\nextended_pan_id = \"nope\"\n",
+        8,
+        "64-bit number",
+    );
+    let device = |extra: &str| {
+        format!("[zigbee]\nport = \"/dev/x\"\n[[devices]]\nname = \"d\"\nprotocol = \"zigbee\"\n{extra}")
+    };
+    check_error(&device("address = \"0x12\"\n"), 11, "IEEE address");
+    check_error(&device(""), 9, "needs `address`");
+    check_error(
+        &device("address = \"0x00124b0012345678\"\n[[devices.points]]\nname = \"temperature\"\nwritable = true\n"),
+        14,
+        "only `on` and `level` can",
+    );
+    check_error(
+        &device("address = \"0x00124b0012345678\"\npoll_interval = \"1s\"\n"),
+        12,
+        "`poll_interval` does not apply",
+    );
+    check_error(
+        "[[devices]]\nname = \"d\"\nprotocol = \"zigbee\"\naddress = \"0x00124b0012345678\"\n",
+        0,
+        "need a [zigbee] section",
+    );
+    check_error(
+        "[[devices]]\nname = \"zigbee\"\nprotocol = \"modbus-tcp\"\naddress = \"127.0.0.1:502\"\n",
+        7,
+        "reserved",
+    );
+}

@@ -3,6 +3,7 @@
 //! whose settings did not change keeps running untouched; one that changed
 //! is stopped and awaited before its successor opens the same port.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -11,13 +12,14 @@ use kite_ble::{
     AdvertDecode, AdvertDecoder, Advertisement, BleDevice, BleHealth, BleOutputs, Discovered,
     Format, GattDevice, Tracker,
 };
-use kite_core::{BusHealth, DeviceHealth, PointSample, SampleSink};
 use kite_core::WriteRequest;
+use kite_core::{BusHealth, DeviceHealth, PointSample, SampleSink};
 use kite_modbus::{BusMonitor, BusSpec, Link};
 use kite_plugins::{Codec, Limits, PluginSpec, Trust};
 use kite_serial::decode::{DecodeError, RegexDecoder};
 use kite_serial::nmea::NmeaDecoder;
 use kite_serial::FrameDecoder;
+use kite_zigbee::{ZigbeeCommand, ZigbeeHealth, ZigbeeInputs};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -25,7 +27,8 @@ use tracing::error;
 
 use super::reconcile::{reconcile, Step};
 use super::sandbox::{FileStamp, SandboxSlot};
-use crate::config::{BleConfig, BleDecoder, Decode, InstrumentConfig};
+use super::zigbee;
+use crate::config::{BleConfig, BleDecoder, Decode, InstrumentConfig, ZigbeeConfig};
 use crate::current::Current;
 use crate::ops::vitals::FieldHealth;
 use crate::uplink::wire::MessageRoom;
@@ -43,6 +46,8 @@ enum LinkConfig {
         /// A codec plug-in's file and whom it must be signed by.
         codec: Option<(FileStamp, Trust)>,
     },
+    /// The Zigbee coordinator and its devices.
+    Zigbee(Box<ZigbeeConfig>),
     /// The BLE adapter and every sensor it listens for.
     Ble {
         config: Box<BleConfig>,
@@ -62,6 +67,7 @@ impl LinkConfig {
             },
             LinkConfig::Instrument { config, .. } => format!("device {}", config.spec.name),
             LinkConfig::Ble { config, .. } => format!("BLE adapter {}", config.spec.adapter),
+            LinkConfig::Zigbee(config) => format!("Zigbee coordinator {}", config.port),
         }
     }
 }
@@ -75,6 +81,7 @@ struct RunningLink {
     bus: Option<(String, Arc<BusHealth>)>,
     devices: Vec<(String, Arc<DeviceHealth>)>,
     ble: Option<(String, Arc<BleHealth>)>,
+    zigbee: Option<(Arc<ZigbeeHealth>, mpsc::Sender<ZigbeeCommand>)>,
 }
 
 /// The links that poll the configured devices.
@@ -83,6 +90,8 @@ pub struct Field {
     samples: SampleSink,
     /// Reports of BLE devices that are not configured.
     discovered: mpsc::Sender<Discovered>,
+    /// Where the Zigbee network keeps its memory and key.
+    data_dir: PathBuf,
     /// Where codec plug-ins keep their state.
     codec_state: PathBuf,
     /// How large a codec's output may become.
@@ -93,6 +102,7 @@ impl Field {
     pub fn new(
         samples: SampleSink,
         discovered: mpsc::Sender<Discovered>,
+        data_dir: PathBuf,
         codec_state: PathBuf,
         room: Arc<Current<MessageRoom>>,
     ) -> Self {
@@ -100,6 +110,7 @@ impl Field {
             links: Vec::new(),
             samples,
             discovered,
+            data_dir,
             codec_state,
             room,
         }
@@ -113,6 +124,7 @@ impl Field {
         modbus: &[BusSpec],
         instruments: &[InstrumentConfig],
         ble: Option<&BleConfig>,
+        zigbee: Option<&ZigbeeConfig>,
         trust: &Trust,
         sandbox: &mut SandboxSlot,
     ) -> Vec<String> {
@@ -144,6 +156,7 @@ impl Field {
                     trust: trust.clone(),
                 }
             }))
+            .chain(zigbee.map(|zigbee| LinkConfig::Zigbee(Box::new(zigbee.clone()))))
             .collect();
         let steps = reconcile(
             std::mem::take(&mut self.links),
@@ -204,6 +217,7 @@ impl Field {
             bus: None,
             devices: Vec::new(),
             ble: None,
+            zigbee: None,
         };
         match config {
             LinkConfig::Modbus(bus) => {
@@ -242,6 +256,7 @@ impl Field {
                     Err(e) => refuse(&name, &health, &e),
                 }
             }
+            LinkConfig::Zigbee(config) => self.start_zigbee(*config, &mut link, stop),
             LinkConfig::Ble { config, trust, .. } => {
                 let BleConfig { spec, devices } = *config;
                 let health = Arc::new(BleHealth::default());
@@ -320,6 +335,55 @@ impl Field {
         link
     }
 
+    /// Starts the Zigbee network: its settings completed from its memory
+    /// (PAN ids chosen once) and its key file (created once).
+    fn start_zigbee(&self, config: ZigbeeConfig, link: &mut RunningLink, stop: CancellationToken) {
+        let health = Arc::new(ZigbeeHealth::default());
+        let mut device_health = HashMap::new();
+        let (writes_tx, writes_rx) = mpsc::channel(WRITE_QUEUE);
+        for device in &config.devices {
+            let h = Arc::new(DeviceHealth::default());
+            device_health.insert(device.ieee, h.clone());
+            link.devices.push((device.name.to_string(), h));
+            link.routes
+                .push((device.name.to_string(), writes_tx.clone()));
+        }
+        let (commands_tx, commands_rx) = mpsc::channel(WRITE_QUEUE);
+        link.zigbee = Some((health.clone(), commands_tx));
+        let prepared = zigbee::prepare(&config, &self.data_dir);
+        let (spec, store) = match prepared {
+            Ok(prepared) => prepared,
+            Err(e) => {
+                error!(port = %config.port, error = %e, "Zigbee network REFUSED");
+                for (_, h) in &link.devices {
+                    h.refused.store(true, Ordering::Relaxed);
+                    h.set_last_error(e.clone());
+                }
+                return;
+            }
+        };
+        let inputs = ZigbeeInputs {
+            writes: writes_rx,
+            commands: commands_rx,
+        };
+        link.task = Some(tokio::spawn(kite_zigbee::run_zigbee(
+            spec,
+            store,
+            health,
+            device_health,
+            self.samples.clone(),
+            inputs,
+            stop,
+        )));
+    }
+
+    /// Where network commands go, while a Zigbee network runs.
+    pub fn zigbee_commands(&self) -> Option<mpsc::Sender<ZigbeeCommand>> {
+        self.links
+            .iter()
+            .find_map(|l| l.zigbee.as_ref().map(|(_, commands)| commands.clone()))
+    }
+
     /// Starts a codec plug-in for `device`, off the runtime's threads:
     /// compiling takes long.
     async fn codec(
@@ -379,6 +443,10 @@ impl Field {
         FieldHealth {
             buses: self.links.iter().filter_map(|l| l.bus.clone()).collect(),
             ble: self.links.iter().find_map(|l| l.ble.clone()),
+            zigbee: self
+                .links
+                .iter()
+                .find_map(|l| l.zigbee.as_ref().map(|(health, _)| health.clone())),
             devices: self
                 .links
                 .iter()

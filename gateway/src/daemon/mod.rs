@@ -35,7 +35,7 @@ use crate::current::Current;
 use crate::ops::vitals::{Vitals, STALL_LIMIT};
 use crate::ops::{http, systemd};
 use crate::store::{Buffer, BufferHandle};
-use crate::uplink::{Uplink, UplinkContext, WriteRoutes};
+use crate::uplink::{Uplink, UplinkContext};
 use ingest::{Ingest, Inputs};
 use links::Field;
 use plugins::{watch_plugins, Plugins};
@@ -50,6 +50,7 @@ mod reconcile;
 mod reload;
 mod sandbox;
 mod workload;
+mod zigbee;
 
 /// Samples between the pollers and the buffer; when it is full, pollers wait.
 const SAMPLE_CHANNEL: usize = 1024;
@@ -100,13 +101,7 @@ pub async fn run(
         Arc::new(UplinkCounters::default()),
         stall_limit,
     ));
-    let routes = Arc::<Current<WriteRoutes>>::default();
     let (results_tx, results_rx) = mpsc::channel(WRITE_RESULTS);
-    let uplink = Uplink::new(
-        config.mqtt.clone(),
-        &config.gateway.id,
-        uplink_context(&vitals, routes.clone(), results_tx.clone()),
-    );
     let http_listener = match config.http.listen {
         Some(listen) => match tokio::net::TcpListener::bind(listen).await {
             Ok(listener) => Some(listener),
@@ -128,12 +123,24 @@ pub async fn run(
     let room = Arc::new(Current::new(workload::message_room(&config)));
     let mut workload = Workload {
         sandbox: SandboxSlot::new(data_dir.join("plugin-cache")),
-        field: Field::new(sink, discovered_tx, plugin_state.clone(), room.clone()),
+        field: Field::new(
+            sink,
+            discovered_tx,
+            data_dir.clone(),
+            plugin_state.clone(),
+            room.clone(),
+        ),
         plugins: Plugins::new(outputs_tx, plugin_state, room.clone()),
-        routes,
+        routes: Arc::default(),
+        zigbee: Arc::default(),
         vitals: vitals.clone(),
         room: room.clone(),
     };
+    let uplink = Uplink::new(
+        config.mqtt.clone(),
+        &config.gateway.id,
+        uplink_context(&vitals, &workload, results_tx.clone()),
+    );
     workload.apply(&config).await;
     let watching = CancellationToken::new();
     let plugin_handles = workload.plugins.handles.clone();
@@ -263,11 +270,12 @@ async fn hangup_received(hangup: &mut Option<Signal>) -> Option<()> {
 /// reload starts.
 fn uplink_context(
     vitals: &Arc<Vitals>,
-    routes: Arc<Current<WriteRoutes>>,
+    workload: &Workload,
     results: mpsc::Sender<crate::uplink::WriteOutcome>,
 ) -> UplinkContext {
     UplinkContext {
-        routes,
+        routes: workload.routes.clone(),
+        zigbee: workload.zigbee.clone(),
         results,
         buffer: vitals.buffer.clone(),
         counters: vitals.uplink.clone(),

@@ -61,11 +61,7 @@ impl Running {
             Uplink::new(
                 new.mqtt.clone(),
                 &old.gateway.id,
-                uplink_context(
-                    &self.workload.vitals,
-                    self.workload.routes.clone(),
-                    self.results.clone(),
-                ),
+                uplink_context(&self.workload.vitals, &self.workload, self.results.clone()),
             )
         });
         for warning in &new.warnings {

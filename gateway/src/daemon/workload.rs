@@ -4,6 +4,9 @@
 
 use std::sync::Arc;
 
+use kite_zigbee::ZigbeeCommand;
+use tokio::sync::mpsc;
+
 use super::links::Field;
 use super::plugins::Plugins;
 use super::sandbox::SandboxSlot;
@@ -21,6 +24,8 @@ pub(super) struct Workload {
     pub field: Field,
     pub plugins: Plugins,
     pub routes: Arc<Current<WriteRoutes>>,
+    /// Where the uplink sends network commands, while a Zigbee network runs.
+    pub zigbee: Arc<Current<Option<mpsc::Sender<ZigbeeCommand>>>>,
     pub vitals: Arc<Vitals>,
     /// How large what is stored may be, for the ingest task, links and plug-ins.
     pub room: Arc<Current<MessageRoom>>,
@@ -43,6 +48,7 @@ impl Workload {
                     &config.modbus,
                     &config.instruments,
                     config.ble.as_ref(),
+                    config.zigbee.as_ref(),
                     &config.plugin_trust,
                     &mut self.sandbox,
                 )
@@ -55,6 +61,7 @@ impl Workload {
         self.vitals.field.set(health);
         self.vitals.plugins.set(plugins);
         self.routes.set(self.field.routes());
+        self.zigbee.set(self.field.zigbee_commands());
         changes
     }
     /// Stops every link and waits for it (what they read is handed to the

@@ -24,7 +24,7 @@ use crate::ops::history::History;
 use crate::store::{BufferHandle, Stats};
 use crate::uplink::wire::{
     BleReport, BufferReport, BusReport, DeviceReport, HistoryReport, PluginReport, Status,
-    UplinkReport,
+    UplinkReport, ZigbeeReport,
 };
 use crate::uplink::StatusSource;
 
@@ -44,6 +44,8 @@ pub struct FieldHealth {
     pub devices: Vec<(String, Arc<DeviceHealth>)>,
     /// The BLE adapter, when BLE is configured.
     pub ble: Option<(String, Arc<kite_ble::BleHealth>)>,
+    /// The Zigbee network, when configured.
+    pub zigbee: Option<Arc<kite_zigbee::ZigbeeHealth>>,
 }
 
 /// The pipeline's state, as the checks, the status message and the
@@ -157,6 +159,7 @@ impl StatusSource for Vitals {
                     last_error: device.last_error(),
                     last_seen: Some(device.last_seen_ms.load(Ordering::Relaxed))
                         .filter(|ms| *ms > 0),
+                    linkquality: device.linkquality(),
                 };
                 (name.clone(), report)
             })
@@ -215,6 +218,17 @@ impl StatusSource for Vitals {
                 decode_errors: load(&ble.decode_errors),
                 discovered: load(&ble.discovered),
                 dropped: load(&ble.dropped),
+            }),
+            zigbee: field.zigbee.as_ref().map(|zigbee| ZigbeeReport {
+                state: zigbee.state(),
+                channel: load(&zigbee.channel),
+                pan_id: format!("{:#06x}", load(&zigbee.pan_id)),
+                devices: load(&zigbee.devices),
+                joined_since_start: load(&zigbee.joined_since_start),
+                coordinator_resets: load(&zigbee.coordinator_resets),
+                interviews_failed: load(&zigbee.interviews_failed),
+                discarded_bytes: load(&zigbee.line.discarded_bytes),
+                dropped: load(&zigbee.line.dropped),
             }),
             buses,
             devices,

@@ -27,7 +27,8 @@
 //!     body   TEXT    NOT NULL,  -- telemetry: the JSON `points` object;
 //!                               -- events: the event's JSON object without `seq`;
 //!                               -- write results: the result's JSON object
-//!     kind   INTEGER NOT NULL DEFAULT 0  -- 0 telemetry, 1 event, 2 write result
+//!     kind   INTEGER NOT NULL DEFAULT 0  -- 0 telemetry, 1 event, 2 write result,
+//!                                        -- 3 BLE discovery, 4 command result
 //!                                        -- (added in version 2)
 //! );
 //! CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);  -- 'dropped', 'set_aside'
@@ -75,6 +76,7 @@ mod handle;
 mod reader;
 pub mod recovery;
 mod schema;
+pub mod zigbee;
 
 pub use buffer::Buffer;
 pub use handle::BufferHandle;
@@ -139,6 +141,9 @@ pub enum Kind {
     WriteResult = 2,
     /// A BLE device heard that is not in the config, for `ble/discovered`.
     Discovery = 3,
+    /// The result of a network command (`zigbee/permit_join`), for
+    /// `{device}/result` where `device` is the command's topic.
+    CommandResult = 4,
 }
 
 impl Kind {
@@ -147,6 +152,7 @@ impl Kind {
             1 => Kind::Event,
             2 => Kind::WriteResult,
             3 => Kind::Discovery,
+            4 => Kind::CommandResult,
             _ => Kind::Telemetry,
         }
     }

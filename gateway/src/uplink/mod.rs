@@ -38,6 +38,7 @@ use delivery::Delivery;
 use wire::{Status, Topics};
 use writes::MAX_CONCURRENT_WRITES;
 
+mod commands;
 mod delivery;
 pub mod wire;
 mod writes;
@@ -53,6 +54,8 @@ pub struct Uplink {
     config: MqttConfig,
     topics: Topics,
     routes: Arc<Current<WriteRoutes>>,
+    /// Where network commands go, when a Zigbee network runs.
+    zigbee: Arc<Current<Option<mpsc::Sender<kite_zigbee::ZigbeeCommand>>>>,
     /// Where write results go: to the ingest task, which stores them.
     results: mpsc::Sender<WriteOutcome>,
     options: MqttOptions,
@@ -64,6 +67,7 @@ pub struct Uplink {
 /// What the uplink works with besides its settings.
 pub struct UplinkContext {
     pub routes: Arc<Current<WriteRoutes>>,
+    pub zigbee: Arc<Current<Option<mpsc::Sender<kite_zigbee::ZigbeeCommand>>>>,
     pub results: mpsc::Sender<WriteOutcome>,
     pub buffer: BufferHandle,
     pub counters: Arc<UplinkCounters>,
@@ -84,6 +88,7 @@ impl Uplink {
             config,
             topics,
             routes: context.routes,
+            zigbee: context.zigbee,
             results: context.results,
             buffer: context.buffer,
             counters: context.counters,
@@ -179,6 +184,9 @@ impl Uplink {
                         if let Err(e) = client.try_subscribe(topics.set_filter(), QoS::AtLeastOnce) {
                             return lost(connected, e);
                         }
+                        if let Err(e) = client.try_subscribe(topics.zigbee_filter(), QoS::AtLeastOnce) {
+                            return lost(connected, e);
+                        }
                         if let Err(e) = self.publish_status(&client, &mut delivery).await {
                             return lost(connected, e);
                         }
@@ -193,7 +201,9 @@ impl Uplink {
                         }
                     }
                     Ok(Event::Incoming(Incoming::Publish(publish))) => {
-                        self.on_set(&publish, writes);
+                        if !self.on_command(&publish) {
+                            self.on_set(&publish, writes);
+                        }
                     }
                     Ok(_) => {}
                     Err(e) => return lost(connected, connection_error(e)),

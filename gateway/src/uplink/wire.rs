@@ -50,6 +50,23 @@ impl Topics {
     pub fn ble_discovered(&self) -> String {
         format!("{}/ble/discovered", self.base)
     }
+    /// A network command: `command` is like `zigbee/permit_join`.
+    pub fn command(&self, command: &str) -> String {
+        format!("{}/{command}", self.base)
+    }
+    pub fn command_result(&self, command: &str) -> String {
+        format!("{}/{command}/result", self.base)
+    }
+    /// The network commands Kite takes (`zigbee/permit_join`, `zigbee/remove`).
+    pub fn zigbee_filter(&self) -> String {
+        format!("{}/zigbee/+", self.base)
+    }
+    /// The command a `.../zigbee/{command}` topic carries: `zigbee/permit_join`.
+    pub fn zigbee_command<'t>(&self, topic: &'t str) -> Option<&'t str> {
+        let command = topic.strip_prefix(&self.base)?.strip_prefix('/')?;
+        let name = command.strip_prefix("zigbee/")?;
+        (!name.is_empty() && !name.contains('/')).then_some(command)
+    }
 
     /// The device a `.../{device}/set` topic addresses.
     pub fn set_device<'t>(&self, topic: &'t str) -> Option<&'t str> {
@@ -67,6 +84,7 @@ impl Topics {
             Kind::Event => self.events(),
             Kind::WriteResult => self.set_result(&record.device),
             Kind::Discovery => self.ble_discovered(),
+            Kind::CommandResult => self.command_result(&record.device),
         }
     }
 }
@@ -176,6 +194,21 @@ pub struct WriteResult {
     pub error: Option<String>,
 }
 
+/// The answer to a network command, on `{command}/result`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CommandResult {
+    pub id: serde_json::Value,
+    pub ok: bool,
+    pub error: Option<String>,
+}
+
+/// A write's or a command's answer, on its way to the buffer.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Answer {
+    Write(WriteResult),
+    Command(CommandResult),
+}
+
 /// The gateway's status: the retained message on `{prefix}/{gateway}/status`
 /// while it runs, and the body of `/status` on the local API.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -190,6 +223,9 @@ pub struct Status {
     /// The BLE adapter, when BLE is configured.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ble: Option<BleReport>,
+    /// The Zigbee network, when configured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub zigbee: Option<ZigbeeReport>,
     pub buses: BTreeMap<String, BusReport>,
     pub devices: BTreeMap<String, DeviceReport>,
     pub plugins: BTreeMap<String, PluginReport>,
@@ -254,6 +290,25 @@ pub struct BleReport {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ZigbeeReport {
+    /// `starting`, `running` or `offline` (the stick does not answer).
+    pub state: &'static str,
+    pub channel: u64,
+    /// Like `"0x1a2b"`.
+    pub pan_id: String,
+    /// Devices on the network.
+    pub devices: u64,
+    pub joined_since_start: u64,
+    /// Times the stick reset by itself or stopped answering and was started again.
+    pub coordinator_resets: u64,
+    pub interviews_failed: u64,
+    /// Bytes on the line that were not frames (noise, bad checksums).
+    pub discarded_bytes: u64,
+    /// Indications dropped because the gateway fell behind.
+    pub dropped: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct BusReport {
     /// `open` or `closed`.
     pub state: &'static str,
@@ -273,6 +328,9 @@ pub struct DeviceReport {
     /// When the device last answered or sent something readable, in
     /// milliseconds since the Unix epoch.
     pub last_seen: Option<i64>,
+    /// The link quality (LQI, 0-255) of a Zigbee device's last message.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub linkquality: Option<u8>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -336,7 +394,7 @@ pub fn message(record: &Record) -> Result<String, BadRow> {
             })
             .map_err(bad)
         }
-        Kind::WriteResult | Kind::Discovery => {
+        Kind::WriteResult | Kind::Discovery | Kind::CommandResult => {
             // Stored whole, as published.
             let result: &RawValue = serde_json::from_str(&record.body).map_err(bad)?;
             Ok(result.get().to_string())
@@ -354,13 +412,17 @@ pub fn event_record(event: &Event) -> NewRecord {
     }
 }
 
-/// The row to store for one write result.
-pub fn result_record(device: &str, ts_ms: i64, result: &WriteResult) -> NewRecord {
+/// The row to store for one write or command result.
+pub fn result_record(device: &str, ts_ms: i64, result: &Answer) -> NewRecord {
+    let (kind, body) = match result {
+        Answer::Write(result) => (Kind::WriteResult, serde_json::to_string(result)),
+        Answer::Command(result) => (Kind::CommandResult, serde_json::to_string(result)),
+    };
     NewRecord {
-        kind: Kind::WriteResult,
+        kind,
         ts_ms,
         device: device.to_string(),
-        body: serde_json::to_string(result).expect("a write result serializes"),
+        body: body.expect("a result serializes"),
     }
 }
 
@@ -521,7 +583,7 @@ mod tests {
             ok: false,
             error: Some("busy".into()),
         };
-        let stored = result_record("boiler-1", 5, &result);
+        let stored = result_record("boiler-1", 5, &Answer::Write(result.clone()));
         let published = message(&row(9, Kind::WriteResult, "boiler-1", &stored.body)).unwrap();
         assert_eq!(
             serde_json::from_str::<serde_json::Value>(&published).unwrap(),

@@ -14,7 +14,7 @@ use serde::Deserialize;
 use tokio::sync::{mpsc, Semaphore};
 use tracing::{info, warn};
 
-use super::wire::WriteResult;
+use super::wire::{Answer, WriteResult};
 use super::Uplink;
 
 /// How long a write waits for its device before the result says so.
@@ -27,13 +27,14 @@ const MAX_REQUEST_ID_BYTES: usize = 256;
 /// Where each device's write requests go.
 pub type WriteRoutes = HashMap<String, mpsc::Sender<WriteRequest>>;
 
-/// The result of a write request, on its way to the buffer (and from
-/// there to `{device}/set/result`).
+/// The result of a write request or a network command, on its way to the
+/// buffer (and from there to `{device}/set/result`, or `{command}/result`
+/// where `device` is the command, like `zigbee/permit_join`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct WriteOutcome {
     pub device: String,
     pub ts_ms: i64,
-    pub result: WriteResult,
+    pub result: Answer,
 }
 
 /// A write request as the cloud sends it.
@@ -146,7 +147,7 @@ impl Uplink {
             let outcome = WriteOutcome {
                 device,
                 ts_ms: kite_core::now_ms(),
-                result,
+                result: Answer::Write(result),
             };
             // Bounded by the write permits; waits while the buffer catches up.
             if results.send(outcome).await.is_err() {
@@ -164,12 +165,12 @@ impl Uplink {
         let outcome = WriteOutcome {
             device,
             ts_ms: kite_core::now_ms(),
-            result: WriteResult {
+            result: Answer::Write(WriteResult {
                 id,
                 point,
                 ok: false,
                 error: Some(error),
-            },
+            }),
         };
         if self.results.try_send(outcome).is_err() {
             self.counters

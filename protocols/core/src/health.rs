@@ -1,7 +1,7 @@
 //! What an operator needs to see about a device or a bus: counters and the
 //! last error, shared between the task that polls and the status reporter.
 
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU16, AtomicU64, Ordering};
 use std::sync::Mutex;
 
 /// Longest `last_error` kept, in bytes.
@@ -45,6 +45,8 @@ pub struct DeviceHealth {
     /// When it last answered or sent something that could be read, in
     /// milliseconds since the Unix epoch; 0: never.
     pub last_seen_ms: AtomicI64,
+    /// The link quality of its last message (a Zigbee LQI) plus one; 0: none.
+    linkquality: AtomicU16,
     last_error: Mutex<Option<String>>,
 }
 
@@ -58,6 +60,16 @@ impl DeviceHealth {
     pub fn record_read(&self, ts_ms: i64) {
         self.reads.fetch_add(1, Ordering::Relaxed);
         self.last_seen_ms.store(ts_ms, Ordering::Relaxed);
+    }
+
+    pub fn set_linkquality(&self, lqi: u8) {
+        self.linkquality
+            .store(u16::from(lqi) + 1, Ordering::Relaxed);
+    }
+
+    pub fn linkquality(&self) -> Option<u8> {
+        let stored = self.linkquality.load(Ordering::Relaxed);
+        stored.checked_sub(1).map(|lqi| lqi as u8)
     }
 
     pub fn record_poll(&self, took: std::time::Duration) {

@@ -22,7 +22,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kite_core::serial::SerialLine;
-use kite_core::{now_ms, BusHealth, DeviceHealth, PointSample, Reading, Sample, SampleSink, WriteError, WriteRequest};
+use kite_core::{
+    now_ms, BusHealth, DeviceHealth, PointSample, Reading, Sample, SampleSink, WriteError,
+    WriteRequest,
+};
 use tokio::sync::mpsc;
 use tokio::time::{sleep_until, timeout, Instant};
 use tokio_modbus::client::{Client, Context};

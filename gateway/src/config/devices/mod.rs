@@ -20,9 +20,12 @@ use super::{check_topic_level, Report, RESERVED_DEVICE_NAMES};
 
 mod ble;
 mod instruments;
+mod zigbee;
 
 pub(super) use ble::RawBle;
 pub use ble::{BleConfig, BleDecoder, BleDeviceConfig};
+pub(super) use zigbee::RawZigbee;
+pub use zigbee::ZigbeeConfig;
 
 /// A raw serial instrument and how its frames become points.
 #[derive(Debug, Clone, PartialEq)]
@@ -54,6 +57,7 @@ enum Protocol {
     ModbusRtuOverTcp,
     Serial,
     Ble,
+    Zigbee,
 }
 
 #[derive(Deserialize)]
@@ -252,6 +256,9 @@ struct RawPoint {
     length: Option<Spanned<u16>>,
     /// Raw serial: the named capture group; the point's name by default.
     capture: Option<Spanned<String>>,
+    /// Written as a bare name in `points = [...]`, not as a table.
+    #[serde(skip)]
+    bare: bool,
 }
 
 fn default_scale() -> f64 {
@@ -273,6 +280,7 @@ impl RawPoint {
             bit: None,
             length: None,
             capture: None,
+            bare: true,
         }
     }
 }
@@ -283,6 +291,7 @@ pub(super) struct Devices {
     pub modbus: Vec<BusSpec>,
     pub instruments: Vec<InstrumentConfig>,
     pub ble: Vec<BleDeviceConfig>,
+    pub zigbee: Vec<kite_zigbee::ZigbeeDevice>,
     pub names: HashSet<String>,
 }
 
@@ -447,6 +456,12 @@ impl RawDevice {
             }
             return None;
         }
+        if protocol == Protocol::Zigbee {
+            if let Some(device) = self.build_zigbee(report) {
+                found.zigbee.push(device);
+            }
+            return None;
+        }
 
         let uses_bus = matches!(protocol, Protocol::ModbusRtu | Protocol::Serial);
         let line = if uses_bus {
@@ -549,7 +564,7 @@ impl RawDevice {
                     ))
                 }
             }
-            Protocol::Serial | Protocol::Ble => None,
+            Protocol::Serial | Protocol::Ble | Protocol::Zigbee => None,
         }
     }
 
@@ -559,13 +574,13 @@ impl RawDevice {
         let name = protocol_name(protocol);
         let takes_address = matches!(
             protocol,
-            Protocol::ModbusTcp | Protocol::ModbusRtuOverTcp | Protocol::Ble
+            Protocol::ModbusTcp | Protocol::ModbusRtuOverTcp | Protocol::Ble | Protocol::Zigbee
         );
         if takes_address && self.address.is_none() {
-            let form = if protocol == Protocol::Ble {
-                "AA:BB:CC:DD:EE:FF"
-            } else {
-                "host:port"
+            let form = match protocol {
+                Protocol::Ble => "AA:BB:CC:DD:EE:FF",
+                Protocol::Zigbee => "its IEEE address, like 0x00124b0012345678",
+                _ => "host:port",
             };
             report.push(
                 self.name.span(),
@@ -582,20 +597,23 @@ impl RawDevice {
         };
         let is_serial = protocol == Protocol::Serial;
         let is_ble = protocol == Protocol::Ble;
+        let is_radio = is_ble || protocol == Protocol::Zigbee;
         if !is_ble {
             refuse(self.decoder.as_ref().map(Spanned::span), "decoder");
             refuse(
                 self.bind_key_file.as_ref().map(Spanned::span),
                 "bind_key_file",
             );
-            refuse(self.stale_after.as_ref().map(Spanned::span), "stale_after");
             refuse(
                 self.min_interval.as_ref().map(Spanned::span),
                 "min_interval",
             );
             refuse(self.gatt.as_ref().map(Spanned::span), "gatt");
+        }
+        if !is_radio {
+            refuse(self.stale_after.as_ref().map(Spanned::span), "stale_after");
         } else {
-            // A BLE sensor sends when it likes; nothing is polled.
+            // A radio sensor sends when it likes; nothing is polled.
             let written = |span: std::ops::Range<usize>| (span != (0..0)).then_some(span);
             refuse(written(self.poll_interval.span()), "poll_interval");
             refuse(written(self.timeout.span()), "timeout");
@@ -718,5 +736,6 @@ fn protocol_name(protocol: Protocol) -> &'static str {
         Protocol::ModbusRtuOverTcp => "modbus-rtu-over-tcp",
         Protocol::Serial => "serial",
         Protocol::Ble => "ble",
+        Protocol::Zigbee => "zigbee",
     }
 }

@@ -353,6 +353,70 @@ pub(super) fn render(vitals: &Vitals, verdict: &Verdict) -> String {
         );
     }
 
+    if let Some(zigbee) = &field.zigbee {
+        let load = |counter: &AtomicU64| count(counter);
+        let families: [(&str, &str, &str, f64); 7] = [
+            (
+                "kite_zigbee_running",
+                "gauge",
+                "1 while the coordinator runs the network",
+                f64::from(u8::from(zigbee.state() == "running")),
+            ),
+            (
+                "kite_zigbee_devices",
+                "gauge",
+                "Devices on the network",
+                load(&zigbee.devices),
+            ),
+            (
+                "kite_zigbee_joined_total",
+                "counter",
+                "Devices that joined since the gateway started",
+                load(&zigbee.joined_since_start),
+            ),
+            (
+                "kite_zigbee_coordinator_resets_total",
+                "counter",
+                "Times the stick reset by itself or stopped answering and was started again",
+                load(&zigbee.coordinator_resets),
+            ),
+            (
+                "kite_zigbee_interviews_failed_total",
+                "counter",
+                "Device interviews that failed (retried with back-off)",
+                load(&zigbee.interviews_failed),
+            ),
+            (
+                "kite_zigbee_discarded_bytes_total",
+                "counter",
+                "Bytes on the coordinator's line that were not frames",
+                load(&zigbee.line.discarded_bytes),
+            ),
+            (
+                "kite_zigbee_dropped_total",
+                "counter",
+                "Indications dropped because the gateway fell behind",
+                load(&zigbee.line.dropped),
+            ),
+        ];
+        for (name, kind, help, value) in families {
+            out.family(name, kind, help);
+            out.sample(name, &[], value);
+        }
+    }
+    out.each(
+        "kite_device_linkquality",
+        "gauge",
+        "Link quality (LQI) of a Zigbee device's last message",
+        "device",
+        &field
+            .devices
+            .iter()
+            .filter_map(|(name, h)| h.linkquality().map(|lqi| (name.clone(), lqi)))
+            .collect::<Vec<_>>(),
+        |lqi| f64::from(*lqi),
+    );
+
     let plugins = vitals.plugins.get();
     let plugins = plugins.as_slice();
     out.each(

@@ -1,0 +1,1046 @@
+//! The Zigbee network task: it owns the coordinator stick, brings the
+//! network up (and again after the stick resets or stops answering),
+//! interviews devices that join, turns their reports into samples, and
+//! carries out writes and network commands, one request at a time.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use kite_core::{
+    now_ms, Backoff, DeviceHealth, Freshness, PointSample, Reading, Sample, SampleSink, Value,
+    WriteError, WriteRequest,
+};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::clusters::{self, Scaling};
+use crate::driver::{LineCounters, Znp, ZnpError};
+use crate::startup::{self, Coordinator, NetworkSettings, Started, ENDPOINT};
+use crate::store::{DeviceRecord, Endpoint, ZigbeeStore};
+use crate::zcl::{self, ZclHeader};
+use crate::znp::{ieee_to_string, Incoming, Request};
+
+/// How long a device that joined but is not configured may stay silent
+/// before it goes stale; configured devices say their own.
+pub const DEFAULT_STALE_AFTER: Duration = Duration::from_secs(2 * 3600);
+/// How long a device may take to answer one interview step or a command.
+const DEVICE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest a permit join lasts: Zigbee's own limit (255 would mean "for ever").
+const MAX_PERMIT_JOIN: u8 = 254;
+/// Jobs waiting for the stick; more writes are refused at once.
+const MAX_JOBS: usize = 64;
+const BASIC: u16 = 0x0000;
+const ON_OFF: u16 = 0x0006;
+const LEVEL: u16 = 0x0008;
+const IAS_ZONE: u16 = 0x0500;
+
+/// The `[zigbee]` section and its devices.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ZigbeeSpec {
+    pub port: String,
+    pub baud: u32,
+    pub network: NetworkSettings,
+    /// Open joining for [`MAX_PERMIT_JOIN`] seconds at every start.
+    pub permit_join: bool,
+    pub devices: Vec<ZigbeeDevice>,
+    /// For devices that joined but are not configured.
+    pub stale_after: Duration,
+}
+
+/// A configured device.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ZigbeeDevice {
+    pub name: Arc<str>,
+    pub ieee: u64,
+    /// Only these points are kept; all when `None`.
+    pub points: Option<Vec<String>>,
+    /// Points the cloud may write (`on`, `level`).
+    pub writable: Vec<String>,
+    pub stale_after: Duration,
+}
+
+/// What an operator sees of the network.
+#[derive(Debug, Default)]
+pub struct ZigbeeHealth {
+    state: Mutex<&'static str>,
+    pub channel: AtomicU64,
+    pub pan_id: AtomicU64,
+    /// Devices on the network (joined and known).
+    pub devices: AtomicU64,
+    pub joined_since_start: AtomicU64,
+    /// Times the stick reset by itself, or stopped answering and was reopened.
+    pub coordinator_resets: AtomicU64,
+    pub interviews_failed: AtomicU64,
+    /// Reports from devices no one knows (not joined through this gateway).
+    pub unknown_reports: AtomicU64,
+    pub line: Arc<LineCounters>,
+}
+
+impl ZigbeeHealth {
+    /// `starting`, `running` or `offline` (the stick does not answer).
+    pub fn state(&self) -> &'static str {
+        let state = *self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if state.is_empty() {
+            "starting"
+        } else {
+            state
+        }
+    }
+
+    fn set_state(&self, state: &'static str) {
+        *self.state.lock().unwrap_or_else(|e| e.into_inner()) = state;
+    }
+}
+
+/// A network command from the cloud; the answer goes back on `reply`.
+#[derive(Debug)]
+pub enum ZigbeeCommand {
+    PermitJoin {
+        seconds: u64,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
+    Remove {
+        ieee: u64,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
+}
+
+/// Where the task's inputs come from.
+pub struct ZigbeeInputs {
+    pub writes: mpsc::Receiver<WriteRequest>,
+    pub commands: mpsc::Receiver<ZigbeeCommand>,
+}
+
+/// One device as the task knows it.
+struct Known {
+    record: DeviceRecord,
+    /// Its name: configured, or `zigbee-<ieee>`.
+    name: Arc<str>,
+    config: Option<ZigbeeDevice>,
+    health: Option<Arc<DeviceHealth>>,
+    freshness: Freshness,
+    scaling: Scaling,
+    /// The next interview attempt, while it is not interviewed.
+    interview_due: Option<Instant>,
+    backoff: Backoff,
+}
+
+/// Work for the stick, done one at a time.
+enum Job {
+    Interview(u64),
+    Write(WriteRequest),
+    Command(ZigbeeCommand),
+}
+
+/// Runs the network until `stop`.
+pub async fn run_zigbee(
+    spec: ZigbeeSpec,
+    store: Arc<dyn ZigbeeStore>,
+    health: Arc<ZigbeeHealth>,
+    device_health: HashMap<u64, Arc<DeviceHealth>>,
+    samples: SampleSink,
+    mut inputs: ZigbeeInputs,
+    stop: CancellationToken,
+) {
+    health
+        .channel
+        .store(spec.network.channel.into(), Ordering::Relaxed);
+    health
+        .pan_id
+        .store(spec.network.pan_id.into(), Ordering::Relaxed);
+    let mut net = Network {
+        devices: HashMap::new(),
+        spec,
+        store,
+        health,
+        samples,
+        jobs: VecDeque::new(),
+        seq: Arc::new(AtomicU8::new(0)),
+        device_health,
+    };
+    net.load();
+    let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
+    let mut first = true;
+    loop {
+        if !first {
+            net.health
+                .coordinator_resets
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        first = false;
+        net.health.set_state("starting");
+        let ended = net.session(&mut inputs, &stop).await;
+        match ended {
+            Err(()) => return,
+            Ok(reason) => {
+                warn!(port = %net.spec.port, "Zigbee coordinator: {reason}; starting it again");
+                net.health.set_state("offline");
+            }
+        }
+        let pause = backoff.next_delay();
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = net.refuse_while_offline(&mut inputs, pause) => {}
+        }
+    }
+}
+
+struct Network {
+    spec: ZigbeeSpec,
+    store: Arc<dyn ZigbeeStore>,
+    health: Arc<ZigbeeHealth>,
+    samples: SampleSink,
+    devices: HashMap<u64, Known>,
+    jobs: VecDeque<Job>,
+    /// ZCL sequence numbers of Kite's own frames.
+    seq: Arc<AtomicU8>,
+    /// The health of each configured device, by IEEE address.
+    device_health: HashMap<u64, Arc<DeviceHealth>>,
+}
+
+impl Network {
+    fn load(&mut self) {
+        let records = self.store.devices().unwrap_or_else(|e| {
+            warn!("cannot read the Zigbee device database: {e}");
+            Vec::new()
+        });
+        for record in records {
+            self.know(record);
+        }
+        self.count_devices();
+    }
+
+    fn count_devices(&self) {
+        self.health
+            .devices
+            .store(self.devices.len() as u64, Ordering::Relaxed);
+    }
+
+    fn know(&mut self, record: DeviceRecord) {
+        let config = self
+            .spec
+            .devices
+            .iter()
+            .find(|d| d.ieee == record.ieee)
+            .cloned();
+        let name = config.as_ref().map_or_else(
+            || Arc::from(format!("zigbee-{:016x}", record.ieee)),
+            |c| c.name.clone(),
+        );
+        let stale_after = config
+            .as_ref()
+            .map_or(self.spec.stale_after, |c| c.stale_after);
+        let interview_due = (!record.interviewed).then(Instant::now);
+        self.devices.insert(
+            record.ieee,
+            Known {
+                health: self.device_health.get(&record.ieee).cloned(),
+                name,
+                config,
+                freshness: Freshness::new(stale_after),
+                scaling: Scaling::default(),
+                interview_due,
+                backoff: Backoff::new(Duration::from_secs(5), Duration::from_secs(300)),
+                record,
+            },
+        );
+    }
+}
+
+/// How a job ended, for the network task to take in.
+enum Done {
+    Interviewed {
+        ieee: u64,
+        result: Result<Interview, ZnpError>,
+    },
+    Removed {
+        ieee: u64,
+        result: Result<(), ZnpError>,
+    },
+    /// A write or permit join: answered inside the job.
+    Other(Result<(), ZnpError>),
+}
+
+/// What an interview learned.
+struct Interview {
+    endpoints: Vec<Endpoint>,
+    manufacturer: Option<String>,
+    model: Option<String>,
+    /// Scaling attributes read (multipliers, divisors), by cluster.
+    scaling: Vec<(u16, Vec<(u16, zcl::ZclValue)>)>,
+}
+
+type JobFuture = std::pin::Pin<Box<dyn std::future::Future<Output = Done> + Send>>;
+
+impl Network {
+    /// One run of the stick, from opening the port until it fails (the
+    /// reason) or the gateway stops (`Err`).
+    async fn session(
+        &mut self,
+        inputs: &mut ZigbeeInputs,
+        stop: &CancellationToken,
+    ) -> Result<String, ()> {
+        let (znp, mut indications) =
+            match Znp::open(&self.spec.port, self.spec.baud, self.health.line.clone()) {
+                Ok(opened) => opened,
+                Err(e) => return Ok(e.to_string()),
+            };
+        let znp = Arc::new(znp);
+        let formed_before = self.store.formed().ok().flatten().as_ref() == Some(&self.spec.network);
+        let coordinator = tokio::select! {
+            _ = stop.cancelled() => return Err(()),
+            started = startup::start(&znp, &self.spec.network, formed_before) => match started {
+                Ok(coordinator) => coordinator,
+                Err(e) => return Ok(format!("start-up failed: {e}")),
+            },
+        };
+        if coordinator.started == Started::Formed {
+            if let Err(e) = self.store.set_formed(&self.spec.network) {
+                warn!("cannot keep the Zigbee network settings: {e}");
+            }
+        }
+        info!(
+            channel = self.spec.network.channel,
+            pan_id = format_args!("{:#06x}", self.spec.network.pan_id),
+            coordinator = %ieee_to_string(coordinator.ieee),
+            started = ?coordinator.started,
+            "Zigbee network running"
+        );
+        self.health.set_state("running");
+        if self.spec.permit_join {
+            let opened = permit_join(&znp, MAX_PERMIT_JOIN).await;
+            if let Err(e) = opened {
+                return Ok(format!("permit join failed: {e}"));
+            }
+        }
+        let mut running: Option<JobFuture> = None;
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let ended = loop {
+            if running.is_none() {
+                running = self.next_job(&znp, &coordinator);
+            }
+            tokio::select! {
+                _ = stop.cancelled() => break Err(()),
+                incoming = indications.recv() => match incoming {
+                    None => break Ok("the serial line closed".to_string()),
+                    Some(Incoming::ResetInd { .. }) => break Ok("the stick reset by itself".to_string()),
+                    Some(incoming) => {
+                        if self.indication(incoming, stop).await.is_err() {
+                            break Err(());
+                        }
+                    }
+                },
+                Some(write) = inputs.writes.recv() => self.queue(Job::Write(write)),
+                Some(command) = inputs.commands.recv() => self.queue(Job::Command(command)),
+                done = async { running.as_mut().expect("guarded").await }, if running.is_some() => {
+                    running = None;
+                    if let Some(failure) = self.done(done) {
+                        break Ok(failure);
+                    }
+                }
+                _ = tick.tick() => {
+                    if self.tick(stop).await.is_err() {
+                        break Err(());
+                    }
+                }
+            }
+        };
+        // What waits for the stick is answered, not left hanging.
+        for job in self.jobs.drain(..) {
+            refuse(job, "the Zigbee coordinator is restarting");
+        }
+        ended
+    }
+
+    fn queue(&mut self, job: Job) {
+        if self.jobs.len() >= MAX_JOBS {
+            refuse(
+                job,
+                "the Zigbee coordinator is busy: too many requests waiting",
+            );
+            return;
+        }
+        self.jobs.push_back(job);
+    }
+
+    /// The next job as a future that owns what it needs.
+    fn next_job(&mut self, znp: &Arc<Znp>, coordinator: &Coordinator) -> Option<JobFuture> {
+        let job = self.jobs.pop_front()?;
+        let znp = znp.clone();
+        let seq = self.seq.clone();
+        Some(match job {
+            Job::Interview(ieee) => {
+                let nwk = self.devices.get(&ieee)?.record.nwk;
+                let coordinator = coordinator.ieee;
+                Box::pin(async move {
+                    let result = interview(&znp, &seq, ieee, nwk, coordinator).await;
+                    Done::Interviewed { ieee, result }
+                })
+            }
+            Job::Write(request) => {
+                let target = self.write_target(&request);
+                Box::pin(async move {
+                    let (nwk, endpoint, cluster, frame) = match target {
+                        Ok(target) => target,
+                        Err(e) => {
+                            let _ = request.reply.send(Err(e));
+                            return Done::Other(Ok(()));
+                        }
+                    };
+                    let frame = frame(next_seq(&seq));
+                    let result = zcl_send(&znp, nwk, endpoint, cluster, frame).await;
+                    let answer = result
+                        .as_ref()
+                        .map(drop)
+                        .map_err(|e| WriteError::Device(e.to_string()));
+                    let _ = request.reply.send(answer);
+                    Done::Other(result)
+                })
+            }
+            Job::Command(ZigbeeCommand::PermitJoin { seconds, reply }) => Box::pin(async move {
+                let duration = u8::try_from(seconds.min(u64::from(MAX_PERMIT_JOIN)))
+                    .unwrap_or(MAX_PERMIT_JOIN);
+                let result = permit_join(&znp, duration).await;
+                let _ = reply.send(result.as_ref().map(drop).map_err(ToString::to_string));
+                Done::Other(result)
+            }),
+            Job::Command(ZigbeeCommand::Remove { ieee, reply }) => {
+                let Some(nwk) = self.devices.get(&ieee).map(|d| d.record.nwk) else {
+                    let _ = reply.send(Err(format!(
+                        "no device {} on the network",
+                        ieee_to_string(ieee)
+                    )));
+                    return self.next_job(&znp, coordinator);
+                };
+                Box::pin(async move {
+                    let result = leave(&znp, nwk, ieee).await;
+                    let _ = reply.send(result.as_ref().map(drop).map_err(ToString::to_string));
+                    Done::Removed { ieee, result }
+                })
+            }
+        })
+    }
+
+    /// Where a write goes and the ZCL frame that carries it (given its
+    /// sequence number), or why it cannot go.
+    #[allow(clippy::type_complexity)]
+    fn write_target(
+        &self,
+        request: &WriteRequest,
+    ) -> Result<(u16, u8, u16, Box<dyn FnOnce(u8) -> Vec<u8> + Send>), WriteError> {
+        let known = self
+            .devices
+            .values()
+            .find(|d| d.config.as_ref().is_some_and(|c| c.name == request.device))
+            .ok_or_else(|| WriteError::Device("the device has not joined the network".into()))?;
+        let config = known.config.as_ref().expect("found by its config");
+        if !config.writable.contains(&request.point) {
+            return Err(match request.point.as_str() {
+                "on" | "level" => WriteError::NotWritable(request.point.clone()),
+                _ => WriteError::UnknownPoint(request.point.clone()),
+            });
+        }
+        let (cluster, frame): (u16, Box<dyn FnOnce(u8) -> Vec<u8> + Send>) =
+            match request.point.as_str() {
+                "on" => {
+                    let command = match &request.value {
+                        serde_json::Value::Bool(true) => 1,
+                        serde_json::Value::Bool(false) => 0,
+                        serde_json::Value::String(s) if s == "toggle" => 2,
+                        other => {
+                            return Err(WriteError::Type(
+                                "true, false or \"toggle\"",
+                                other.to_string(),
+                            ))
+                        }
+                    };
+                    (ON_OFF, Box::new(move |seq| zcl::on_off(seq, command)))
+                }
+                "level" => {
+                    let level = request.value.as_u64().ok_or_else(|| {
+                        WriteError::Type("a whole number", request.value.to_string())
+                    })?;
+                    let level =
+                        u8::try_from(level)
+                            .ok()
+                            .filter(|l| *l <= 254)
+                            .ok_or_else(|| {
+                                WriteError::Range(format!("level {level}: expected 0 to 254"))
+                            })?;
+                    (
+                        LEVEL,
+                        Box::new(move |seq| zcl::move_to_level_with_on_off(seq, level, 0)),
+                    )
+                }
+                other => return Err(WriteError::UnknownPoint(other.to_string())),
+            };
+        let endpoint = known.record.endpoint_with(cluster).ok_or_else(|| {
+            WriteError::Device(format!(
+                "the device has no endpoint with cluster {cluster:#06x}"
+            ))
+        })?;
+        Ok((known.record.nwk, endpoint, cluster, frame))
+    }
+
+    /// Takes in a finished job; a failure of the stick itself ends the session.
+    fn done(&mut self, done: Done) -> Option<String> {
+        let failure = |e: &ZnpError| e.is_link_failure().then(|| e.to_string());
+        match done {
+            Done::Other(result) => result.err().as_ref().and_then(failure),
+            Done::Removed { ieee, result } => match result {
+                Ok(()) => {
+                    self.forget(ieee);
+                    None
+                }
+                Err(e) => failure(&e),
+            },
+            Done::Interviewed { ieee, result } => {
+                let known = self.devices.get_mut(&ieee)?;
+                match result {
+                    Ok(interview) => {
+                        known.record.endpoints = interview.endpoints;
+                        known.record.manufacturer = interview.manufacturer;
+                        known.record.model = interview.model;
+                        known.record.interviewed = true;
+                        known.interview_due = None;
+                        known.backoff.reset();
+                        for (cluster, attributes) in interview.scaling {
+                            clusters::attribute_points(cluster, &attributes, &mut known.scaling);
+                        }
+                        info!(
+                            device = %known.name,
+                            manufacturer = known.record.manufacturer.as_deref().unwrap_or("?"),
+                            model = known.record.model.as_deref().unwrap_or("?"),
+                            "Zigbee device interviewed"
+                        );
+                        if let Err(e) = self.store.save_device(&known.record) {
+                            warn!("cannot keep Zigbee device {}: {e}", known.name);
+                        }
+                        None
+                    }
+                    Err(e) => {
+                        self.health
+                            .interviews_failed
+                            .fetch_add(1, Ordering::Relaxed);
+                        let delay = known.backoff.next_delay();
+                        warn!(device = %known.name, "Zigbee interview failed: {e}; trying again in {delay:?}");
+                        if let Some(health) = &known.health {
+                            health.set_last_error(format!("interview failed: {e}"));
+                        }
+                        known.interview_due = Some(Instant::now() + delay);
+                        failure(&e)
+                    }
+                }
+            }
+        }
+    }
+
+    fn forget(&mut self, ieee: u64) {
+        if let Some(known) = self.devices.remove(&ieee) {
+            info!(device = %known.name, "Zigbee device left the network");
+        }
+        if let Err(e) = self.store.remove_device(ieee) {
+            warn!("cannot forget Zigbee device {}: {e}", ieee_to_string(ieee));
+        }
+        self.count_devices();
+    }
+
+    /// An indication nobody waited for. Err: the gateway no longer takes samples.
+    async fn indication(&mut self, incoming: Incoming, stop: &CancellationToken) -> Result<(), ()> {
+        match incoming {
+            Incoming::EndDeviceAnnceInd { nwk, ieee, .. }
+            | Incoming::TcDevInd { nwk, ieee, .. } => {
+                self.joined(ieee, nwk);
+                Ok(())
+            }
+            Incoming::LeaveInd { ieee, rejoin, .. } => {
+                if !rejoin {
+                    self.forget(ieee);
+                }
+                Ok(())
+            }
+            Incoming::AfIncomingMsg {
+                cluster,
+                src_addr,
+                lqi,
+                data,
+                ..
+            } => self.message(src_addr, cluster, lqi, &data, stop).await,
+            _ => Ok(()),
+        }
+    }
+
+    fn joined(&mut self, ieee: u64, nwk: u16) {
+        match self.devices.get_mut(&ieee) {
+            Some(known) => {
+                if known.record.nwk != nwk {
+                    known.record.nwk = nwk;
+                    if let Err(e) = self.store.save_device(&known.record) {
+                        warn!("cannot keep Zigbee device {}: {e}", known.name);
+                    }
+                }
+            }
+            None => {
+                let record = DeviceRecord {
+                    ieee,
+                    nwk,
+                    manufacturer: None,
+                    model: None,
+                    endpoints: Vec::new(),
+                    interviewed: false,
+                };
+                if let Err(e) = self.store.save_device(&record) {
+                    warn!("cannot keep Zigbee device {}: {e}", ieee_to_string(ieee));
+                }
+                self.know(record);
+                self.health
+                    .joined_since_start
+                    .fetch_add(1, Ordering::Relaxed);
+                self.count_devices();
+                info!(device = %ieee_to_string(ieee), nwk = format_args!("{nwk:#06x}"), "Zigbee device joined");
+            }
+        }
+    }
+
+    /// A ZCL message from a device: reports become a sample.
+    async fn message(
+        &mut self,
+        nwk: u16,
+        cluster: u16,
+        lqi: u8,
+        data: &[u8],
+        stop: &CancellationToken,
+    ) -> Result<(), ()> {
+        let Some(known) = self.devices.values_mut().find(|d| d.record.nwk == nwk) else {
+            self.health.unknown_reports.fetch_add(1, Ordering::Relaxed);
+            return Ok(());
+        };
+        let Ok((header, payload)) = zcl::parse_frame(data) else {
+            if let Some(health) = &known.health {
+                DeviceHealth::count(&health.errors);
+                health.set_last_error("a ZCL frame that does not parse");
+            }
+            return Ok(());
+        };
+        let decoded = match (header.cluster_specific, header.command) {
+            (false, 0x0a) => zcl::parse_report_attributes(payload).map(|attributes| {
+                let attributes: Vec<_> = attributes.into_iter().map(|(id, _, v)| (id, v)).collect();
+                clusters::attribute_points(cluster, &attributes, &mut known.scaling)
+            }),
+            (false, 0x01) => zcl::parse_read_attributes_response(payload).map(|attributes| {
+                let attributes: Vec<_> = attributes
+                    .into_iter()
+                    .filter_map(|(id, result)| result.ok().map(|(_, v)| (id, v)))
+                    .collect();
+                clusters::attribute_points(cluster, &attributes, &mut known.scaling)
+            }),
+            (true, 0x00) if cluster == IAS_ZONE => match payload.get(..2) {
+                Some(status) => Ok(clusters::zone_status_points(u16::from_le_bytes([
+                    status[0], status[1],
+                ]))),
+                None => return Ok(()),
+            },
+            _ => return Ok(()),
+        };
+        let decoded = match decoded {
+            Ok(points) => points,
+            Err(e) => {
+                if let Some(health) = &known.health {
+                    DeviceHealth::count(&health.errors);
+                    health.set_last_error(e.to_string());
+                }
+                return Ok(());
+            }
+        };
+        let now = Instant::now();
+        let ts_ms = now_ms();
+        known.freshness.heard(now);
+        if let Some(health) = &known.health {
+            health.record_read(ts_ms);
+            health.set_linkquality(lqi);
+            health.stale.store(false, Ordering::Relaxed);
+        }
+        let keeps = |name: &str| {
+            known
+                .config
+                .as_ref()
+                .and_then(|c| c.points.as_ref())
+                .is_none_or(|kept| kept.iter().any(|k| k == name))
+        };
+        let mut points: Vec<PointSample> = decoded
+            .into_iter()
+            .filter(|p| keeps(&p.name))
+            .map(|p| PointSample {
+                name: p.name.into(),
+                unit: p.unit.map(Into::into),
+                reading: p.reading,
+            })
+            .collect();
+        if points.is_empty() {
+            return Ok(());
+        }
+        if keeps("linkquality") {
+            points.push(PointSample {
+                name: "linkquality".into(),
+                unit: None,
+                reading: Reading::Good(Value::UInt(lqi.into())),
+            });
+        }
+        known.freshness.sent(&points, now);
+        let sample = Sample {
+            device: known.name.clone(),
+            ts_ms,
+            points,
+        };
+        self.samples.send(sample, stop).await.map_err(drop)
+    }
+
+    /// Once a second: stale devices, and interviews that are due.
+    async fn tick(&mut self, stop: &CancellationToken) -> Result<(), ()> {
+        let now = Instant::now();
+        let ts_ms = now_ms();
+        let mut stale = Vec::new();
+        for known in self.devices.values_mut() {
+            if let Some(sample) = known.freshness.check(&known.name, now, ts_ms) {
+                stale.push(sample);
+            }
+            if let Some(health) = &known.health {
+                health
+                    .stale
+                    .store(known.freshness.is_stale(), Ordering::Relaxed);
+            }
+            if known.interview_due.is_some_and(|due| due <= now) {
+                known.interview_due = None;
+                self.jobs.push_back(Job::Interview(known.record.ieee));
+            }
+        }
+        for sample in stale {
+            self.samples.send(sample, stop).await.map_err(drop)?;
+        }
+        Ok(())
+    }
+
+    /// Between sessions: writes and commands are answered at once.
+    async fn refuse_while_offline(&mut self, inputs: &mut ZigbeeInputs, pause: Duration) {
+        let until = Instant::now() + pause;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(until) => return,
+                Some(write) = inputs.writes.recv() => refuse(Job::Write(write), "the Zigbee coordinator is offline"),
+                Some(command) = inputs.commands.recv() => refuse(Job::Command(command), "the Zigbee coordinator is offline"),
+            }
+        }
+    }
+}
+
+fn refuse(job: Job, why: &str) {
+    match job {
+        Job::Interview(_) => {}
+        Job::Write(request) => {
+            let _ = request.reply.send(Err(WriteError::Device(why.to_string())));
+        }
+        Job::Command(
+            ZigbeeCommand::PermitJoin { reply, .. } | ZigbeeCommand::Remove { reply, .. },
+        ) => {
+            let _ = reply.send(Err(why.to_string()));
+        }
+    }
+}
+
+fn next_seq(seq: &AtomicU8) -> u8 {
+    seq.fetch_add(1, Ordering::Relaxed)
+}
+
+async fn permit_join(znp: &Znp, seconds: u8) -> Result<(), ZnpError> {
+    info!(seconds, "Zigbee: permit join");
+    znp.request(&Request::ZdoMgmtPermitJoinReq {
+        addr_mode: 0x0f,
+        dst: 0xfffc,
+        duration: seconds,
+        tc_significance: 1,
+    })
+    .await
+    .map(drop)
+}
+
+async fn leave(znp: &Znp, nwk: u16, ieee: u64) -> Result<(), ZnpError> {
+    let answer = znp
+        .request_then(
+            &Request::ZdoMgmtLeaveReq {
+                dst: nwk,
+                ieee,
+                remove_children_rejoin: 0,
+            },
+            move |incoming| matches!(incoming, Incoming::MgmtLeaveRsp { src, .. } if *src == nwk),
+            DEVICE_TIMEOUT,
+        )
+        .await?;
+    match answer {
+        Incoming::MgmtLeaveRsp { status: 0, .. } => Ok(()),
+        Incoming::MgmtLeaveRsp { status, .. } => Err(ZnpError::Status {
+            command: "ZDO_MGMT_LEAVE_RSP".into(),
+            status,
+        }),
+        other => Err(ZnpError::Unexpected(format!("{other:?}"))),
+    }
+}
+
+/// Sends a ZCL frame to a device and waits for the stick's confirmation
+/// that it was delivered.
+async fn zcl_send(
+    znp: &Znp,
+    nwk: u16,
+    endpoint: u8,
+    cluster: u16,
+    frame: Vec<u8>,
+) -> Result<(), ZnpError> {
+    let trans_id = frame.get(1).copied().unwrap_or(0);
+    let confirm = znp
+        .request_then(
+            &Request::AfDataRequest {
+                dst_addr: nwk,
+                dst_endpoint: endpoint,
+                src_endpoint: ENDPOINT,
+                cluster,
+                trans_id,
+                options: 0,
+                radius: 30,
+                data: frame,
+            },
+            move |incoming| matches!(incoming, Incoming::AfDataConfirm { trans_id: t, .. } if *t == trans_id),
+            DEVICE_TIMEOUT,
+        )
+        .await?;
+    match confirm {
+        Incoming::AfDataConfirm { status: 0, .. } => Ok(()),
+        Incoming::AfDataConfirm { status, .. } => Err(ZnpError::Status {
+            command: "AF_DATA_CONFIRM".into(),
+            status,
+        }),
+        other => Err(ZnpError::Unexpected(format!("{other:?}"))),
+    }
+}
+
+/// Sends a global ZCL request and waits for the device's answer (global
+/// command `answer` with the same sequence number); its payload.
+async fn zcl_ask(
+    znp: &Znp,
+    nwk: u16,
+    endpoint: u8,
+    cluster: u16,
+    frame: Vec<u8>,
+    answer: u8,
+) -> Result<Vec<u8>, ZnpError> {
+    let seq = zcl::parse_frame(&frame)
+        .map(|(header, _)| header.seq)
+        .map_err(|e| ZnpError::Unexpected(e.to_string()))?;
+    let reply = znp.expect(move |incoming| match incoming {
+        Incoming::AfIncomingMsg {
+            src_addr,
+            cluster: c,
+            data,
+            ..
+        } if *src_addr == nwk && *c == cluster => {
+            zcl::parse_frame(data).is_ok_and(|(h, _): (ZclHeader, _)| {
+                !h.cluster_specific && h.seq == seq && h.command == answer
+            })
+        }
+        _ => false,
+    });
+    zcl_send(znp, nwk, endpoint, cluster, frame).await?;
+    match znp.wait(reply, "a ZCL answer", DEVICE_TIMEOUT).await? {
+        Incoming::AfIncomingMsg { data, .. } => zcl::parse_frame(&data)
+            .map(|(_, payload)| payload.to_vec())
+            .map_err(|e| ZnpError::Unexpected(e.to_string())),
+        other => Err(ZnpError::Unexpected(format!("{other:?}"))),
+    }
+}
+
+/// Asks a device what it is, and, for the clusters Kite knows, binds them
+/// to the coordinator and configures their reports. Describing itself must
+/// succeed; binding and reporting are asked for, and a device that refuses
+/// is still used (some report on their own).
+async fn interview(
+    znp: &Znp,
+    seq: &AtomicU8,
+    ieee: u64,
+    nwk: u16,
+    coordinator: u64,
+) -> Result<Interview, ZnpError> {
+    let node = znp
+        .request_then(
+            &Request::ZdoNodeDescReq {
+                dst: nwk,
+                nwk_of_interest: nwk,
+            },
+            move |i| matches!(i, Incoming::NodeDescRsp { nwk: n, .. } if *n == nwk),
+            DEVICE_TIMEOUT,
+        )
+        .await?;
+    zdo_status(&node)?;
+    let active = znp
+        .request_then(
+            &Request::ZdoActiveEpReq {
+                dst: nwk,
+                nwk_of_interest: nwk,
+            },
+            move |i| matches!(i, Incoming::ActiveEpRsp { nwk: n, .. } if *n == nwk),
+            DEVICE_TIMEOUT,
+        )
+        .await?;
+    zdo_status(&active)?;
+    let Incoming::ActiveEpRsp { endpoints: ids, .. } = active else {
+        unreachable!("matched above")
+    };
+    let mut endpoints = Vec::new();
+    for id in ids {
+        let simple = znp
+            .request_then(
+                &Request::ZdoSimpleDescReq {
+                    dst: nwk,
+                    nwk_of_interest: nwk,
+                    endpoint: id,
+                },
+                move |i| matches!(i, Incoming::SimpleDescRsp { nwk: n, endpoint, .. } if *n == nwk && *endpoint == id),
+                DEVICE_TIMEOUT,
+            )
+            .await?;
+        zdo_status(&simple)?;
+        if let Incoming::SimpleDescRsp {
+            endpoint,
+            profile,
+            device_id,
+            in_clusters,
+            out_clusters,
+            ..
+        } = simple
+        {
+            endpoints.push(Endpoint {
+                id: endpoint,
+                profile,
+                device_id,
+                in_clusters,
+                out_clusters,
+            });
+        }
+    }
+    let record = DeviceRecord {
+        ieee,
+        nwk,
+        manufacturer: None,
+        model: None,
+        endpoints: endpoints.clone(),
+        interviewed: false,
+    };
+    let (mut manufacturer, mut model) = (None, None);
+    if let Some(endpoint) = record.endpoint_with(BASIC) {
+        let frame = zcl::read_attributes(next_seq(seq), &[0x0004, 0x0005]);
+        let payload = zcl_ask(znp, nwk, endpoint, BASIC, frame, 0x01).await?;
+        let read = zcl::parse_read_attributes_response(&payload)
+            .map_err(|e| ZnpError::Unexpected(e.to_string()))?;
+        for (id, result) in read {
+            if let Ok((_, zcl::ZclValue::Str(text))) = result {
+                match id {
+                    0x0004 => manufacturer = Some(text),
+                    0x0005 => model = Some(text),
+                    _ => {}
+                }
+            }
+        }
+    }
+    let mut scaling = Vec::new();
+    for endpoint in &endpoints {
+        for &cluster in &endpoint.in_clusters {
+            if cluster == BASIC || !clusters::KNOWN_CLUSTERS.contains(&cluster) {
+                continue;
+            }
+            if let Err(e) = bind(znp, nwk, ieee, endpoint.id, cluster, coordinator).await {
+                if e.is_link_failure() {
+                    return Err(e);
+                }
+                warn!(device = %ieee_to_string(ieee), cluster = format_args!("{cluster:#06x}"), "bind refused: {e}");
+            }
+            let reporting = clusters::reporting(cluster);
+            if !reporting.is_empty() {
+                let frame = zcl::configure_reporting(next_seq(seq), &reporting);
+                if let Err(e) = zcl_ask(znp, nwk, endpoint.id, cluster, frame, 0x07).await {
+                    if e.is_link_failure() {
+                        return Err(e);
+                    }
+                    warn!(device = %ieee_to_string(ieee), cluster = format_args!("{cluster:#06x}"), "reporting not configured: {e}");
+                }
+            }
+            let wanted = clusters::scaling_attributes(cluster);
+            if !wanted.is_empty() {
+                let frame = zcl::read_attributes(next_seq(seq), wanted);
+                if let Ok(payload) = zcl_ask(znp, nwk, endpoint.id, cluster, frame, 0x01).await {
+                    if let Ok(read) = zcl::parse_read_attributes_response(&payload) {
+                        let values = read
+                            .into_iter()
+                            .filter_map(|(id, r)| r.ok().map(|(_, v)| (id, v)))
+                            .collect();
+                        scaling.push((cluster, values));
+                    }
+                }
+            }
+        }
+    }
+    Ok(Interview {
+        endpoints,
+        manufacturer,
+        model,
+        scaling,
+    })
+}
+
+async fn bind(
+    znp: &Znp,
+    nwk: u16,
+    ieee: u64,
+    endpoint: u8,
+    cluster: u16,
+    coordinator: u64,
+) -> Result<(), ZnpError> {
+    let answer = znp
+        .request_then(
+            &Request::ZdoBindReq {
+                dst: nwk,
+                src_ieee: ieee,
+                src_endpoint: endpoint,
+                cluster,
+                dst_ieee: coordinator,
+                dst_endpoint: ENDPOINT,
+            },
+            move |i| matches!(i, Incoming::BindRsp { src, .. } if *src == nwk),
+            DEVICE_TIMEOUT,
+        )
+        .await?;
+    zdo_status(&answer)
+}
+
+fn zdo_status(answer: &Incoming) -> Result<(), ZnpError> {
+    let status = match answer {
+        Incoming::NodeDescRsp { status, .. }
+        | Incoming::ActiveEpRsp { status, .. }
+        | Incoming::SimpleDescRsp { status, .. }
+        | Incoming::BindRsp { status, .. } => *status,
+        _ => 0,
+    };
+    if status == 0 {
+        Ok(())
+    } else {
+        Err(ZnpError::Status {
+            command: format!("{answer:?}")
+                .split([' ', '{'])
+                .next()
+                .unwrap_or_default()
+                .to_string(),
+            status,
+        })
+    }
+}
