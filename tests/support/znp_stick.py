@@ -58,7 +58,6 @@ CONFIRM_DELAY = 0.02         # AF_DATA_REQUEST -> AF_DATA_CONFIRM (MAC ack)
 REPLY_DELAY = 0.04           # AF_DATA_REQUEST -> the device's AF_INCOMING_MSG
 REPORT_DELAY = 0.06          # a command -> the device's attribute report
 NO_ROUTE_DELAY = 0.5         # AF_DATA_REQUEST to an absent device -> NWK_NO_ROUTE
-STEERING_PERMIT_JOIN = 180   # BDB steers after forming: joins open bdbcMinCommissioningTime
 
 # ---- MT constants -----------------------------------------------------------
 VERSION = dict(TransportRev=2, ProductId=1, MajorRel=2, MinorRel=7, MaintRel=1)
@@ -154,6 +153,9 @@ class SAPIWire(t.CommandsBase, subsystem=t.Subsystem.SAPI):
     )
 
 
+SAPIWire.ZBWriteConfiguration.Req.__qualname__ = "SAPI.ZBWriteConfiguration.Req"
+SAPIWire.ZBWriteConfiguration.Rsp.__qualname__ = "SAPI.ZBWriteConfiguration.Rsp"
+
 # Every request the stick parses, by header: zigpy-znp's, with the SAPI fix.
 REQUESTS = {
     header: cmd for header, cmd in c.COMMANDS_BY_ID.items()
@@ -166,8 +168,6 @@ def request_name(header) -> str:
     """"ZDO.NodeDescReq", "SYS.ResetReq", "AppConfig.BDBStartCommissioning";
     unknown ones "SYS.0x99"."""
     cmd = REQUESTS.get(header)
-    if cmd is SAPIWire.ZBWriteConfiguration.Req:
-        return "SAPI.ZBWriteConfiguration"
     if cmd is not None:
         return cmd.__qualname__.rsplit(".", 1)[0]
     try:
@@ -222,8 +222,23 @@ def zcl_value(type_id: int, value):
     return python_type(int(value))
 
 
+def zero_of(type_id):
+    """A neutral JSON value for a ZCL type, None for types not simulated."""
+    if type_id in (0x42, 0x44, 0x41, 0x43):
+        return ""
+    if type_id in (0x38, 0x39, 0x3A):
+        return 0.0
+    if type_id == 0x10:
+        return False
+    if type_id in (0x00, 0x48, 0x4C, 0x50, 0x51, 0xFF):
+        return None
+    return 0
+
+
 def default_attributes(device):
-    """Attribute values a freshly joined device of this kind holds:
+    """Attribute values a freshly joined device of this kind holds: every
+    mandatory attribute of its input clusters (zigpy's definitions), with
+    plausible values for the usual ones.
     {cluster: {attr: [zcl type id, json value]}}."""
     router = device["router"]
     values = {
@@ -242,10 +257,25 @@ def default_attributes(device):
     attributes = {}
     for cluster in [BASIC] + [cl for cl in device["in_clusters"] if cl != BASIC]:
         cluster_cls = zigpy.zcl.Cluster._registry.get(cluster)
-        for attr, value in values.get(cluster, {}).items():
-            if cluster_cls is None or attr not in cluster_cls.attributes:
+        if cluster_cls is None:
+            continue
+        wanted = {attr: None for attr, definition in cluster_cls.attributes.items()
+                  if definition.mandatory and attr < 0xF000 and not definition.is_manufacturer_specific}
+        wanted.update(values.get(cluster, {}))
+        if 0xFFFD in cluster_cls.attributes:
+            wanted[0xFFFD] = 1  # ClusterRevision
+        for attr, value in wanted.items():
+            if attr not in cluster_cls.attributes:
                 continue
             type_id = int(cluster_cls.attributes[attr].zcl_type)
+            if value is None:
+                value = zero_of(type_id)
+            if value is None:
+                continue
+            try:
+                zcl_value(type_id, value)
+            except Exception:
+                continue
             attributes.setdefault(str(cluster), {})[str(attr)] = [type_id, value]
     return attributes
 
@@ -622,6 +652,10 @@ class Stick:
         self.send(c.ZDO.StateChangeInd.Callback(State=state))
 
     def bdb_notification(self, status, mode, remaining):
+        """`mode` is Z-Stack's bdbCommissioningMode enum (0 initialization,
+        1 steering, 2 formation, 3 finding & binding, 4 touchlink, 5 parent
+        lost), `remaining` a bitmask of BDB_COMMISSIONING_MODE_* (0x04
+        formation); zigpy-znp decodes both as the bitmask."""
         m = c.app_config.BDBCommissioningMode
         self.send(c.AppConfig.BDBCommissioningNotification.Callback(
             Status=status, Mode=m(mode), RemainingModes=m(remaining)))
@@ -638,16 +672,18 @@ class Stick:
         mode = int(req.Mode)
         if not mode & 0x04:
             # Steering/finding-binding/touchlink are not simulated: reported done.
+            done = {0x02: 1, 0x08: 3, 0x01: 4, 0x10: 4}.get(mode & -mode, 0)
             self.later(FORMATION_STEPS[0], lambda: self.bdb_notification(
-                s.Success if self.state == STATE_STARTED else s.NoNetwork, mode, 0))
+                s.Success if self.state == STATE_STARTED else s.NoNetwork, done, 0))
             return req.Rsp(Status=ST_SUCCESS)
         if self.nv.network is not None:
-            # Already on a network: restored, never re-formed.
+            # Already on a network: the network is restored (initialization),
+            # and formation fails since there is one.
             def restored():
                 if self.state != STATE_STARTED:
                     self.set_state(STATE_STARTED)
                 self.bdb_notification(s.NetworkRestored, 0x00, 0x04)
-                self.bdb_notification(s.Success, 0x04, 0x00)
+                self.bdb_notification(s.FormationFailure, 0x02, 0x00)
             self.later(FORMATION_STEPS[1], restored)
             return req.Rsp(Status=ST_SUCCESS)
         channel = lowest_channel(self.bdb_primary) or lowest_channel(self.bdb_secondary)
@@ -655,8 +691,9 @@ class Stick:
             LOG.info("    formation impossible (logical type %d, channels %08x/%08x)",
                      self.nv.byte(NV_LOGICAL_TYPE), self.bdb_primary, self.bdb_secondary)
             self.later(FORMATION_STEPS[2], lambda: self.bdb_notification(
-                s.FormationFailure, 0x04, 0x00))
+                s.FormationFailure, 0x02, 0x00))
             return req.Rsp(Status=ST_SUCCESS)
+        # As a CC2652 reports it: formation (2) in progress, formation (0x04) remaining.
         self.later(FORMATION_STEPS[0], lambda: self.bdb_notification(s.InProgress, 0x02, 0x04))
         self.later(FORMATION_STEPS[1], lambda: self.set_state(STATE_STARTING))
         self.later(FORMATION_STEPS[2], lambda: self.formed(channel))
@@ -686,9 +723,6 @@ class Stick:
         LOG.info("    formed: channel %d, PAN 0x%04X, EPID %016x", channel, pan_id,
                  self.nv.network["extended_pan_id"])
         self.set_state(STATE_STARTED)
-        # BDB network steering follows formation: joins open for 180 s
-        # (no ZDO_PERMIT_JOIN_IND for that one).
-        self.open_permit_join(STEERING_PERMIT_JOIN, indicate=False)
         self.bdb_notification(c.app_config.BDBCommissioningStatus.Success, 0x02, 0x00)
 
     def on_startup_from_app(self, req):
@@ -702,12 +736,11 @@ class Stick:
 
     # ---- permit join ----------------------------------------------------------
 
-    def open_permit_join(self, duration, *, indicate):
+    def open_permit_join(self, duration):
         self.permit_token += 1
         token = self.permit_token
         self.permit_until = self.loop.time() + duration if duration else 0.0
-        if indicate:
-            self.send(c.ZDO.PermitJoinInd.Callback(Duration=duration))
+        self.send(c.ZDO.PermitJoinInd.Callback(Duration=duration))
         if duration:
             def close():
                 if token == self.permit_token:
@@ -729,7 +762,7 @@ class Stick:
         if coordinator:
             def answer():
                 self.send(c.ZDO.MgmtPermitJoinRsp.Callback(Src=0x0000, Status=ZDP_SUCCESS))
-                self.open_permit_join(duration, indicate=True)
+                self.open_permit_join(duration)
             self.later(AREQ_DELAY, answer)
         else:
             device = self.device_by_nwk(req.Dst)
@@ -1151,6 +1184,8 @@ class Stick:
         if stored is None:
             return []
         type_id = stored[0]
+        if stored[1] == value:
+            return []
         self.set_attribute(device, cluster, attr, type_id, value)
         return [(cluster, attr, type_id, value)]
 
@@ -1273,6 +1308,8 @@ class Stick:
 
     def zone_status(self, request):
         device = self.known_device(request["ieee"])
+        if IAS_ZONE not in device["in_clusters"]:
+            raise ValueError("device %s has no IAS Zone cluster (0x0500)" % device["ieee"])
         status = int(request["status"])
         self.set_attribute(device, IAS_ZONE, 0x0002, 0x19, status)
         zone_id = self.attribute(device, IAS_ZONE, 0x0011)

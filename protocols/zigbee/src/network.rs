@@ -31,6 +31,8 @@ pub const DEFAULT_STALE_AFTER: Duration = Duration::from_secs(2 * 3600);
 const DEVICE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest a permit join lasts: Zigbee's own limit (255 would mean "for ever").
 const MAX_PERMIT_JOIN: u8 = 254;
+/// A stick that said nothing for this long is asked whether it is there.
+const PING_AFTER: Duration = Duration::from_secs(10);
 /// Jobs waiting for the stick; more writes are refused at once.
 const MAX_JOBS: usize = 64;
 const BASIC: u16 = 0x0000;
@@ -131,6 +133,8 @@ struct Known {
 
 /// Work for the stick, done one at a time.
 enum Job {
+    /// Is the stick still there? Asked when it has been quiet for a while.
+    Ping,
     Interview(u64),
     Write(WriteRequest),
     Command(ZigbeeCommand),
@@ -318,6 +322,7 @@ impl Network {
             }
         }
         let mut running: Option<JobFuture> = None;
+        let mut heard = Instant::now();
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let ended = loop {
@@ -330,6 +335,7 @@ impl Network {
                     None => break Ok("the serial line closed".to_string()),
                     Some(Incoming::ResetInd { .. }) => break Ok("the stick reset by itself".to_string()),
                     Some(incoming) => {
+                        heard = Instant::now();
                         if self.indication(incoming, stop).await.is_err() {
                             break Err(());
                         }
@@ -339,6 +345,7 @@ impl Network {
                 Some(command) = inputs.commands.recv() => self.queue(Job::Command(command)),
                 done = async { running.as_mut().expect("guarded").await }, if running.is_some() => {
                     running = None;
+                    heard = Instant::now();
                     if let Some(failure) = self.done(done) {
                         break Ok(failure);
                     }
@@ -346,6 +353,11 @@ impl Network {
                 _ = tick.tick() => {
                     if self.tick(stop).await.is_err() {
                         break Err(());
+                    }
+                    // A hung stick says nothing: ask it, now and then.
+                    if running.is_none() && self.jobs.is_empty() && heard.elapsed() >= PING_AFTER {
+                        self.jobs.push_back(Job::Ping);
+                        heard = Instant::now();
                     }
                 }
             }
@@ -374,6 +386,9 @@ impl Network {
         let znp = znp.clone();
         let seq = self.seq.clone();
         Some(match job {
+            Job::Ping => {
+                Box::pin(async move { Done::Other(znp.request(&Request::SysPing).await.map(drop)) })
+            }
             Job::Interview(ieee) => {
                 let nwk = self.devices.get(&ieee)?.record.nwk;
                 let coordinator = coordinator.ieee;
@@ -740,7 +755,7 @@ impl Network {
 
 fn refuse(job: Job, why: &str) {
     match job {
-        Job::Interview(_) => {}
+        Job::Ping | Job::Interview(_) => {}
         Job::Write(request) => {
             let _ = request.reply.send(Err(WriteError::Device(why.to_string())));
         }

@@ -1,8 +1,10 @@
 //! Field buses against real peers: Modbus TCP, RTU and RTU over TCP from
 //! pymodbus, raw instruments played on socat serial pairs, BLE sensors on
-//! BlueZ as python-dbusmock serves it, devices that fail.
+//! BlueZ as python-dbusmock serves it, a Zigbee coordinator simulated behind
+//! a serial pair, devices that fail.
 
 mod ble;
 mod failing;
 mod modbus;
 mod serial;
+mod zigbee;

@@ -15,6 +15,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 
 pub mod bluez;
+pub mod znp;
 pub use bluez::{Advert, Bluez};
 
 /// Generous upper bound for anything the tests wait for; reaching it is a failure.
