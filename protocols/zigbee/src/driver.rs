@@ -7,7 +7,7 @@
 //! counted). Requests are serialized: Z-Stack answers one synchronous
 //! request at a time, and every wait is bounded.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -17,6 +17,7 @@ use tokio::task::JoinHandle;
 use tokio_serial::{SerialPortBuilderExt, SerialStream};
 use tracing::{debug, info};
 
+use crate::coordinator::LineCounters;
 use crate::mt::{Deframed, Deframer};
 use crate::znp::{self, Incoming, Request};
 
@@ -52,17 +53,6 @@ impl ZnpError {
             ZnpError::Open { .. } | ZnpError::Closed | ZnpError::Io(_)
         ) || matches!(self, ZnpError::Timeout(what, _) if what.starts_with("SREQ"))
     }
-}
-
-/// What the line saw that was not a frame Kite understood.
-#[derive(Debug, Default)]
-pub struct LineCounters {
-    /// Bytes dropped by the deframer: noise, bad checksums, overlong frames.
-    pub discarded_bytes: AtomicU64,
-    /// Frames that did not parse as the command they claim to be.
-    pub bad_frames: AtomicU64,
-    /// Indications dropped because the network task fell behind.
-    pub dropped: AtomicU64,
 }
 
 struct Waiter {

@@ -6,11 +6,14 @@
 //! Cluster Library frames ([`zcl`]) and what the clusters Kite knows become
 //! ([`clusters`]).
 //!
-//! On top of them: the stick on its serial port ([`driver`]), bringing the
-//! network up ([`startup`]), and the task that runs it ([`network`]); what
-//! it remembers is kept by the embedding application ([`store`]).
+//! On top of them: what the network needs of a coordinator stick
+//! ([`coordinator`]), and Z-Stack's answer to it ([`zstack`]: the stick on
+//! its serial port in [`driver`], bringing the network up in [`startup`]);
+//! the task that runs the network, whatever the stick ([`network`]); what
+//! it remembers, kept by the embedding application ([`store`]).
 
 pub mod clusters;
+pub mod coordinator;
 pub mod driver;
 pub mod mt;
 pub mod network;
@@ -18,6 +21,7 @@ pub mod startup;
 pub mod store;
 pub mod zcl;
 pub mod znp;
+pub mod zstack;
 
 pub use network::{
     run_zigbee, ZigbeeCommand, ZigbeeDevice, ZigbeeHealth, ZigbeeInputs, ZigbeeSpec,

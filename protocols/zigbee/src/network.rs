@@ -18,17 +18,16 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::clusters::{self, Scaling};
-use crate::driver::{LineCounters, Znp, ZnpError};
-use crate::startup::{self, Coordinator, NetworkSettings, Started, ENDPOINT};
+use crate::coordinator::{Coordinator, CoordinatorError, Indication, LineCounters, Started, Stick};
+use crate::startup::NetworkSettings;
 use crate::store::{DeviceRecord, Endpoint, ZigbeeStore};
-use crate::zcl::{self, ZclHeader};
-use crate::znp::{ieee_to_string, Incoming, Request};
+use crate::zcl;
+use crate::znp::ieee_to_string;
+use crate::zstack::ZStack;
 
 /// How long a device that joined but is not configured may stay silent
 /// before it goes stale; configured devices say their own.
 pub const DEFAULT_STALE_AFTER: Duration = Duration::from_secs(2 * 3600);
-/// How long a device may take to answer one interview step or a command.
-const DEVICE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest a permit join lasts: Zigbee's own limit (255 would mean "for ever").
 const MAX_PERMIT_JOIN: u8 = 254;
 /// A stick that said nothing for this long is asked whether it is there.
@@ -177,7 +176,7 @@ pub async fn run_zigbee(
         }
         first = false;
         net.health.set_state("starting");
-        let ended = net.session(&mut inputs, &stop).await;
+        let ended = net.session::<ZStack>(&mut inputs, &stop).await;
         match ended {
             Err(()) => return,
             Ok(reason) => {
@@ -259,14 +258,14 @@ impl Network {
 enum Done {
     Interviewed {
         ieee: u64,
-        result: Result<Interview, ZnpError>,
+        result: Result<Interview, CoordinatorError>,
     },
     Removed {
         ieee: u64,
-        result: Result<(), ZnpError>,
+        result: Result<(), CoordinatorError>,
     },
     /// A write or permit join: answered inside the job.
-    Other(Result<(), ZnpError>),
+    Other(Result<(), CoordinatorError>),
 }
 
 /// What an interview learned.
@@ -283,21 +282,21 @@ type JobFuture = std::pin::Pin<Box<dyn std::future::Future<Output = Done> + Send
 impl Network {
     /// One run of the stick, from opening the port until it fails (the
     /// reason) or the gateway stops (`Err`).
-    async fn session(
+    async fn session<C: Coordinator>(
         &mut self,
         inputs: &mut ZigbeeInputs,
         stop: &CancellationToken,
     ) -> Result<String, ()> {
-        let (znp, mut indications) =
-            match Znp::open(&self.spec.port, self.spec.baud, self.health.line.clone()) {
+        let (stick, mut indications) =
+            match C::open(&self.spec.port, self.spec.baud, self.health.line.clone()) {
                 Ok(opened) => opened,
                 Err(e) => return Ok(e.to_string()),
             };
-        let znp = Arc::new(znp);
+        let stick = Arc::new(stick);
         let formed_before = self.store.formed().ok().flatten().as_ref() == Some(&self.spec.network);
         let coordinator = tokio::select! {
             _ = stop.cancelled() => return Err(()),
-            started = startup::start(&znp, &self.spec.network, formed_before) => match started {
+            started = stick.start(&self.spec.network, formed_before) => match started {
                 Ok(coordinator) => coordinator,
                 Err(e) => return Ok(format!("start-up failed: {e}")),
             },
@@ -316,7 +315,8 @@ impl Network {
         );
         self.health.set_state("running");
         if self.spec.permit_join {
-            let opened = permit_join(&znp, MAX_PERMIT_JOIN).await;
+            info!(seconds = MAX_PERMIT_JOIN, "Zigbee: permit join");
+            let opened = stick.permit_join(MAX_PERMIT_JOIN).await;
             if let Err(e) = opened {
                 return Ok(format!("permit join failed: {e}"));
             }
@@ -327,13 +327,13 @@ impl Network {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let ended = loop {
             if running.is_none() {
-                running = self.next_job(&znp, &coordinator);
+                running = self.next_job(&stick, &coordinator);
             }
             tokio::select! {
                 _ = stop.cancelled() => break Err(()),
                 incoming = indications.recv() => match incoming {
                     None => break Ok("the serial line closed".to_string()),
-                    Some(Incoming::ResetInd { .. }) => break Ok("the stick reset by itself".to_string()),
+                    Some(Indication::Reset) => break Ok("the stick reset by itself".to_string()),
                     Some(incoming) => {
                         heard = Instant::now();
                         if self.indication(incoming, stop).await.is_err() {
@@ -381,19 +381,21 @@ impl Network {
     }
 
     /// The next job as a future that owns what it needs.
-    fn next_job(&mut self, znp: &Arc<Znp>, coordinator: &Coordinator) -> Option<JobFuture> {
+    fn next_job<C: Coordinator>(
+        &mut self,
+        stick: &Arc<C>,
+        coordinator: &Stick,
+    ) -> Option<JobFuture> {
         let job = self.jobs.pop_front()?;
-        let znp = znp.clone();
+        let znp = stick.clone();
         let seq = self.seq.clone();
         Some(match job {
-            Job::Ping => {
-                Box::pin(async move { Done::Other(znp.request(&Request::SysPing).await.map(drop)) })
-            }
+            Job::Ping => Box::pin(async move { Done::Other(znp.ping().await) }),
             Job::Interview(ieee) => {
                 let nwk = self.devices.get(&ieee)?.record.nwk;
                 let coordinator = coordinator.ieee;
                 Box::pin(async move {
-                    let result = interview(&znp, &seq, ieee, nwk, coordinator).await;
+                    let result = interview(&*znp, &seq, ieee, nwk, coordinator).await;
                     Done::Interviewed { ieee, result }
                 })
             }
@@ -408,7 +410,7 @@ impl Network {
                         }
                     };
                     let frame = frame(next_seq(&seq));
-                    let result = zcl_send(&znp, nwk, endpoint, cluster, frame).await;
+                    let result = znp.send_zcl(nwk, endpoint, cluster, frame).await;
                     let answer = result
                         .as_ref()
                         .map(drop)
@@ -420,7 +422,8 @@ impl Network {
             Job::Command(ZigbeeCommand::PermitJoin { seconds, reply }) => Box::pin(async move {
                 let duration = u8::try_from(seconds.min(u64::from(MAX_PERMIT_JOIN)))
                     .unwrap_or(MAX_PERMIT_JOIN);
-                let result = permit_join(&znp, duration).await;
+                info!(seconds = duration, "Zigbee: permit join");
+                let result = znp.permit_join(duration).await;
                 let _ = reply.send(result.as_ref().map(drop).map_err(ToString::to_string));
                 Done::Other(result)
             }),
@@ -430,10 +433,10 @@ impl Network {
                         "no device {} on the network",
                         ieee_to_string(ieee)
                     )));
-                    return self.next_job(&znp, coordinator);
+                    return self.next_job(stick, coordinator);
                 };
                 Box::pin(async move {
-                    let result = leave(&znp, nwk, ieee).await;
+                    let result = znp.leave(nwk, ieee).await;
                     let _ = reply.send(result.as_ref().map(drop).map_err(ToString::to_string));
                     Done::Removed { ieee, result }
                 })
@@ -504,7 +507,7 @@ impl Network {
 
     /// Takes in a finished job; a failure of the stick itself ends the session.
     fn done(&mut self, done: Done) -> Option<String> {
-        let failure = |e: &ZnpError| e.is_link_failure().then(|| e.to_string());
+        let failure = |e: &CoordinatorError| e.link.then(|| e.to_string());
         match done {
             Done::Other(result) => result.err().as_ref().and_then(failure),
             Done::Removed { ieee, result } => match result {
@@ -566,27 +569,29 @@ impl Network {
     }
 
     /// An indication nobody waited for. Err: the gateway no longer takes samples.
-    async fn indication(&mut self, incoming: Incoming, stop: &CancellationToken) -> Result<(), ()> {
+    async fn indication(
+        &mut self,
+        incoming: Indication,
+        stop: &CancellationToken,
+    ) -> Result<(), ()> {
         match incoming {
-            Incoming::EndDeviceAnnceInd { nwk, ieee, .. }
-            | Incoming::TcDevInd { nwk, ieee, .. } => {
+            Indication::Joined { ieee, nwk } => {
                 self.joined(ieee, nwk);
                 Ok(())
             }
-            Incoming::LeaveInd { ieee, rejoin, .. } => {
+            Indication::Left { ieee, rejoin } => {
                 if !rejoin {
                     self.forget(ieee);
                 }
                 Ok(())
             }
-            Incoming::AfIncomingMsg {
+            Indication::Message {
+                nwk,
                 cluster,
-                src_addr,
                 lqi,
                 data,
-                ..
-            } => self.message(src_addr, cluster, lqi, &data, stop).await,
-            _ => Ok(()),
+            } => self.message(nwk, cluster, lqi, &data, stop).await,
+            Indication::Reset => Ok(()),
         }
     }
 
@@ -771,178 +776,21 @@ fn next_seq(seq: &AtomicU8) -> u8 {
     seq.fetch_add(1, Ordering::Relaxed)
 }
 
-async fn permit_join(znp: &Znp, seconds: u8) -> Result<(), ZnpError> {
-    info!(seconds, "Zigbee: permit join");
-    znp.request(&Request::ZdoMgmtPermitJoinReq {
-        addr_mode: 0x0f,
-        dst: 0xfffc,
-        duration: seconds,
-        tc_significance: 1,
-    })
-    .await
-    .map(drop)
-}
-
-async fn leave(znp: &Znp, nwk: u16, ieee: u64) -> Result<(), ZnpError> {
-    let answer = znp
-        .request_then(
-            &Request::ZdoMgmtLeaveReq {
-                dst: nwk,
-                ieee,
-                remove_children_rejoin: 0,
-            },
-            move |incoming| matches!(incoming, Incoming::MgmtLeaveRsp { src, .. } if *src == nwk),
-            DEVICE_TIMEOUT,
-        )
-        .await?;
-    match answer {
-        Incoming::MgmtLeaveRsp { status: 0, .. } => Ok(()),
-        Incoming::MgmtLeaveRsp { status, .. } => Err(ZnpError::Status {
-            command: "ZDO_MGMT_LEAVE_RSP".into(),
-            status,
-        }),
-        other => Err(ZnpError::Unexpected(format!("{other:?}"))),
-    }
-}
-
-/// Sends a ZCL frame to a device and waits for the stick's confirmation
-/// that it was delivered.
-async fn zcl_send(
-    znp: &Znp,
-    nwk: u16,
-    endpoint: u8,
-    cluster: u16,
-    frame: Vec<u8>,
-) -> Result<(), ZnpError> {
-    let trans_id = frame.get(1).copied().unwrap_or(0);
-    let confirm = znp
-        .request_then(
-            &Request::AfDataRequest {
-                dst_addr: nwk,
-                dst_endpoint: endpoint,
-                src_endpoint: ENDPOINT,
-                cluster,
-                trans_id,
-                options: 0,
-                radius: 30,
-                data: frame,
-            },
-            move |incoming| matches!(incoming, Incoming::AfDataConfirm { trans_id: t, .. } if *t == trans_id),
-            DEVICE_TIMEOUT,
-        )
-        .await?;
-    match confirm {
-        Incoming::AfDataConfirm { status: 0, .. } => Ok(()),
-        Incoming::AfDataConfirm { status, .. } => Err(ZnpError::Status {
-            command: "AF_DATA_CONFIRM".into(),
-            status,
-        }),
-        other => Err(ZnpError::Unexpected(format!("{other:?}"))),
-    }
-}
-
-/// Sends a global ZCL request and waits for the device's answer (global
-/// command `answer` with the same sequence number); its payload.
-async fn zcl_ask(
-    znp: &Znp,
-    nwk: u16,
-    endpoint: u8,
-    cluster: u16,
-    frame: Vec<u8>,
-    answer: u8,
-) -> Result<Vec<u8>, ZnpError> {
-    let seq = zcl::parse_frame(&frame)
-        .map(|(header, _)| header.seq)
-        .map_err(|e| ZnpError::Unexpected(e.to_string()))?;
-    let reply = znp.expect(move |incoming| match incoming {
-        Incoming::AfIncomingMsg {
-            src_addr,
-            cluster: c,
-            data,
-            ..
-        } if *src_addr == nwk && *c == cluster => {
-            zcl::parse_frame(data).is_ok_and(|(h, _): (ZclHeader, _)| {
-                !h.cluster_specific && h.seq == seq && h.command == answer
-            })
-        }
-        _ => false,
-    });
-    zcl_send(znp, nwk, endpoint, cluster, frame).await?;
-    match znp.wait(reply, "a ZCL answer", DEVICE_TIMEOUT).await? {
-        Incoming::AfIncomingMsg { data, .. } => zcl::parse_frame(&data)
-            .map(|(_, payload)| payload.to_vec())
-            .map_err(|e| ZnpError::Unexpected(e.to_string())),
-        other => Err(ZnpError::Unexpected(format!("{other:?}"))),
-    }
-}
-
 /// Asks a device what it is, and, for the clusters Kite knows, binds them
 /// to the coordinator and configures their reports. Describing itself must
 /// succeed; binding and reporting are asked for, and a device that refuses
 /// is still used (some report on their own).
-async fn interview(
-    znp: &Znp,
+async fn interview<C: Coordinator>(
+    stick: &C,
     seq: &AtomicU8,
     ieee: u64,
     nwk: u16,
     coordinator: u64,
-) -> Result<Interview, ZnpError> {
-    let node = znp
-        .request_then(
-            &Request::ZdoNodeDescReq {
-                dst: nwk,
-                nwk_of_interest: nwk,
-            },
-            move |i| matches!(i, Incoming::NodeDescRsp { nwk: n, .. } if *n == nwk),
-            DEVICE_TIMEOUT,
-        )
-        .await?;
-    zdo_status(&node)?;
-    let active = znp
-        .request_then(
-            &Request::ZdoActiveEpReq {
-                dst: nwk,
-                nwk_of_interest: nwk,
-            },
-            move |i| matches!(i, Incoming::ActiveEpRsp { nwk: n, .. } if *n == nwk),
-            DEVICE_TIMEOUT,
-        )
-        .await?;
-    zdo_status(&active)?;
-    let Incoming::ActiveEpRsp { endpoints: ids, .. } = active else {
-        unreachable!("matched above")
-    };
+) -> Result<Interview, CoordinatorError> {
+    stick.node_descriptor(nwk).await?;
     let mut endpoints = Vec::new();
-    for id in ids {
-        let simple = znp
-            .request_then(
-                &Request::ZdoSimpleDescReq {
-                    dst: nwk,
-                    nwk_of_interest: nwk,
-                    endpoint: id,
-                },
-                move |i| matches!(i, Incoming::SimpleDescRsp { nwk: n, endpoint, .. } if *n == nwk && *endpoint == id),
-                DEVICE_TIMEOUT,
-            )
-            .await?;
-        zdo_status(&simple)?;
-        if let Incoming::SimpleDescRsp {
-            endpoint,
-            profile,
-            device_id,
-            in_clusters,
-            out_clusters,
-            ..
-        } = simple
-        {
-            endpoints.push(Endpoint {
-                id: endpoint,
-                profile,
-                device_id,
-                in_clusters,
-                out_clusters,
-            });
-        }
+    for id in stick.active_endpoints(nwk).await? {
+        endpoints.push(stick.simple_descriptor(nwk, id).await?);
     }
     let record = DeviceRecord {
         ieee,
@@ -955,9 +803,11 @@ async fn interview(
     let (mut manufacturer, mut model) = (None, None);
     if let Some(endpoint) = record.endpoint_with(BASIC) {
         let frame = zcl::read_attributes(next_seq(seq), &[0x0004, 0x0005]);
-        let payload = zcl_ask(znp, nwk, endpoint, BASIC, frame, 0x01).await?;
-        let read = zcl::parse_read_attributes_response(&payload)
-            .map_err(|e| ZnpError::Unexpected(e.to_string()))?;
+        let payload = stick.ask_zcl(nwk, endpoint, BASIC, frame, 0x01).await?;
+        let read = zcl::parse_read_attributes_response(&payload).map_err(|e| CoordinatorError {
+            message: format!("Basic cluster: {e}"),
+            link: false,
+        })?;
         for (id, result) in read {
             if let Ok((_, zcl::ZclValue::Str(text))) = result {
                 match id {
@@ -974,8 +824,11 @@ async fn interview(
             if cluster == BASIC || !clusters::KNOWN_CLUSTERS.contains(&cluster) {
                 continue;
             }
-            if let Err(e) = bind(znp, nwk, ieee, endpoint.id, cluster, coordinator).await {
-                if e.is_link_failure() {
+            if let Err(e) = stick
+                .bind(nwk, ieee, endpoint.id, cluster, coordinator)
+                .await
+            {
+                if e.link {
                     return Err(e);
                 }
                 warn!(device = %ieee_to_string(ieee), cluster = format_args!("{cluster:#06x}"), "bind refused: {e}");
@@ -983,8 +836,8 @@ async fn interview(
             let reporting = clusters::reporting(cluster);
             if !reporting.is_empty() {
                 let frame = zcl::configure_reporting(next_seq(seq), &reporting);
-                if let Err(e) = zcl_ask(znp, nwk, endpoint.id, cluster, frame, 0x07).await {
-                    if e.is_link_failure() {
+                if let Err(e) = stick.ask_zcl(nwk, endpoint.id, cluster, frame, 0x07).await {
+                    if e.link {
                         return Err(e);
                     }
                     warn!(device = %ieee_to_string(ieee), cluster = format_args!("{cluster:#06x}"), "reporting not configured: {e}");
@@ -993,7 +846,7 @@ async fn interview(
             let wanted = clusters::scaling_attributes(cluster);
             if !wanted.is_empty() {
                 let frame = zcl::read_attributes(next_seq(seq), wanted);
-                if let Ok(payload) = zcl_ask(znp, nwk, endpoint.id, cluster, frame, 0x01).await {
+                if let Ok(payload) = stick.ask_zcl(nwk, endpoint.id, cluster, frame, 0x01).await {
                     if let Ok(read) = zcl::parse_read_attributes_response(&payload) {
                         let values = read
                             .into_iter()
@@ -1011,51 +864,4 @@ async fn interview(
         model,
         scaling,
     })
-}
-
-async fn bind(
-    znp: &Znp,
-    nwk: u16,
-    ieee: u64,
-    endpoint: u8,
-    cluster: u16,
-    coordinator: u64,
-) -> Result<(), ZnpError> {
-    let answer = znp
-        .request_then(
-            &Request::ZdoBindReq {
-                dst: nwk,
-                src_ieee: ieee,
-                src_endpoint: endpoint,
-                cluster,
-                dst_ieee: coordinator,
-                dst_endpoint: ENDPOINT,
-            },
-            move |i| matches!(i, Incoming::BindRsp { src, .. } if *src == nwk),
-            DEVICE_TIMEOUT,
-        )
-        .await?;
-    zdo_status(&answer)
-}
-
-fn zdo_status(answer: &Incoming) -> Result<(), ZnpError> {
-    let status = match answer {
-        Incoming::NodeDescRsp { status, .. }
-        | Incoming::ActiveEpRsp { status, .. }
-        | Incoming::SimpleDescRsp { status, .. }
-        | Incoming::BindRsp { status, .. } => *status,
-        _ => 0,
-    };
-    if status == 0 {
-        Ok(())
-    } else {
-        Err(ZnpError::Status {
-            command: format!("{answer:?}")
-                .split([' ', '{'])
-                .next()
-                .unwrap_or_default()
-                .to_string(),
-            status,
-        })
-    }
 }

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use tracing::{info, warn};
 
+use crate::coordinator::{Started, Stick};
 use crate::driver::{Znp, ZnpError};
 use crate::znp::{self, Incoming, Request};
 
@@ -31,24 +32,6 @@ pub struct NetworkSettings {
     pub network_key: [u8; 16],
 }
 
-/// How the network came up.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Started {
-    /// The stick held the network and resumed it: devices stay joined.
-    Resumed,
-    /// The network was formed now: devices must join it.
-    Formed,
-}
-
-/// The stick as it came up.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Coordinator {
-    pub ieee: u64,
-    pub started: Started,
-    /// Z-Stack's version: (major, minor, maintenance).
-    pub version: (u8, u8, u8),
-}
-
 /// Resets the stick and brings `network` up on it: resumed when the stick
 /// holds it (`formed_before`: the gateway formed exactly this network on
 /// this stick's predecessor or itself, and the stick says it is
@@ -57,8 +40,9 @@ pub async fn start(
     znp: &Znp,
     network: &NetworkSettings,
     formed_before: bool,
-) -> Result<Coordinator, ZnpError> {
-    let version = reset(znp).await?;
+) -> Result<Stick, ZnpError> {
+    let (major, minor, maint) = reset(znp).await?;
+    info!("Z-Stack {major}.{minor}.{maint}");
     znp.request(&Request::SysPing).await?;
     let nv = znp
         .request_accepting(
@@ -99,11 +83,7 @@ pub async fn start(
         &[0x00, 0xb8],
     )
     .await?;
-    Ok(Coordinator {
-        ieee,
-        started,
-        version,
-    })
+    Ok(Stick { ieee, started })
 }
 
 /// A soft reset, and the version the stick announces.
