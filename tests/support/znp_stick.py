@@ -1229,6 +1229,8 @@ class Stick:
             return self.report(request)
         if cmd == "zone_status":
             return self.zone_status(request)
+        if cmd == "frame":
+            return self.frame(request)
         if cmd == "reset":
             LOG.info("=== the stick resets by itself (watchdog)")
             self.boot(t.ResetReason.Watchdog, announce=True)
@@ -1323,6 +1325,16 @@ class Stick:
         self.nv.save()
         LOG.info("=== %s zone status 0x%04X", device["ieee"], status)
         return self.incoming(device, IAS_ZONE, self.report_endpoint(device, IAS_ZONE), hdr + body)
+
+
+    def frame(self, request):
+        """Any ZCL frame (a manufacturer-specific one, say) from a device."""
+        device = self.known_device(request["ieee"])
+        cluster = int(request["cluster"])
+        data = bytes.fromhex(request["zcl"])
+        LOG.info("=== %s sends a frame on cluster 0x%04X", device["ieee"], cluster)
+        return self.incoming(device, cluster, self.report_endpoint(device, cluster), data,
+                             lqi=int(request["lqi"]))
 
 
 async def serve_control(stick, path):

@@ -27,7 +27,9 @@ mod resolve;
 mod tls;
 mod units;
 
-pub use devices::{BleConfig, BleDecoder, BleDeviceConfig, Decode, InstrumentConfig, ZigbeeConfig};
+pub use devices::{
+    BleConfig, BleDecoder, BleDeviceConfig, Decode, InstrumentConfig, ZigbeeCodec, ZigbeeConfig,
+};
 pub use locate::{locate, Location};
 pub(crate) use resolve::parse_key;
 pub use tls::{Tls, TlsFiles};

@@ -289,7 +289,7 @@ impl RawConfig {
             devices: ble_devices,
         });
         let mut ieees = HashSet::new();
-        for device in &devices.zigbee {
+        for (device, _) in &devices.zigbee {
             if !ieees.insert(device.ieee) {
                 report.push(
                     0..0,
@@ -306,7 +306,7 @@ impl RawConfig {
                     .build(report, base, &mut files, devices.zigbee),
             ),
             None => {
-                if let Some(device) = devices.zigbee.first() {
+                if let Some((device, _)) = devices.zigbee.first() {
                     report.push(
                         0..0,
                         format!(

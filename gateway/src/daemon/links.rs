@@ -19,7 +19,7 @@ use kite_plugins::{Codec, Limits, PluginSpec, Trust};
 use kite_serial::decode::{DecodeError, RegexDecoder};
 use kite_serial::nmea::NmeaDecoder;
 use kite_serial::FrameDecoder;
-use kite_zigbee::{ZigbeeCommand, ZigbeeHealth, ZigbeeInputs};
+use kite_zigbee::{ClusterDecode, DeviceParts, ZigbeeCommand, ZigbeeHealth, ZigbeeInputs};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -47,7 +47,12 @@ enum LinkConfig {
         codec: Option<(FileStamp, Trust)>,
     },
     /// The Zigbee coordinator and its devices.
-    Zigbee(Box<ZigbeeConfig>),
+    Zigbee {
+        config: Box<ZigbeeConfig>,
+        /// The codec plug-ins' files, and whom they must be signed by.
+        codecs: Vec<FileStamp>,
+        trust: Trust,
+    },
     /// The BLE adapter and every sensor it listens for.
     Ble {
         config: Box<BleConfig>,
@@ -67,7 +72,7 @@ impl LinkConfig {
             },
             LinkConfig::Instrument { config, .. } => format!("device {}", config.spec.name),
             LinkConfig::Ble { config, .. } => format!("BLE adapter {}", config.spec.adapter),
-            LinkConfig::Zigbee(config) => format!("Zigbee coordinator {}", config.port),
+            LinkConfig::Zigbee { config, .. } => format!("Zigbee coordinator {}", config.port),
         }
     }
 }
@@ -156,7 +161,17 @@ impl Field {
                     trust: trust.clone(),
                 }
             }))
-            .chain(zigbee.map(|zigbee| LinkConfig::Zigbee(Box::new(zigbee.clone()))))
+            .chain(zigbee.map(|zigbee| {
+                LinkConfig::Zigbee {
+                    codecs: zigbee
+                        .codecs
+                        .iter()
+                        .map(|c| FileStamp::of(&c.path))
+                        .collect(),
+                    config: Box::new(zigbee.clone()),
+                    trust: trust.clone(),
+                }
+            }))
             .collect();
         let steps = reconcile(
             std::mem::take(&mut self.links),
@@ -256,7 +271,10 @@ impl Field {
                     Err(e) => refuse(&name, &health, &e),
                 }
             }
-            LinkConfig::Zigbee(config) => self.start_zigbee(*config, &mut link, stop),
+            LinkConfig::Zigbee { config, trust, .. } => {
+                self.start_zigbee(*config, trust, sandbox, &mut link, stop)
+                    .await
+            }
             LinkConfig::Ble { config, trust, .. } => {
                 let BleConfig { spec, devices } = *config;
                 let health = Arc::new(BleHealth::default());
@@ -337,16 +355,45 @@ impl Field {
 
     /// Starts the Zigbee network: its settings completed from its memory
     /// (PAN ids chosen once) and its key file (created once).
-    fn start_zigbee(&self, config: ZigbeeConfig, link: &mut RunningLink, stop: CancellationToken) {
+    async fn start_zigbee(
+        &self,
+        config: ZigbeeConfig,
+        trust: Trust,
+        sandbox: &mut SandboxSlot,
+        link: &mut RunningLink,
+        stop: CancellationToken,
+    ) {
         let health = Arc::new(ZigbeeHealth::default());
-        let mut device_health = HashMap::new();
+        let mut parts = HashMap::new();
         let (writes_tx, writes_rx) = mpsc::channel(WRITE_QUEUE);
         for device in &config.devices {
             let h = Arc::new(DeviceHealth::default());
-            device_health.insert(device.ieee, h.clone());
-            link.devices.push((device.name.to_string(), h));
+            link.devices.push((device.name.to_string(), h.clone()));
             link.routes
                 .push((device.name.to_string(), writes_tx.clone()));
+            let codec = match config.codecs.iter().find(|c| c.ieee == device.ieee) {
+                None => None,
+                Some(codec) => {
+                    let started = self
+                        .codec(
+                            &device.name,
+                            codec.path.clone(),
+                            codec.config_json.clone(),
+                            trust.clone(),
+                            sandbox,
+                        )
+                        .await;
+                    match started {
+                        Ok(codec) => Some(Box::new(ClusterCodec(codec)) as Box<dyn ClusterDecode>),
+                        // The device's own clusters still work.
+                        Err(e) => {
+                            refuse(&device.name, &h, &e);
+                            None
+                        }
+                    }
+                }
+            };
+            parts.insert(device.ieee, DeviceParts { health: h, codec });
         }
         let (commands_tx, commands_rx) = mpsc::channel(WRITE_QUEUE);
         link.zigbee = Some((health.clone(), commands_tx));
@@ -370,7 +417,7 @@ impl Field {
             spec,
             store,
             health,
-            device_health,
+            parts,
             self.samples.clone(),
             inputs,
             stop,
@@ -503,5 +550,15 @@ impl AdvertDecode for AdvertCodec {
         // No points: the advertisement carries nothing the codec reads.
         let points = codec.decode(&structures)?;
         Ok((!points.is_empty()).then_some(points))
+    }
+}
+
+/// A codec plug-in decoding a Zigbee device's manufacturer-specific
+/// clusters: given the cluster id and the ZCL frame.
+struct ClusterCodec(Codec);
+
+impl ClusterDecode for ClusterCodec {
+    fn decode(&mut self, frame: &[u8]) -> Result<Vec<PointSample>, String> {
+        self.0.decode(frame)
     }
 }

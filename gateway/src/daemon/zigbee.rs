@@ -118,6 +118,7 @@ mod tests {
             network_key_file: None,
             permit_join: false,
             devices: Vec::new(),
+            codecs: Vec::new(),
         }
     }
 

@@ -120,6 +120,12 @@ impl From<i64> for Value {
     }
 }
 
+impl From<String> for Value {
+    fn from(text: String) -> Self {
+        Value::Text(text)
+    }
+}
+
 impl Reading {
     /// The value as a number, if it is one (booleans count as 0 and 1).
     pub fn number(&self) -> Option<f64> {

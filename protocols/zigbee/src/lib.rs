@@ -24,8 +24,8 @@ pub mod znp;
 pub mod zstack;
 
 pub use network::{
-    run_zigbee, ZigbeeCommand, ZigbeeDevice, ZigbeeHealth, ZigbeeInputs, ZigbeeSpec,
-    DEFAULT_STALE_AFTER,
+    run_zigbee, ClusterDecode, DeviceParts, ZigbeeCommand, ZigbeeDevice, ZigbeeHealth,
+    ZigbeeInputs, ZigbeeSpec, DEFAULT_STALE_AFTER,
 };
 pub use startup::NetworkSettings;
 pub use store::{DeviceRecord, Endpoint, ZigbeeStore};

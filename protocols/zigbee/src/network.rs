@@ -116,6 +116,19 @@ pub struct ZigbeeInputs {
     pub commands: mpsc::Receiver<ZigbeeCommand>,
 }
 
+/// Decodes what the clusters Kite knows do not say (manufacturer-specific
+/// clusters and commands): a codec plug-in. It is given the cluster id
+/// (little-endian) followed by the whole ZCL frame.
+pub trait ClusterDecode: Send {
+    fn decode(&mut self, frame: &[u8]) -> Result<Vec<PointSample>, String>;
+}
+
+/// A configured device's own parts.
+pub struct DeviceParts {
+    pub health: Arc<DeviceHealth>,
+    pub codec: Option<Box<dyn ClusterDecode>>,
+}
+
 /// One device as the task knows it.
 struct Known {
     record: DeviceRecord,
@@ -144,11 +157,19 @@ pub async fn run_zigbee(
     spec: ZigbeeSpec,
     store: Arc<dyn ZigbeeStore>,
     health: Arc<ZigbeeHealth>,
-    device_health: HashMap<u64, Arc<DeviceHealth>>,
+    devices: HashMap<u64, DeviceParts>,
     samples: SampleSink,
     mut inputs: ZigbeeInputs,
     stop: CancellationToken,
 ) {
+    let mut device_health = HashMap::new();
+    let mut codecs = HashMap::new();
+    for (ieee, parts) in devices {
+        device_health.insert(ieee, parts.health);
+        if let Some(codec) = parts.codec {
+            codecs.insert(ieee, codec);
+        }
+    }
     health
         .channel
         .store(spec.network.channel.into(), Ordering::Relaxed);
@@ -164,6 +185,7 @@ pub async fn run_zigbee(
         jobs: VecDeque::new(),
         seq: Arc::new(AtomicU8::new(0)),
         device_health,
+        codecs,
     };
     net.load();
     let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
@@ -203,6 +225,8 @@ struct Network {
     seq: Arc<AtomicU8>,
     /// The health of each configured device, by IEEE address.
     device_health: HashMap<u64, Arc<DeviceHealth>>,
+    /// Codecs of configured devices, by IEEE address.
+    codecs: HashMap<u64, Box<dyn ClusterDecode>>,
 }
 
 impl Network {
@@ -647,32 +671,65 @@ impl Network {
             }
             return Ok(());
         };
-        let decoded = match (header.cluster_specific, header.command) {
-            (false, 0x0a) => zcl::parse_report_attributes(payload).map(|attributes| {
-                let attributes: Vec<_> = attributes.into_iter().map(|(id, _, v)| (id, v)).collect();
-                clusters::attribute_points(cluster, &attributes, &mut known.scaling)
-            }),
-            (false, 0x01) => zcl::parse_read_attributes_response(payload).map(|attributes| {
-                let attributes: Vec<_> = attributes
-                    .into_iter()
-                    .filter_map(|(id, result)| result.ok().map(|(_, v)| (id, v)))
-                    .collect();
-                clusters::attribute_points(cluster, &attributes, &mut known.scaling)
-            }),
-            (true, 0x00) if cluster == IAS_ZONE => match payload.get(..2) {
-                Some(status) => Ok(clusters::zone_status_points(u16::from_le_bytes([
-                    status[0], status[1],
-                ]))),
-                None => return Ok(()),
-            },
-            _ => return Ok(()),
+        // What the clusters Kite knows cannot say goes to the device's
+        // codec, if it has one: the cluster id, then the whole ZCL frame.
+        let foreign = header.manufacturer.is_some() || !clusters::KNOWN_CLUSTERS.contains(&cluster);
+        let codec = self.codecs.get_mut(&known.record.ieee).filter(|_| foreign);
+        let points = |decoded: Vec<clusters::ClusterPoint>| {
+            decoded
+                .into_iter()
+                .map(|p| PointSample {
+                    name: p.name.into(),
+                    unit: p.unit.map(Into::into),
+                    reading: p.reading,
+                })
+                .collect::<Vec<_>>()
         };
+        let decoded: Result<Vec<PointSample>, String> =
+            match (codec, header.cluster_specific, header.command) {
+                (Some(codec), _, _) => {
+                    let mut frame = cluster.to_le_bytes().to_vec();
+                    frame.extend_from_slice(data);
+                    codec.decode(&frame)
+                }
+                (None, false, 0x0a) => zcl::parse_report_attributes(payload)
+                    .map(|attributes| {
+                        let attributes: Vec<_> =
+                            attributes.into_iter().map(|(id, _, v)| (id, v)).collect();
+                        points(clusters::attribute_points(
+                            cluster,
+                            &attributes,
+                            &mut known.scaling,
+                        ))
+                    })
+                    .map_err(|e| e.to_string()),
+                (None, false, 0x01) => zcl::parse_read_attributes_response(payload)
+                    .map(|attributes| {
+                        let attributes: Vec<_> = attributes
+                            .into_iter()
+                            .filter_map(|(id, result)| result.ok().map(|(_, v)| (id, v)))
+                            .collect();
+                        points(clusters::attribute_points(
+                            cluster,
+                            &attributes,
+                            &mut known.scaling,
+                        ))
+                    })
+                    .map_err(|e| e.to_string()),
+                (None, true, 0x00) if cluster == IAS_ZONE => match payload.get(..2) {
+                    Some(status) => Ok(points(clusters::zone_status_points(u16::from_le_bytes([
+                        status[0], status[1],
+                    ])))),
+                    None => return Ok(()),
+                },
+                _ => return Ok(()),
+            };
         let decoded = match decoded {
             Ok(points) => points,
             Err(e) => {
                 if let Some(health) = &known.health {
                     DeviceHealth::count(&health.errors);
-                    health.set_last_error(e.to_string());
+                    health.set_last_error(e);
                 }
                 return Ok(());
             }
@@ -692,15 +749,7 @@ impl Network {
                 .and_then(|c| c.points.as_ref())
                 .is_none_or(|kept| kept.iter().any(|k| k == name))
         };
-        let mut points: Vec<PointSample> = decoded
-            .into_iter()
-            .filter(|p| keeps(&p.name))
-            .map(|p| PointSample {
-                name: p.name.into(),
-                unit: p.unit.map(Into::into),
-                reading: p.reading,
-            })
-            .collect();
+        let mut points: Vec<PointSample> = decoded.into_iter().filter(|p| keeps(&p.name)).collect();
         if points.is_empty() {
             return Ok(());
         }

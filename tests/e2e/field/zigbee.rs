@@ -348,3 +348,107 @@ async fn a_stick_that_babbles_resets_or_hangs_is_recovered() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn door_sensors_and_manufacturer_clusters_through_a_codec() {
+    let examples = crate::plugin_builds::examples();
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start(dir.path(), false).await;
+    let stick = ZnpStick::start(dir.path()).await;
+    let mut sub = Subscriber::connect(broker.port, "kite/gw/#", "zigbee-codec", false).await;
+    const DOOR: u64 = 0x0015_8d00_0a0b_0c01;
+    const TRV: u64 = 0xa4c1_3800_0102_0304;
+    let devices = format!(
+        "[zigbee]\nport = \"{}\"\n\n\
+         [[devices]]\nname = \"door\"\nprotocol = \"zigbee\"\naddress = \"{}\"\n\n\
+         [[devices]]\nname = \"radiator\"\nprotocol = \"zigbee\"\naddress = \"{}\"\n\
+         codec = \"{}\"\n\
+         codec_config = {{ dps = {{ \"2\" = {{ name = \"setpoint\", scale = 0.1, unit = \"degC\" }}, \"3\" = {{ name = \"temperature\", scale = 0.1, unit = \"degC\" }} }} }}\n",
+        stick.port().display(),
+        ieee(DOOR),
+        ieee(TRV),
+        examples.join("kite_example_tuya_codec.wasm").display()
+    );
+    let kite = Kite::start(
+        kite_bin(),
+        dir.path(),
+        &kite_config(dir.path(), "gw", broker.port, &devices),
+    );
+    running(&kite).await;
+    permit_join(&mut sub, 1).await;
+    let door = SimDevice {
+        ieee: DOOR,
+        nwk: 0x4d01,
+        manufacturer: "LUMI".into(),
+        model: "lumi.sensor_magnet.aq2".into(),
+        endpoint: 1,
+        device_id: 0x0402,
+        in_clusters: vec![0x0000, 0x0500],
+        out_clusters: vec![],
+    };
+    let radiator = SimDevice {
+        ieee: TRV,
+        nwk: 0x5e02,
+        manufacturer: "_TZE200_ckud7u2l".into(),
+        model: "TS0601".into(),
+        endpoint: 1,
+        device_id: 0x0051,
+        in_clusters: vec![0x0000, 0xef00],
+        out_clusters: vec![],
+    };
+    assert!(stick.join(&door).await);
+    assert!(stick.join(&radiator).await);
+    kite.api_until("/status", "both are interviewed", |s| {
+        s["zigbee"]["devices"] == 2
+    })
+    .await;
+    wait_for("the radiator is interviewed", || async {
+        stick.requests("ZDO.SimpleDescReq").await >= 2
+    })
+    .await;
+
+    // An open door: the IAS zone's alarm bit.
+    stick.zone_status(DOOR, 0x0001).await;
+    let opened = sub.next_on("kite/gw/door", |_| true).await;
+    assert_eq!(opened["points"]["contact"]["value"], false, "{opened}");
+    assert_eq!(opened["points"]["ias_alarm"]["value"], true);
+    stick.zone_status(DOOR, 0x0000).await;
+    sub.next_on("kite/gw/door", |m| m["points"]["contact"]["value"] == true)
+        .await;
+
+    // Tuya datapoints on cluster 0xEF00: setpoint 21.5, temperature 19.8,
+    // and datapoint 4 (a mode enum) nobody named.
+    let mut frame = vec![0x09, 0x42, 0x02, 0x00, 0x17];
+    frame.extend([0x02, 0x02, 0x00, 0x04, 0x00, 0x00, 0x00, 0xd7]);
+    frame.extend([0x03, 0x02, 0x00, 0x04, 0x00, 0x00, 0x00, 0xc6]);
+    frame.extend([0x04, 0x04, 0x00, 0x01, 0x01]);
+    stick.frame(TRV, 0xef00, &frame, 77).await;
+    let report = sub.next_on("kite/gw/radiator", |_| true).await;
+    let points = &report["points"];
+    assert_eq!(points["setpoint"]["value"], 21.5, "{report}");
+    assert_eq!(points["setpoint"]["unit"], "degC");
+    assert_eq!(points["temperature"]["value"], 19.8);
+    assert_eq!(points["dp4"]["value"], 1);
+    assert_eq!(points["linkquality"]["value"], 77);
+    // A frame the codec cannot read is counted on the device.
+    stick
+        .frame(
+            TRV,
+            0xef00,
+            &[0x09, 0x43, 0x02, 0x00, 0x18, 0x02, 0x02, 0x00, 0x09],
+            77,
+        )
+        .await;
+    let status = kite
+        .api_until("/status", "the bad frame is counted", |s| {
+            s["devices"]["radiator"]["errors"] == 1
+        })
+        .await;
+    assert!(
+        status["devices"]["radiator"]["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("datapoint 2"),
+        "{status}"
+    );
+}

@@ -257,6 +257,16 @@ impl ZnpStick {
             .await;
     }
 
+    /// The device sends any ZCL frame (header included) on `cluster`: a
+    /// manufacturer-specific one, say.
+    pub async fn frame(&self, ieee: u64, cluster: u16, zcl: &[u8], lqi: u8) {
+        let hex: String = zcl.iter().map(|b| format!("{b:02x}")).collect();
+        self.control(
+            json!({"cmd": "frame", "ieee": ieee, "cluster": cluster, "zcl": hex, "lqi": lqi}),
+        )
+        .await;
+    }
+
     /// Sends an unsolicited SYS_RESET_IND (reason 2, watchdog: the stick
     /// reset by itself mid-run) ~50 ms later and forgets runtime state
     /// (device state HOLD, permit join, AF registration), keeping NV;

@@ -25,7 +25,7 @@ mod zigbee;
 pub(super) use ble::RawBle;
 pub use ble::{BleConfig, BleDecoder, BleDeviceConfig};
 pub(super) use zigbee::RawZigbee;
-pub use zigbee::ZigbeeConfig;
+pub use zigbee::{ZigbeeCodec, ZigbeeConfig};
 
 /// A raw serial instrument and how its frames become points.
 #[derive(Debug, Clone, PartialEq)]
@@ -291,7 +291,7 @@ pub(super) struct Devices {
     pub modbus: Vec<BusSpec>,
     pub instruments: Vec<InstrumentConfig>,
     pub ble: Vec<BleDeviceConfig>,
-    pub zigbee: Vec<kite_zigbee::ZigbeeDevice>,
+    pub zigbee: Vec<(kite_zigbee::ZigbeeDevice, Option<ZigbeeCodec>)>,
     pub names: HashSet<String>,
 }
 
@@ -457,7 +457,7 @@ impl RawDevice {
             return None;
         }
         if protocol == Protocol::Zigbee {
-            if let Some(device) = self.build_zigbee(report) {
+            if let Some(device) = self.build_zigbee(report, base, files) {
                 found.zigbee.push(device);
             }
             return None;
@@ -653,7 +653,7 @@ impl RawDevice {
             refuse(self.request.as_ref().map(Spanned::span), "request");
             refuse(self.decode.as_ref().map(Spanned::span), "decode");
             refuse(self.pattern.as_ref().map(Spanned::span), "pattern");
-            if !is_ble {
+            if !is_radio {
                 refuse(self.codec.as_ref().map(Spanned::span), "codec");
                 refuse(
                     self.codec_config.as_ref().map(Spanned::span),

@@ -29,6 +29,17 @@ pub struct ZigbeeConfig {
     pub network_key_file: Option<PathBuf>,
     pub permit_join: bool,
     pub devices: Vec<ZigbeeDevice>,
+    /// Codec plug-ins for what the clusters Kite knows do not say.
+    pub codecs: Vec<ZigbeeCodec>,
+}
+
+/// A device's codec plug-in.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ZigbeeCodec {
+    pub ieee: u64,
+    pub path: PathBuf,
+    /// The `codec_config` table, as JSON for the codec's `init`.
+    pub config_json: String,
 }
 
 #[derive(Deserialize)]
@@ -84,8 +95,9 @@ impl RawZigbee {
         report: &mut Report<'_>,
         base: &Path,
         files: &mut Files,
-        devices: Vec<ZigbeeDevice>,
+        devices: Vec<(ZigbeeDevice, Option<ZigbeeCodec>)>,
     ) -> ZigbeeConfig {
+        let (devices, codecs): (Vec<_>, Vec<_>) = devices.into_iter().unzip();
         if self.port.get_ref().is_empty() {
             report.push(self.port.span(), "zigbee.port must not be empty".into());
         }
@@ -134,12 +146,18 @@ impl RawZigbee {
             network_key_file,
             permit_join: self.permit_join,
             devices,
+            codecs: codecs.into_iter().flatten().collect(),
         }
     }
 }
 
 impl RawDevice {
-    pub(super) fn build_zigbee(&self, report: &mut Report<'_>) -> Option<ZigbeeDevice> {
+    pub(super) fn build_zigbee(
+        &self,
+        report: &mut Report<'_>,
+        base: &Path,
+        files: &mut Files,
+    ) -> Option<(ZigbeeDevice, Option<ZigbeeCodec>)> {
         let device = self.name.get_ref();
         let address = self.address.as_ref()?;
         let ieee = kite_zigbee::znp::ieee_from_str(address.get_ref());
@@ -200,12 +218,33 @@ impl RawDevice {
         {
             report.push(stale.span(), "stale_after must be at least 1s".into());
         }
-        Some(ZigbeeDevice {
+        if let (None, Some(config)) = (&self.codec, &self.codec_config) {
+            report.push(config.span(), "`codec_config` needs `codec`".into());
+        }
+        let ieee = ieee?;
+        let codec = self.codec.as_ref().map(|codec| {
+            let file = FileRef::at(base, codec);
+            let path = file.path.clone();
+            files.components.push((file, "codec"));
+            let config_json = self.codec_config.as_ref().map_or_else(
+                || "{}".to_string(),
+                |table| {
+                    serde_json::to_string(table.get_ref()).expect("a TOML table serializes to JSON")
+                },
+            );
+            ZigbeeCodec {
+                ieee,
+                path,
+                config_json,
+            }
+        });
+        let device = ZigbeeDevice {
             name: Arc::from(device.as_str()),
-            ieee: ieee?,
+            ieee,
             points: filters.then_some(kept),
             writable,
             stale_after,
-        })
+        };
+        Some((device, codec))
     }
 }
