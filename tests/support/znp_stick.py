@@ -1256,6 +1256,10 @@ class Stick:
             return bool(stored[1]) if cmd == "on_off" else int(stored[1])
         if cmd == "devices":
             return [int(ieee, 16) for ieee in self.nv.devices]
+        if cmd == "attribute":
+            device = self.known_device(request["ieee"])
+            stored = self.attribute(device, int(request["cluster"]), int(request["attribute"]))
+            return None if stored is None else stored[1]
         raise ValueError("unknown control command %r" % cmd)
 
     def join(self, spec):

@@ -147,6 +147,11 @@ struct Known {
 enum Job {
     /// Is the stick still there? Asked when it has been quiet for a while.
     Ping,
+    /// An IAS zone device asked to be enrolled: it is.
+    Enroll {
+        nwk: u16,
+        endpoint: u8,
+    },
     Interview(u64),
     Write(WriteRequest),
     Command(ZigbeeCommand),
@@ -415,6 +420,10 @@ impl Network {
         let seq = self.seq.clone();
         Some(match job {
             Job::Ping => Box::pin(async move { Done::Other(znp.ping().await) }),
+            Job::Enroll { nwk, endpoint } => Box::pin(async move {
+                let frame = zcl::zone_enroll_response(next_seq(&seq), 0, 1);
+                Done::Other(znp.send_zcl(nwk, endpoint, IAS_ZONE, frame).await)
+            }),
             Job::Interview(ieee) => {
                 let nwk = self.devices.get(&ieee)?.record.nwk;
                 let coordinator = coordinator.ieee;
@@ -716,6 +725,14 @@ impl Network {
                         ))
                     })
                     .map_err(|e| e.to_string()),
+                (None, true, zcl::ZONE_ENROLL_REQUEST) if cluster == IAS_ZONE => {
+                    let endpoint = known.record.endpoint_with(IAS_ZONE).unwrap_or(1);
+                    self.jobs.push_back(Job::Enroll {
+                        nwk: known.record.nwk,
+                        endpoint,
+                    });
+                    return Ok(());
+                }
                 (None, true, 0x00) if cluster == IAS_ZONE => match payload.get(..2) {
                     Some(status) => Ok(points(clusters::zone_status_points(u16::from_le_bytes([
                         status[0], status[1],
@@ -809,7 +826,7 @@ impl Network {
 
 fn refuse(job: Job, why: &str) {
     match job {
-        Job::Ping | Job::Interview(_) => {}
+        Job::Ping | Job::Enroll { .. } | Job::Interview(_) => {}
         Job::Write(request) => {
             let _ = request.reply.send(Err(WriteError::Device(why.to_string())));
         }
@@ -881,6 +898,27 @@ async fn interview<C: Coordinator>(
                     return Err(e);
                 }
                 warn!(device = %ieee_to_string(ieee), cluster = format_args!("{cluster:#06x}"), "bind refused: {e}");
+            }
+            if cluster == IAS_ZONE {
+                // The zone reports to its CIE, the coordinator, once it has
+                // its address; it then asks to be enrolled.
+                let cie = vec![(0x0010, 0xf0, coordinator.to_le_bytes().to_vec())];
+                let frame = zcl::write_attributes(next_seq(seq), &cie);
+                let written = stick
+                    .ask_zcl(
+                        nwk,
+                        endpoint.id,
+                        cluster,
+                        frame,
+                        zcl::WRITE_ATTRIBUTES_RESPONSE,
+                    )
+                    .await;
+                if let Err(e) = written {
+                    if e.link {
+                        return Err(e);
+                    }
+                    warn!(device = %ieee_to_string(ieee), "IAS CIE address not written: {e}");
+                }
             }
             let reporting = clusters::reporting(cluster);
             if !reporting.is_empty() {

@@ -10,6 +10,8 @@ pub const READ_ATTRIBUTES: u8 = 0x00;
 /// Global command: read attributes response.
 pub const READ_ATTRIBUTES_RESPONSE: u8 = 0x01;
 /// Global command: configure reporting.
+pub const WRITE_ATTRIBUTES: u8 = 0x02;
+pub const WRITE_ATTRIBUTES_RESPONSE: u8 = 0x04;
 pub const CONFIGURE_REPORTING: u8 = 0x06;
 /// Global command: configure reporting response.
 pub const CONFIGURE_REPORTING_RESPONSE: u8 = 0x07;
@@ -20,6 +22,10 @@ pub const DEFAULT_RESPONSE: u8 = 0x0B;
 /// IAS Zone (0x0500) cluster-specific command from the server: zone status
 /// change notification.
 pub const ZONE_STATUS_CHANGE_NOTIFICATION: u8 = 0x00;
+/// IAS Zone, from the device: it asks to be enrolled.
+pub const ZONE_ENROLL_REQUEST: u8 = 0x01;
+/// IAS Zone, to the device: the answer to its enroll request.
+pub const ZONE_ENROLL_RESPONSE: u8 = 0x00;
 /// The ZCL status for success.
 pub const SUCCESS: u8 = 0x00;
 
@@ -518,6 +524,27 @@ pub fn move_to_level_with_on_off(seq: u8, level: u8, transition_tenths: u16) -> 
 }
 
 /// A Default Response (global 0x0B): the command it answers and its status.
+/// Write Attributes (global command 0x02) of `(attribute, type, encoded
+/// value)`, asking for its response (0x04).
+pub fn write_attributes(seq: u8, attributes: &[(u16, u8, Vec<u8>)]) -> Vec<u8> {
+    let mut payload = Vec::new();
+    for (attribute, type_id, value) in attributes {
+        payload.extend_from_slice(&attribute.to_le_bytes());
+        payload.push(*type_id);
+        payload.extend_from_slice(value);
+    }
+    encode_frame(&ZclHeader::global(seq, WRITE_ATTRIBUTES, true), &payload)
+}
+
+/// IAS Zone's Zone Enroll Response (cluster-specific 0x00 to the device):
+/// `code` 0 is success; `zone_id` names the zone in later notifications.
+pub fn zone_enroll_response(seq: u8, code: u8, zone_id: u8) -> Vec<u8> {
+    encode_frame(
+        &ZclHeader::cluster(seq, ZONE_ENROLL_RESPONSE, true),
+        &[code, zone_id],
+    )
+}
+
 pub fn default_response_status(payload: &[u8]) -> Result<(u8, u8), ZclError> {
     match payload {
         [command, status] => Ok((*command, *status)),
@@ -540,6 +567,15 @@ pub fn zone_status_change(payload: &[u8]) -> Result<u16, ZclError> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn ias_enrollment_frames() {
+        let cie = 0x0012_4b00_aabb_ccddu64.to_le_bytes().to_vec();
+        let mut expected = vec![0x10, 5, 0x02, 0x10, 0x00, 0xf0];
+        expected.extend(&cie);
+        assert_eq!(write_attributes(5, &[(0x0010, 0xf0, cie)]), expected);
+        assert_eq!(zone_enroll_response(6, 0, 1), [0x11, 6, 0x00, 0x00, 0x01]);
+    }
+
     use proptest::prelude::*;
 
     use super::*;

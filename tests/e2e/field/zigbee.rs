@@ -407,6 +407,18 @@ async fn door_sensors_and_manufacturer_clusters_through_a_codec() {
     })
     .await;
 
+    // The door sensor was given the coordinator as its CIE, and enrolled.
+    wait_for("the door sensor has its CIE address", || async {
+        let cie = stick.attribute(DOOR, 0x0500, 0x0010).await;
+        cie.as_u64().is_some_and(|ieee| ieee != 0)
+    })
+    .await;
+    // Its zone state: 1, enrolled.
+    wait_for("the door sensor is enrolled", || async {
+        stick.attribute(DOOR, 0x0500, 0x0000).await == 1
+    })
+    .await;
+
     // An open door: the IAS zone's alarm bit.
     stick.zone_status(DOOR, 0x0001).await;
     let opened = sub.next_on("kite/gw/door", |_| true).await;

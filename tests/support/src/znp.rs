@@ -347,6 +347,14 @@ impl ZnpStick {
             .as_bool()
     }
 
+    /// An attribute's value as the simulated device holds it (null: none).
+    pub async fn attribute(&self, ieee: u64, cluster: u16, attribute: u16) -> Value {
+        self.control(
+            json!({"cmd": "attribute", "ieee": ieee, "cluster": cluster, "attribute": attribute}),
+        )
+        .await
+    }
+
     /// The device's CurrentLevel as the simulated device holds it.
     pub async fn level(&self, ieee: u64) -> Option<u8> {
         self.control(json!({"cmd": "level", "ieee": ieee}))
