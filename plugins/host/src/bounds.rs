@@ -8,7 +8,11 @@
 
 use kite_core::Sample;
 
-use crate::sandbox::PluginError;
+/// An output past these bounds, and which; the sandbox reports it as
+/// [`crate::PluginError::OutputTooLarge`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("output too large: {0}")]
+pub(crate) struct TooLarge(pub String);
 
 /// One message's bound when the gateway does not give its own
 /// ([`crate::PluginSpec::max_message_bytes`]): the largest MQTT packet Kite sends.
@@ -66,9 +70,9 @@ fn needs_escape(c: char) -> bool {
 
 /// Refuses a point name that is empty or longer than [`MAX_NAME_BYTES`],
 /// and a unit longer than [`MAX_UNIT_BYTES`].
-pub(crate) fn check_point(name: &str, unit: Option<&str>) -> Result<(), PluginError> {
+pub(crate) fn check_point(name: &str, unit: Option<&str>) -> Result<(), TooLarge> {
     if name.is_empty() {
-        return Err(PluginError::OutputTooLarge("a point without a name".into()));
+        return Err(TooLarge("a point without a name".into()));
     }
     at_most("a point name", name, MAX_NAME_BYTES)?;
     unit.map_or(Ok(()), |unit| at_most("a unit", unit, MAX_UNIT_BYTES))
@@ -79,7 +83,7 @@ pub(crate) fn check_event(
     message: &str,
     device: Option<&str>,
     point: Option<&str>,
-) -> Result<(), PluginError> {
+) -> Result<(), TooLarge> {
     at_most("an event message", message, MAX_EVENT_MESSAGE_BYTES)?;
     for (what, name) in [("an event's device", device), ("an event's point", point)] {
         name.map_or(Ok(()), |name| at_most(what, name, MAX_NAME_BYTES))?;
@@ -88,7 +92,7 @@ pub(crate) fn check_event(
 }
 
 /// Refuses a sample whose telemetry message would exceed `max_message_bytes`.
-pub(crate) fn check_sample(sample: &Sample, max_message_bytes: usize) -> Result<(), PluginError> {
+pub(crate) fn check_sample(sample: &Sample, max_message_bytes: usize) -> Result<(), TooLarge> {
     let device = serde_json::to_string(&*sample.device).expect("a string serializes");
     check_message(
         "a sample",
@@ -103,19 +107,19 @@ pub(crate) fn check_message(
     what: &str,
     body_bytes: usize,
     max_message_bytes: usize,
-) -> Result<(), PluginError> {
+) -> Result<(), TooLarge> {
     let bytes = body_bytes + ENVELOPE_BYTES;
     if bytes > max_message_bytes {
-        return Err(PluginError::OutputTooLarge(format!(
+        return Err(TooLarge(format!(
             "{what} that would be a message of {bytes} bytes, at most {max_message_bytes}"
         )));
     }
     Ok(())
 }
 
-fn at_most(what: &str, text: &str, max_bytes: usize) -> Result<(), PluginError> {
+fn at_most(what: &str, text: &str, max_bytes: usize) -> Result<(), TooLarge> {
     if text.len() > max_bytes {
-        return Err(PluginError::OutputTooLarge(format!(
+        return Err(TooLarge(format!(
             "{what} of {} bytes, at most {max_bytes}",
             text.len()
         )));

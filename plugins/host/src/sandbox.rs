@@ -60,6 +60,12 @@ pub enum PluginError {
     State(String),
 }
 
+impl From<crate::bounds::TooLarge> for PluginError {
+    fn from(e: crate::bounds::TooLarge) -> Self {
+        PluginError::OutputTooLarge(e.0)
+    }
+}
+
 /// What each instance may use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {

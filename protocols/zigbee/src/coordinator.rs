@@ -9,8 +9,24 @@ use std::sync::Arc;
 
 use tokio::sync::mpsc;
 
-use crate::startup::NetworkSettings;
-use crate::store::Endpoint;
+/// The network Kite runs: from the config, or chosen at random once and kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetworkSettings {
+    pub channel: u8,
+    pub pan_id: u16,
+    pub extended_pan_id: u64,
+    pub network_key: [u8; 16],
+}
+
+/// One endpoint of a device, from its simple descriptor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    pub id: u8,
+    pub profile: u16,
+    pub device_id: u16,
+    pub in_clusters: Vec<u16>,
+    pub out_clusters: Vec<u16>,
+}
 
 /// Why a call to the stick failed, and whether the stick itself is gone
 /// (it is then opened and started again).

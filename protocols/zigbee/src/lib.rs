@@ -23,9 +23,10 @@ pub mod zcl;
 pub mod znp;
 pub mod zstack;
 
+pub use coordinator::Endpoint;
+pub use coordinator::NetworkSettings;
 pub use network::{
     run_zigbee, ClusterDecode, DeviceParts, ZigbeeCommand, ZigbeeDevice, ZigbeeHealth,
     ZigbeeInputs, ZigbeeSpec, DEFAULT_STALE_AFTER,
 };
-pub use startup::NetworkSettings;
-pub use store::{DeviceRecord, Endpoint, ZigbeeStore};
+pub use store::{DeviceRecord, ZigbeeStore};

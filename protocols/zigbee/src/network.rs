@@ -18,9 +18,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::clusters::{self, Scaling};
+use crate::coordinator::Endpoint;
+use crate::coordinator::NetworkSettings;
 use crate::coordinator::{Coordinator, CoordinatorError, Indication, LineCounters, Started, Stick};
-use crate::startup::NetworkSettings;
-use crate::store::{DeviceRecord, Endpoint, ZigbeeStore};
+use crate::store::{DeviceRecord, ZigbeeStore};
 use crate::zcl;
 use crate::znp::ieee_to_string;
 use crate::zstack::ZStack;

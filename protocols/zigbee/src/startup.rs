@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use tracing::{info, warn};
 
-use crate::coordinator::{Started, Stick};
+use crate::coordinator::{NetworkSettings, Started, Stick};
 use crate::driver::{Znp, ZnpError};
 use crate::znp::{self, Incoming, Request};
 
@@ -22,15 +22,6 @@ const FORMATION: u8 = 0x04;
 /// Kite's own endpoint, on the Home Automation profile.
 pub const ENDPOINT: u8 = 1;
 const HOME_AUTOMATION: u16 = 0x0104;
-
-/// The network Kite runs: from the config, or chosen at random once and kept.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NetworkSettings {
-    pub channel: u8,
-    pub pan_id: u16,
-    pub extended_pan_id: u64,
-    pub network_key: [u8; 16],
-}
 
 /// Resets the stick and brings `network` up on it: resumed when the stick
 /// holds it (`formed_before`: the gateway formed exactly this network on

@@ -2,17 +2,7 @@
 //! and the devices on it. Kept by the embedding application (the gateway
 //! keeps it in SQLite beside its buffer); this crate only says what.
 
-use crate::startup::NetworkSettings;
-
-/// One endpoint of a device, from its simple descriptor.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Endpoint {
-    pub id: u8,
-    pub profile: u16,
-    pub device_id: u16,
-    pub in_clusters: Vec<u16>,
-    pub out_clusters: Vec<u16>,
-}
+use crate::coordinator::{Endpoint, NetworkSettings};
 
 /// A device on the network.
 #[derive(Debug, Clone, PartialEq, Eq)]

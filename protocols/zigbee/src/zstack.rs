@@ -6,10 +6,11 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
+use crate::coordinator::Endpoint;
+use crate::coordinator::NetworkSettings;
 use crate::coordinator::{Coordinator, CoordinatorError, Indication, LineCounters, Stick};
 use crate::driver::{Znp, ZnpError};
-use crate::startup::{self, NetworkSettings, ENDPOINT};
-use crate::store::Endpoint;
+use crate::startup::{self, ENDPOINT};
 use crate::zcl::{self, ZclHeader};
 use crate::znp::{Incoming, Request};
 
