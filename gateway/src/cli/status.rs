@@ -47,7 +47,10 @@ async fn call(
             .uri(path)
             .header(hyper::header::HOST, address.to_string());
         if let Some(token) = &location.token {
-            request = request.header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
+            request = request.header(
+                hyper::header::AUTHORIZATION,
+                format!("Bearer {}", token.expose()),
+            );
         }
         let response = sender
             .send_request(request.body(Full::new(Bytes::from(body)))?)

@@ -7,7 +7,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
+use toml::Spanned;
 
+use super::secrets::{self, Secret, SecretKeys};
 use super::{read, ConfigError, Report};
 
 /// What the tools need to reach a gateway.
@@ -16,8 +18,8 @@ pub struct Location {
     pub data_dir: PathBuf,
     /// Where the local API listens; `None` when it is off.
     pub listen: Option<SocketAddr>,
-    /// The API's bearer token, read from `http.token_file`.
-    pub token: Option<String>,
+    /// The API's bearer token, from wherever the config says.
+    pub token: Option<Secret>,
 }
 
 /// Every other key is ignored, whatever it says.
@@ -39,7 +41,10 @@ struct PartialHttp {
     enabled: bool,
     #[serde(default = "default_listen")]
     listen: String,
-    token_file: Option<PathBuf>,
+    token_file: Option<Spanned<PathBuf>>,
+    token_credential: Option<Spanned<String>>,
+    token_env: Option<Spanned<String>>,
+    token: Option<Spanned<toml::Value>>,
 }
 
 impl Default for PartialHttp {
@@ -48,6 +53,9 @@ impl Default for PartialHttp {
             enabled: true,
             listen: default_listen(),
             token_file: None,
+            token_credential: None,
+            token_env: None,
+            token: None,
         }
     }
 }
@@ -77,16 +85,16 @@ pub fn locate(path: &Path) -> Result<Location, ConfigError> {
                     format!("http.listen {:?}: expected ip:port", partial.http.listen),
                 );
             }
-            let token = partial.http.token_file.and_then(|file| {
-                let file = base.join(file);
-                match std::fs::read_to_string(&file) {
-                    Ok(text) => Some(text.trim().to_string()),
-                    Err(e) => {
-                        report.push(0..0, format!("http.token_file {}: {e}", file.display()));
-                        None
-                    }
-                }
-            });
+            let http = &partial.http;
+            let token = SecretKeys {
+                key: "http.token",
+                inline: &http.token,
+                file: &http.token_file,
+                credential: &http.token_credential,
+                env: &http.token_env,
+            }
+            .source(&mut report, base)
+            .and_then(|source| secrets::read(source, "http.token", &mut report));
             Some(Location {
                 data_dir: partial.gateway.data_dir,
                 listen: listen.flatten(),
@@ -124,7 +132,7 @@ mod tests {
             Location {
                 data_dir: "/var/lib/kite".into(),
                 listen: Some("0.0.0.0:9999".parse().unwrap()),
-                token: Some("s3cret".into()),
+                token: Some(Secret::for_tests("s3cret")),
             }
         );
         std::fs::write(

@@ -24,6 +24,7 @@ mod devices;
 mod locate;
 mod parse;
 mod resolve;
+mod secrets;
 mod tls;
 mod units;
 
@@ -32,6 +33,7 @@ pub use devices::{
 };
 pub use locate::{locate, Location};
 pub(crate) use resolve::parse_key;
+pub use secrets::Secret;
 pub use tls::{Tls, TlsFiles};
 pub use units::{parse_duration, parse_size};
 
@@ -105,7 +107,7 @@ pub struct MqttConfig {
     pub tls: Option<Tls>,
     pub client_id: String,
     pub username: Option<String>,
-    pub password: Option<String>,
+    pub password: Option<Secret>,
     pub topic_prefix: String,
     pub keep_alive: Duration,
     pub max_inflight: u16,
@@ -123,7 +125,7 @@ pub struct HttpConfig {
     /// `None`: no API.
     pub listen: Option<std::net::SocketAddr>,
     /// Required for everything but `/healthz` when set.
-    pub token: Option<String>,
+    pub token: Option<Secret>,
 }
 
 /// Every problem found in one config file.

@@ -14,6 +14,7 @@ use toml::Spanned;
 
 use super::devices::{self, BleConfig, RawBle, RawBus, RawDevice, RawZigbee};
 use super::resolve::{FileRef, Files, TlsRefs};
+use super::secrets::SecretKeys;
 use super::units::{ByteSize, Interval};
 use super::{
     check_topic_level, Config, GatewayConfig, HttpConfig, MqttConfig, PluginConfig, Report,
@@ -50,6 +51,10 @@ struct RawHttp {
     #[serde(default = "default_http_listen")]
     listen: Spanned<String>,
     token_file: Option<Spanned<PathBuf>>,
+    token_credential: Option<Spanned<String>>,
+    token_env: Option<Spanned<String>>,
+    /// Refused: a secret is not written in the config.
+    token: Option<Spanned<toml::Value>>,
 }
 
 impl Default for RawHttp {
@@ -58,6 +63,9 @@ impl Default for RawHttp {
             enabled: true,
             listen: default_http_listen(),
             token_file: None,
+            token_credential: None,
+            token_env: None,
+            token: None,
         }
     }
 }
@@ -72,8 +80,16 @@ fn default_http_listen() -> Spanned<String> {
 
 impl RawHttp {
     fn build(self, report: &mut Report<'_>, base: &Path, files: &mut Files) -> HttpConfig {
-        // The token is read from its file when the config is resolved.
-        files.token = self.token_file.as_ref().map(|file| FileRef::at(base, file));
+        // The token is read when the config is resolved.
+        files.token = SecretKeys {
+            key: "http.token",
+            inline: &self.token,
+            file: &self.token_file,
+            credential: &self.token_credential,
+            env: &self.token_env,
+        }
+        .source(report, base);
+        let has_token = files.token.is_some();
         if !self.enabled {
             return HttpConfig::default();
         }
@@ -90,10 +106,10 @@ impl RawHttp {
                 return HttpConfig::default();
             }
         };
-        if !listen.ip().is_loopback() && self.token_file.is_none() {
+        if !listen.ip().is_loopback() && !has_token {
             report.push(
                 self.listen.span(),
-                "http.listen off loopback needs http.token_file: metrics and status would be open to the network".into(),
+                "http.listen off loopback needs a token (http.token_file, http.token_credential or http.token_env): metrics and status would be open to the network".into(),
             );
         }
         HttpConfig {
@@ -176,6 +192,10 @@ struct RawMqtt {
     client_id: Option<Spanned<String>>,
     username: Option<String>,
     password_file: Option<Spanned<PathBuf>>,
+    password_credential: Option<Spanned<String>>,
+    password_env: Option<Spanned<String>>,
+    /// Refused: a secret is not written in the config.
+    password: Option<Spanned<toml::Value>>,
     ca_file: Option<Spanned<PathBuf>>,
     cert_file: Option<Spanned<PathBuf>>,
     key_file: Option<Spanned<PathBuf>>,
@@ -392,7 +412,14 @@ impl RawMqtt {
         }
         // The files are read when the config is resolved.
         let file = |file: &Option<Spanned<PathBuf>>| file.as_ref().map(|f| FileRef::at(base, f));
-        files.password = file(&self.password_file);
+        files.password = SecretKeys {
+            key: "mqtt.password",
+            inline: &self.password,
+            file: &self.password_file,
+            credential: &self.password_credential,
+            env: &self.password_env,
+        }
+        .source(report, base);
         let (ca, cert, key) = (
             file(&self.ca_file),
             file(&self.cert_file),
@@ -421,11 +448,8 @@ impl RawMqtt {
                 "TLS files are set but the url is not mqtts://".into(),
             );
         }
-        if self.password_file.is_some() && self.username.is_none() {
-            report.push(
-                self.url.span(),
-                "mqtt.password_file needs mqtt.username".into(),
-            );
+        if files.password.is_some() && self.username.is_none() {
+            report.push(self.url.span(), "mqtt.password needs mqtt.username".into());
         }
         let topic_prefix = self.topic_prefix;
         let prefix = topic_prefix.get_ref();

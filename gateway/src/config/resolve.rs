@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use toml::Spanned;
 
+use super::secrets::{self, SecretRef};
 use super::tls::{self, TlsFile, TlsFiles};
 use super::{Config, Report};
 
@@ -51,8 +52,8 @@ pub(super) struct TlsRefs {
 /// Every file a config names.
 #[derive(Debug, Default)]
 pub(super) struct Files {
-    pub password: Option<FileRef>,
-    pub token: Option<FileRef>,
+    pub password: Option<SecretRef>,
+    pub token: Option<SecretRef>,
     pub tls: Option<TlsRefs>,
     pub trusted_keys: Vec<FileRef>,
     /// Plug-ins and codecs, with what each is: they must exist.
@@ -66,33 +67,11 @@ pub(super) struct Files {
 
 /// Reads what `files` names into `config`; what cannot be read is a problem at its place.
 pub(super) fn resolve(config: &mut Config, files: Files, report: &mut Report<'_>) {
-    if let Some(file) = files.password {
-        if file.exists(report, "mqtt.password_file") {
-            match std::fs::read_to_string(&file.path) {
-                Ok(text) => {
-                    config.mqtt.password = Some(text.trim_end_matches(['\r', '\n']).to_string());
-                }
-                Err(e) => report.push(
-                    file.span,
-                    format!("mqtt.password_file {}: {e}", file.path.display()),
-                ),
-            }
-        }
+    if let Some(source) = files.password {
+        config.mqtt.password = secrets::read(source, "mqtt.password", report);
     }
-    if let Some(file) = files.token {
-        match std::fs::read_to_string(&file.path) {
-            Ok(text) if !text.trim().is_empty() => {
-                config.http.token = Some(text.trim().to_string());
-            }
-            Ok(_) => report.push(
-                file.span,
-                format!("http.token_file {} is empty", file.path.display()),
-            ),
-            Err(e) => report.push(
-                file.span,
-                format!("http.token_file {}: {e}", file.path.display()),
-            ),
-        }
+    if let Some(source) = files.token {
+        config.http.token = secrets::read(source, "http.token", report);
     }
     let keys: Vec<_> = files
         .trusted_keys

@@ -545,3 +545,58 @@ fn zigbee_takes_documented_defaults_and_names_its_mistakes() {
         "reserved",
     );
 }
+
+#[test]
+fn secrets_come_from_files_credentials_or_the_environment_never_the_config() {
+    check_error(
+        "username = \"u\"\npassword = \"hunter2\"\n",
+        7,
+        "mqtt.password written in the config is refused",
+    );
+    check_error(
+        "[http]\ntoken = \"t\"\n",
+        7,
+        "http.token written in the config is refused",
+    );
+    check_error(
+        "username = \"u\"\npassword_env = \"A\"\npassword_credential = \"b\"\n",
+        8,
+        "give one of mqtt.password_file, mqtt.password_credential and mqtt.password_env",
+    );
+    check_error(
+        "password_env = \"KITE_TEST_UNSET_PASSWORD\"\n",
+        5,
+        "mqtt.password needs mqtt.username",
+    );
+    check_error(
+        "username = \"u\"\npassword_credential = \"a/b\"\n",
+        7,
+        "expected a credential's name",
+    );
+    let env = format!("{MINIMAL}username = \"u\"\npassword_env = \"KITE_TEST_UNSET_PASSWORD\"\n");
+    let unset = from_text(&env, Path::new("kite.toml"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        unset.contains("KITE_TEST_UNSET_PASSWORD is not set"),
+        "{unset}"
+    );
+
+    // A systemd credential, found by name in $CREDENTIALS_DIRECTORY; the
+    // error names the credential, never its value.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("mqtt-password"), "s3cret-value\n").unwrap();
+    let text = format!("{MINIMAL}username = \"u\"\npassword_credential = \"mqtt-password\"\n");
+    // The test process's environment is shared: a variable no other test reads.
+    std::env::set_var("CREDENTIALS_DIRECTORY", dir.path());
+    let config = from_text(&text, Path::new("kite.toml")).unwrap();
+    std::env::remove_var("CREDENTIALS_DIRECTORY");
+    assert_eq!(
+        config.mqtt.password.as_ref().map(Secret::expose),
+        Some("s3cret-value")
+    );
+    assert!(
+        !format!("{config:?}").contains("s3cret-value"),
+        "the value is not in Debug output"
+    );
+}

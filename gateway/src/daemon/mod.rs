@@ -180,7 +180,7 @@ pub async fn run(
             http::Api::new(
                 &vitals,
                 config.gateway.id.clone(),
-                config.http.token.clone(),
+                config.http.token.as_ref().map(|t| t.expose().to_string()),
                 log,
                 reloads_tx,
             ),

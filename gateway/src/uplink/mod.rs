@@ -349,7 +349,8 @@ fn options(config: &MqttConfig, topics: &Topics) -> MqttOptions {
             true,
         ));
     if let Some(username) = &config.username {
-        options.set_credentials(username, config.password.clone().unwrap_or_default());
+        let password = config.password.as_ref().map_or("", |p| p.expose());
+        options.set_credentials(username, password);
     }
     if let Some(tls) = &config.tls {
         options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(

@@ -2,4 +2,5 @@
 //! watchdog, and the status page in Chromium.
 
 mod operations;
+mod secrets;
 mod status_page;
