@@ -9,7 +9,11 @@
 //! by one rumqttc client, so that results taken on a busy machine can be
 //! compared as ratios. `kite-bench idle` reports the RSS of an idle gateway.
 //! `kite-bench rtu` measures a Modbus RTU line against its ceiling;
-//! `kite-bench reload` what a reload costs the devices it leaves alone.
+//! `kite-bench reload` what a reload costs the devices it leaves alone;
+//! `kite-bench plugins` what plug-ins cost per reading and to instantiate;
+//! `kite-bench ble` what BLE sensors cost: decoding an advertisement in
+//! process, and Kite's CPU, memory and writes per advertisement heard
+//! through BlueZ's D-Bus API.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -24,6 +28,7 @@ use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, QoS};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+mod ble;
 mod plugins;
 mod reload;
 mod rtu;
@@ -75,6 +80,25 @@ enum Mode {
         #[arg(long, default_value = "plugins/examples/target/wasm32-wasip2/release")]
         examples: PathBuf,
     },
+    /// BLE costs: decoding per advertisement in process, then Kite's CPU,
+    /// RSS and writes per advertisement from a BlueZ mock, against an idle
+    /// reference.
+    Ble {
+        /// BTHome sensors configured and advertising.
+        #[arg(long, default_value_t = 20)]
+        devices: usize,
+        /// Advertisements sent, round-robin over the sensors.
+        #[arg(long, default_value_t = 20_000)]
+        adverts: usize,
+        /// Advertisements per second at most; 0: as fast as the BlueZ mock
+        /// takes them.
+        #[arg(long, default_value_t = 0.0)]
+        rate: f64,
+        /// Calls per timed run of the in-process decode measurements; 0
+        /// skips them.
+        #[arg(long, default_value_t = 1_000_000)]
+        iterations: usize,
+    },
 }
 
 #[tokio::main]
@@ -99,6 +123,12 @@ async fn main() -> anyhow::Result<()> {
         Mode::Idle => idle(&cli.kite).await,
         Mode::Rtu { baud, seconds } => rtu::run(&cli.kite, baud, seconds).await,
         Mode::Reload { reloads } => reload::run(&cli.kite, reloads).await,
+        Mode::Ble {
+            devices,
+            adverts,
+            rate,
+            iterations,
+        } => ble::run(&cli.kite, devices, adverts, rate, iterations).await,
         Mode::Plugins { .. } => unreachable!("handled above"),
     }
 }
