@@ -188,6 +188,8 @@ fn inspection_json(path: &Path, inspection: &Inspection) -> serde_json::Value {
         "bytes": inspection.totals.bytes,
         "dropped": inspection.totals.dropped,
         "set_aside": inspection.totals.set_aside,
+        "thinned": inspection.totals.thinned,
+        "keep_every": inspection.totals.keep_every,
         "last_seq": inspection.totals.last_seq,
         "oldest_ts": inspection.totals.oldest_ts_ms,
         "newest_ts": inspection.newest_ts_ms,
@@ -197,11 +199,11 @@ fn inspection_json(path: &Path, inspection: &Inspection) -> serde_json::Value {
 
 fn summary(path: &Path, inspection: &Inspection, now_ms: i64) -> String {
     let when = |ts: Option<i64>| match ts {
-        Some(ts) => format!("{} ({})", utc(ts), super::age(now_ms - ts)),
+        Some(ts) => format!("{} ({})", kite_core::utc(ts), super::age(now_ms - ts)),
         None => "-".to_string(),
     };
     let mut text = format!(
-        "{}\nrows      {}\nbytes     {}\noldest    {}\nnewest    {}\ndropped   {}\nset aside {}\nlast seq  {}\n",
+        "{}\nrows      {}\nbytes     {}\noldest    {}\nnewest    {}\ndropped   {}\nset aside {}\nthinned   {} (keeping 1 sample in {})\nlast seq  {}\n",
         path.display(),
         inspection.totals.rows,
         inspection.totals.bytes,
@@ -209,6 +211,8 @@ fn summary(path: &Path, inspection: &Inspection, now_ms: i64) -> String {
         when(inspection.newest_ts_ms),
         inspection.totals.dropped,
         inspection.totals.set_aside,
+        inspection.totals.thinned,
+        inspection.totals.keep_every,
         inspection.totals.last_seq,
     );
     if inspection.devices.is_empty() {
@@ -237,43 +241,12 @@ fn summary(path: &Path, inspection: &Inspection, now_ms: i64) -> String {
     text
 }
 
-/// `2024-03-01T12:00:00.250Z`.
-fn utc(ts_ms: i64) -> String {
-    let (days, ms_of_day) = (ts_ms.div_euclid(86_400_000), ts_ms.rem_euclid(86_400_000));
-    // Days since 1970-01-01 to a civil date (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    let seconds = ms_of_day / 1000;
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        seconds / 3600,
-        seconds / 60 % 60,
-        seconds % 60,
-        ms_of_day % 1000
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn times_read_as_utc_and_age() {
-        for (ts, text) in [
-            (0, "1970-01-01T00:00:00.000Z"),
-            (951_782_400_000, "2000-02-29T00:00:00.000Z"),
-            (1_709_294_400_250, "2024-03-01T12:00:00.250Z"),
-            (-1, "1969-12-31T23:59:59.999Z"),
-        ] {
-            assert_eq!(utc(ts), text);
-        }
+    fn ages_read_naturally() {
         for (ms, text) in [
             (4_999, "4s ago"),
             (125_000, "2m5s ago"),
@@ -293,6 +266,8 @@ mod tests {
                 bytes: 300,
                 dropped: 1,
                 set_aside: 2,
+                thinned: 4,
+                keep_every: 2,
                 last_seq: 9,
                 oldest_ts_ms: Some(1_000),
             },
@@ -315,6 +290,7 @@ mod tests {
              newest    1970-01-01T00:01:01.000Z (1m0s ago)\n\
              dropped   1\n\
              set aside 2\n\
+             thinned   4 (keeping 1 sample in 2)\n\
              last seq  9\n\
              \n\
              device       rows         bytes  oldest\n\

@@ -169,6 +169,7 @@ fn test(
                 for sample in &output.samples {
                     let points = serde_json::value::RawValue::from_string(sample.points_json())?;
                     let telemetry = wire::Telemetry {
+                        historical: false,
                         seq: None,
                         ts: sample.ts_ms,
                         device: &sample.device,

@@ -171,13 +171,14 @@ fn summary(status: &Value) -> String {
     }
     let buffer = &status["buffer"];
     out += &format!(
-        "buffer   {} rows, {} bytes, oldest {}, {} dropped, {} set aside, {} lost\n",
+        "buffer   {} rows, {} bytes, oldest {}, {} dropped, {} thinned, {} set aside, {} lost\n",
         buffer["rows"],
         buffer["bytes"],
         buffer["oldest_ts"]
             .as_i64()
             .map_or("-".into(), |ts| super::age(kite_core::now_ms() - ts)),
         buffer["dropped"],
+        buffer["thinned"],
         buffer["set_aside"],
         buffer["lost"]
     );
@@ -193,6 +194,10 @@ fn summary(status: &Value) -> String {
         uplink["acknowledged"],
         uplink["reconnects"]
     );
+    let certificates = uplink["certificates"].as_array().into_iter().flatten();
+    for warning in certificates.filter_map(|c| c["warning"].as_str()) {
+        out += &format!("  - {warning}\n");
+    }
     section(&mut out, "buses", &status["buses"], |bus| {
         format!(
             "{:<7} {} missed polls, {} link failures",

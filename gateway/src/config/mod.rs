@@ -34,7 +34,7 @@ pub use devices::{
 pub use locate::{locate, Location};
 pub(crate) use resolve::parse_key;
 pub use secrets::Secret;
-pub use tls::{Tls, TlsFiles};
+pub use tls::{Certificate, Tls, TlsFiles};
 pub use units::{parse_duration, parse_size};
 
 /// Largest MQTT message unless `mqtt.max_message_bytes` says otherwise: what
@@ -117,6 +117,16 @@ pub struct MqttConfig {
     pub status_interval: Duration,
     /// Largest MQTT message (topic and payload) Kite stores or publishes.
     pub max_message_bytes: usize,
+    pub replay: Replay,
+}
+
+/// How a backlog goes out once the broker is back (`mqtt.replay`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Replay {
+    /// Oldest first, live rows after the backlog.
+    InOrder,
+    /// Live rows at once, the backlog behind them, marked historical.
+    LiveFirst { rows_per_second: Option<u32> },
 }
 
 /// The local HTTP API (health, metrics, status).

@@ -17,10 +17,10 @@ use super::resolve::{FileRef, Files, TlsRefs};
 use super::secrets::SecretKeys;
 use super::units::{ByteSize, Interval};
 use super::{
-    check_topic_level, Config, GatewayConfig, HttpConfig, MqttConfig, PluginConfig, Report,
+    check_topic_level, Config, GatewayConfig, HttpConfig, MqttConfig, PluginConfig, Replay, Report,
     DEFAULT_HTTP_LISTEN, DEFAULT_MAX_MESSAGE_BYTES, RESERVED_DEVICE_NAMES,
 };
-use crate::store::{Durability, Settings};
+use crate::store::{Durability, OnFull, Settings};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -214,6 +214,17 @@ struct RawMqtt {
     /// Allows plaintext `mqtt://` to a broker off this host.
     #[serde(default)]
     insecure: bool,
+    #[serde(default)]
+    replay: RawReplay,
+    replay_rate: Option<Spanned<u32>>,
+}
+
+#[derive(Deserialize, Default, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+enum RawReplay {
+    #[default]
+    InOrder,
+    LiveFirst,
 }
 
 fn default_max_message_bytes() -> Spanned<ByteSize> {
@@ -247,6 +258,8 @@ struct RawBuffer {
     max_bytes: Spanned<ByteSize>,
     #[serde(default = "default_durability")]
     durability: Durability,
+    #[serde(default)]
+    on_full: OnFull,
 }
 
 impl Default for RawBuffer {
@@ -254,6 +267,7 @@ impl Default for RawBuffer {
         Self {
             max_bytes: default_max_bytes(),
             durability: default_durability(),
+            on_full: OnFull::default(),
         }
     }
 }
@@ -365,6 +379,7 @@ impl RawConfig {
             buffer: Settings {
                 max_bytes: self.buffer.max_bytes.into_inner().0,
                 durability: self.buffer.durability,
+                on_full: self.buffer.on_full,
             },
             modbus: devices.modbus,
             instruments: devices.instruments,
@@ -497,6 +512,31 @@ impl RawMqtt {
                 "mqtt.max_message_bytes must be 1KiB to 16MiB".into(),
             );
         }
+        let replay = match (self.replay, self.replay_rate) {
+            (RawReplay::InOrder, rate) => {
+                if let Some(rate) = rate {
+                    report.push(
+                        rate.span(),
+                        "mqtt.replay_rate caps the backlog behind live data: it needs replay = \"live_first\"".into(),
+                    );
+                }
+                Replay::InOrder
+            }
+            (RawReplay::LiveFirst, None) => Replay::LiveFirst {
+                rows_per_second: None,
+            },
+            (RawReplay::LiveFirst, Some(rate)) => {
+                if *rate.get_ref() == 0 {
+                    report.push(
+                        rate.span(),
+                        "mqtt.replay_rate must be at least 1 (rows per second); leave it out for no cap".into(),
+                    );
+                }
+                Replay::LiveFirst {
+                    rows_per_second: Some(rate.into_inner()),
+                }
+            }
+        };
         MqttConfig {
             host,
             port,
@@ -510,6 +550,7 @@ impl RawMqtt {
             flush_timeout: self.flush_timeout.0,
             status_interval: self.status_interval.get_ref().0,
             max_message_bytes: max_message_bytes as usize,
+            replay,
         }
     }
 }

@@ -14,6 +14,7 @@ fn minimal_config_takes_documented_defaults() {
     assert_eq!(config.mqtt.port, 1883);
     assert_eq!(config.buffer.max_bytes, 256 << 20);
     assert_eq!(config.buffer.durability, crate::store::Durability::Normal);
+    assert_eq!(config.buffer.on_full, crate::store::OnFull::DropOldest);
     assert!(config.warnings.is_empty());
 }
 
@@ -61,6 +62,44 @@ fn mistakes_are_named_with_their_line() {
         "[buffer]\ndurability = \"sometimes\"\n",
         7,
         "unknown variant `sometimes`",
+    );
+    assert_eq!(
+        from_text(
+            &MINIMAL.replace(
+                "[mqtt]\n",
+                "[mqtt]\nreplay = \"live_first\"\nreplay_rate = 50\n"
+            ),
+            Path::new("kite.toml")
+        )
+        .unwrap()
+        .mqtt
+        .replay,
+        Replay::LiveFirst {
+            rows_per_second: Some(50)
+        }
+    );
+    for (settings, expected) in [
+        ("replay_rate = 50\n", "it needs replay = \"live_first\""),
+        (
+            "replay = \"live_first\"\nreplay_rate = 0\n",
+            "mqtt.replay_rate must be at least 1",
+        ),
+        ("replay = \"newest\"\n", "unknown variant `newest`"),
+    ] {
+        let text = MINIMAL.replace("[mqtt]\n", &format!("[mqtt]\n{settings}"));
+        let error = from_text(&text, Path::new("kite.toml")).expect_err(settings);
+        assert!(
+            error
+                .problems
+                .iter()
+                .any(|p| p.line >= 5 && p.message.contains(expected)),
+            "{settings:?}: {error}"
+        );
+    }
+    check_error(
+        "[buffer]\non_full = \"thin\"\n",
+        7,
+        "unknown variant `thin`, expected `drop_oldest` or `downsample`",
     );
     check_error(
         &format!("{device}poll_interval = \"fast\"\n"),

@@ -1,11 +1,13 @@
 //! TLS to the broker: the CA, client certificate and key files read and
 //! parsed into a rustls client configuration when the config is loaded, so
 //! that `kite check` refuses a file `kite run` could not use, and a reload
-//! with unusable files changes nothing.
+//! with unusable files changes nothing. The certificates' expiry dates are
+//! kept, so that one about to expire is seen before the broker refuses it.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -26,7 +28,53 @@ pub struct Tls {
     pub files: TlsFiles,
     /// The files' bytes: the same paths with new contents are a change.
     contents: Vec<Vec<u8>>,
+    /// Every certificate of the files, for their expiry.
+    pub certificates: Vec<Certificate>,
     pub client: Arc<rustls::ClientConfig>,
+}
+
+/// A certificate is warned about this long before it expires.
+pub const EXPIRY_WARNING: Duration = Duration::from_secs(14 * 86_400);
+
+/// A certificate of `ca_file` or `cert_file`, for its expiry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Certificate {
+    pub file: TlsFile,
+    /// The subject, as in `CN=broker-ca, O=Example`.
+    pub subject: String,
+    /// Not valid after this time, in ms since the Unix epoch.
+    pub not_after_ms: i64,
+}
+
+impl Certificate {
+    /// None for a certificate rustls took but x509-parser cannot read: its
+    /// expiry is then the broker's to enforce.
+    fn read(file: TlsFile, der: &CertificateDer<'_>) -> Option<Self> {
+        let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+        Some(Self {
+            file,
+            subject: cert.subject().to_string(),
+            not_after_ms: cert.validity().not_after.timestamp().saturating_mul(1000),
+        })
+    }
+
+    /// What to say of it at `now_ms`: nothing until [`EXPIRY_WARNING`]
+    /// before it expires.
+    pub fn warning(&self, now_ms: i64) -> Option<String> {
+        let left_ms = self.not_after_ms - now_ms;
+        if left_ms > EXPIRY_WARNING.as_millis() as i64 {
+            return None;
+        }
+        let when = kite_core::utc(self.not_after_ms);
+        let what = format!("mqtt.{} certificate {:?}", self.file.key(), self.subject);
+        Some(if left_ms <= 0 {
+            format!("{what} expired on {when}: the broker will refuse it")
+        } else {
+            let days = left_ms / 86_400_000;
+            let hours = left_ms / 3_600_000 % 24;
+            format!("{what} expires on {when}, in {days}d{hours}h: replace it and reload")
+        })
+    }
 }
 
 impl PartialEq for Tls {
@@ -41,7 +89,7 @@ impl fmt::Debug for Tls {
     }
 }
 
-/// Which file a problem is in, by its config key.
+/// Which file a problem or certificate is in, by its config key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TlsFile {
     Ca,
@@ -84,10 +132,12 @@ pub fn load(files: TlsFiles) -> Result<Tls, TlsProblem> {
         Ok::<_, TlsProblem>(bytes)
     };
     let mut roots = rustls::RootCertStore::empty();
+    let mut certificates_read = Vec::new();
     match &files.ca_file {
         Some(path) => {
             let pem = read(TlsFile::Ca, path)?;
             for cert in certificates(TlsFile::Ca, path, &pem)? {
+                certificates_read.extend(Certificate::read(TlsFile::Ca, &cert));
                 roots
                     .add(cert)
                     .map_err(|e| TlsProblem::of(TlsFile::Ca, path, e))?;
@@ -113,6 +163,11 @@ pub fn load(files: TlsFiles) -> Result<Tls, TlsProblem> {
         Some((cert_path, key_path)) => {
             let pem = read(TlsFile::Cert, cert_path)?;
             let chain = certificates(TlsFile::Cert, cert_path, &pem)?;
+            certificates_read.extend(
+                chain
+                    .iter()
+                    .filter_map(|c| Certificate::read(TlsFile::Cert, c)),
+            );
             let pem = read(TlsFile::Key, key_path)?;
             let key = PrivateKeyDer::from_pem_slice(&pem)
                 .map_err(|e| TlsProblem::of(TlsFile::Key, key_path, pem_error("private key", e)))?;
@@ -136,6 +191,7 @@ pub fn load(files: TlsFiles) -> Result<Tls, TlsProblem> {
     Ok(Tls {
         files,
         contents,
+        certificates: certificates_read,
         client: Arc::new(client),
     })
 }
@@ -172,6 +228,51 @@ fn pem_error(what: &str, error: rustls::pki_types::pem::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn certificates_close_to_their_expiry_are_warned_about() {
+        let dir = tempfile::tempdir().unwrap();
+        let key_pair = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(vec!["kite".to_string()]).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "gw-17");
+        params.not_after = rcgen::date_time_ymd(2030, 1, 15);
+        let cert = params.self_signed(&key_pair).unwrap();
+        let path = |name: &str, text: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).unwrap();
+            path
+        };
+        let tls = load(TlsFiles {
+            ca_file: Some(path("ca.pem", &cert.pem())),
+            client_auth: Some((
+                path("cert.pem", &cert.pem()),
+                path("key.pem", &key_pair.serialize_pem()),
+            )),
+        })
+        .unwrap();
+        let expiry = 1_894_665_600_000; // 2030-01-15T00:00:00Z
+        let day = 86_400_000;
+        assert_eq!(
+            tls.certificates,
+            [TlsFile::Ca, TlsFile::Cert].map(|file| Certificate {
+                file,
+                subject: "CN=gw-17".into(),
+                not_after_ms: expiry,
+            })
+        );
+        let ca = &tls.certificates[0];
+        assert_eq!(ca.warning(expiry - 15 * day), None);
+        assert_eq!(
+            ca.warning(expiry - 5 * day - 3_600_000).as_deref(),
+            Some("mqtt.ca_file certificate \"CN=gw-17\" expires on 2030-01-15T00:00:00.000Z, in 5d1h: replace it and reload")
+        );
+        assert_eq!(
+            tls.certificates[1].warning(expiry + 1).as_deref(),
+            Some("mqtt.cert_file certificate \"CN=gw-17\" expired on 2030-01-15T00:00:00.000Z: the broker will refuse it")
+        );
+    }
 
     /// Each broken file must be refused with a message naming its key and
     /// containing `expected`.

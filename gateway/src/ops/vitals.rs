@@ -23,8 +23,8 @@ use crate::current::Current;
 use crate::ops::history::History;
 use crate::store::{BufferHandle, Stats};
 use crate::uplink::wire::{
-    BleReport, BufferReport, BusReport, DeviceReport, HistoryReport, PluginReport, Status,
-    UplinkReport, ZigbeeReport,
+    BleReport, BufferReport, BusReport, CertificateReport, DeviceReport, HistoryReport,
+    PluginReport, Status, UplinkReport, ZigbeeReport,
 };
 use crate::uplink::StatusSource;
 
@@ -185,9 +185,10 @@ impl StatusSource for Vitals {
                 (name.clone(), report)
             })
             .collect();
+        let now_ms = kite_core::now_ms();
         Status {
             state: "online",
-            ts: kite_core::now_ms(),
+            ts: now_ms,
             version: env!("CARGO_PKG_VERSION"),
             buffer: BufferReport {
                 rows: stats.rows,
@@ -196,6 +197,8 @@ impl StatusSource for Vitals {
                 oldest_ts: stats.oldest_ts_ms,
                 lost: self.ingest.lost(),
                 set_aside: stats.set_aside,
+                thinned: stats.thinned,
+                keep_every: stats.keep_every,
                 too_large: load(&self.ingest.too_large),
                 commit_failures: load(&self.ingest.commit_failures),
             },
@@ -206,6 +209,20 @@ impl StatusSource for Vitals {
                 reconnects: load(&self.uplink.reconnects),
                 writes_rejected: load(&self.uplink.writes_rejected),
                 results_dropped: load(&self.uplink.results_dropped),
+                backlog: load(&self.uplink.backlog),
+                replayed: load(&self.uplink.replayed),
+                replay_rate: load(&self.uplink.replay_rate),
+                certificates: self
+                    .uplink
+                    .certificates()
+                    .iter()
+                    .map(|certificate| CertificateReport {
+                        file: certificate.file.key(),
+                        subject: certificate.subject.clone(),
+                        not_after: certificate.not_after_ms,
+                        warning: certificate.warning(now_ms),
+                    })
+                    .collect(),
             },
             history: HistoryReport {
                 dropped: self.history.dropped(),

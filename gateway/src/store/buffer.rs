@@ -1,26 +1,46 @@
 //! The write side: one connection that appends, reads for delivery, acks,
-//! sets aside and drops by the size limit (see the module header of
-//! [`crate::store`]).
+//! sets aside, and thins or drops by the size limit (see the module header
+//! of [`crate::store`]).
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
 
 use super::recovery::replace_if_damaged;
 use super::schema::{migrate, read_counter, read_last_seq, record_from_row};
 use super::{
-    Appended, BufferError, Durability, NewRecord, Record, Settings, Stats, BUSY_TIMEOUT,
-    ROW_OVERHEAD,
+    Appended, BufferError, Durability, Kind, NewRecord, OnFull, Record, Settings, Stats,
+    BUSY_TIMEOUT, MAX_KEEP_EVERY, ROW_OVERHEAD,
 };
+
+/// Rows looked at per query when making room.
+const CHUNK_ROWS: i64 = 512;
 
 pub struct Buffer {
     pub(super) conn: Connection,
     pub(super) max_bytes: u64,
+    on_full: OnFull,
     pub(super) rows: u64,
     pub(super) bytes: u64,
     pub(super) dropped: u64,
     pub(super) set_aside: u64,
+    thinning: Thinning,
     pub(super) last_seq: i64,
+}
+
+/// Where downsampling stands.
+#[derive(Debug, Default)]
+struct Thinning {
+    /// Rows removed, over the life of the buffer.
+    thinned: u64,
+    /// One sample in this many per device is kept (1: nothing thinned).
+    keep_every: u64,
+    /// The sweep goes on after this seq; it starts again from the oldest
+    /// row once it has reached the newest.
+    after: i64,
+    /// Whether a device's next row in this sweep goes: its rows alternate.
+    removes_next: HashMap<String, bool>,
 }
 
 impl Buffer {
@@ -34,6 +54,7 @@ impl Buffer {
         let Settings {
             max_bytes,
             durability,
+            on_full,
         } = settings;
         if path.exists() {
             replace_if_damaged(path)?;
@@ -61,20 +82,27 @@ impl Buffer {
         )?;
         let dropped = read_counter(&conn, "dropped")?.unwrap_or(0);
         let set_aside = read_counter(&conn, "set_aside")?.unwrap_or(0);
+        let thinning = Thinning {
+            thinned: read_counter(&conn, "thinned")?.unwrap_or(0),
+            keep_every: read_counter(&conn, "keep_every")?.unwrap_or(1).max(1),
+            ..Thinning::default()
+        };
         let last_seq = read_last_seq(&conn)?.unwrap_or(0);
         Ok(Self {
             conn,
             max_bytes,
+            on_full,
             rows: rows as u64,
             bytes: bytes as u64 + rows as u64 * ROW_OVERHEAD,
             dropped,
             set_aside,
+            thinning,
             last_seq,
         })
     }
 
-    /// Stores `records` in one transaction, in order, then drops the oldest
-    /// rows while the buffer is over its limit.
+    /// Stores `records` in one transaction, in order, then thins or drops
+    /// the oldest rows while the buffer is over its limit.
     pub fn append(&mut self, records: &[NewRecord]) -> Result<Appended, BufferError> {
         let tx = self
             .conn
@@ -96,44 +124,45 @@ impl Buffer {
                 added += record.size();
             }
         }
-        let mut bytes = self.bytes + added;
-        let mut rows = self.rows + records.len() as u64;
-        let mut dropped = 0;
-        if bytes > self.max_bytes {
-            let mut select = tx.prepare_cached(
-                "SELECT seq, length(CAST(device AS BLOB)) + length(CAST(body AS BLOB)) FROM messages ORDER BY seq LIMIT 512",
-            )?;
-            let mut delete = tx.prepare_cached("DELETE FROM messages WHERE seq <= ?1")?;
-            while bytes > self.max_bytes && rows > 0 {
-                let mut cut = None;
-                let oldest =
-                    select.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)))?;
-                for row in oldest {
-                    let (seq, size) = row?;
-                    bytes -= size as u64 + ROW_OVERHEAD;
-                    rows -= 1;
-                    dropped += 1;
-                    cut = Some(seq);
-                    if bytes <= self.max_bytes {
-                        break;
-                    }
-                }
-                match cut {
-                    Some(seq) => delete.execute([seq])?,
-                    None => break,
-                };
-            }
-            tx.execute(
-                "UPDATE meta SET value = value + ?1 WHERE key = 'dropped'",
-                [dropped as i64],
-            )?;
+        let mut room = Room {
+            max_bytes: self.max_bytes,
+            bytes: self.bytes + added,
+            rows: self.rows + records.len() as u64,
+        };
+        let mut thinning = None;
+        if room.over() && self.on_full == OnFull::Downsample {
+            // Applied to `self` only once the transaction has committed.
+            let mut next = Thinning {
+                thinned: 0,
+                keep_every: self.thinning.keep_every,
+                after: self.thinning.after,
+                removes_next: std::mem::take(&mut self.thinning.removes_next),
+            };
+            thin(&tx, &mut room, &mut next)?;
+            thinning = Some(next);
         }
+        let dropped = if room.over() {
+            drop_oldest(&tx, &mut room)?
+        } else {
+            0
+        };
         tx.commit()?;
         self.last_seq = last_seq;
-        self.bytes = bytes;
-        self.rows = rows;
+        self.bytes = room.bytes;
+        self.rows = room.rows;
         self.dropped += dropped;
-        Ok(Appended { last_seq, dropped })
+        let thinned = thinning.as_ref().map_or(0, |t| t.thinned);
+        if let Some(next) = thinning {
+            self.thinning = Thinning {
+                thinned: self.thinning.thinned + next.thinned,
+                ..next
+            };
+        }
+        Ok(Appended {
+            last_seq,
+            dropped,
+            thinned,
+        })
     }
 
     /// Up to `limit` rows with `seq > after`, oldest first.
@@ -162,9 +191,20 @@ impl Buffer {
                 }
             }
         }
+        // Once the backlog has drained this far, the next outage starts
+        // again from every sample.
+        let relaxed = self.thinning.keep_every > 1 && self.bytes - freed <= self.max_bytes / 2;
+        if relaxed {
+            tx.execute("UPDATE meta SET value = 1 WHERE key = 'keep_every'", [])?;
+        }
         tx.commit()?;
         self.bytes -= freed;
         self.rows -= gone;
+        if relaxed {
+            self.thinning.keep_every = 1;
+            self.thinning.after = 0;
+            self.thinning.removes_next.clear();
+        }
         Ok(())
     }
 
@@ -196,6 +236,12 @@ impl Buffer {
         Ok(true)
     }
 
+    /// Rows thinned over the life of the buffer, and one sample in how many
+    /// is kept now.
+    pub fn thinning(&self) -> (u64, u64) {
+        (self.thinning.thinned, self.thinning.keep_every)
+    }
+
     pub fn stats(&self) -> Result<Stats, BufferError> {
         let oldest_ts_ms = self
             .conn
@@ -208,10 +254,138 @@ impl Buffer {
             bytes: self.bytes,
             dropped: self.dropped,
             set_aside: self.set_aside,
+            thinned: self.thinning.thinned,
+            keep_every: self.thinning.keep_every,
             last_seq: self.last_seq,
             oldest_ts_ms,
         })
     }
+}
+
+/// The buffer's size as an append changes it.
+struct Room {
+    max_bytes: u64,
+    bytes: u64,
+    rows: u64,
+}
+
+impl Room {
+    fn over(&self) -> bool {
+        self.bytes > self.max_bytes && self.rows > 0
+    }
+
+    fn remove(&mut self, size: i64) {
+        self.bytes -= size as u64 + ROW_OVERHEAD;
+        self.rows -= 1;
+    }
+}
+
+/// Halves the telemetry rows that stand for fewer than `keep_every`
+/// samples, sweeping from the oldest, until there is room; raises
+/// `keep_every` when a sweep finds nothing left to halve, and gives up at
+/// [`MAX_KEEP_EVERY`]. Counts what it removed in `thinning.thinned`.
+fn thin(tx: &Transaction<'_>, room: &mut Room, thinning: &mut Thinning) -> rusqlite::Result<()> {
+    let mut select = tx.prepare_cached(
+        "SELECT seq, device, stride, length(CAST(device AS BLOB)) + length(CAST(body AS BLOB))
+         FROM messages WHERE seq > ?1 AND kind = ?2 AND stride < ?3 ORDER BY seq LIMIT ?4",
+    )?;
+    let mut delete = tx.prepare_cached("DELETE FROM messages WHERE seq = ?1")?;
+    let mut widen = tx.prepare_cached("UPDATE messages SET stride = ?2 WHERE seq = ?1")?;
+    let raised_from = thinning.keep_every;
+    while room.over() {
+        let chunk = select
+            .query_map(
+                params![
+                    thinning.after,
+                    Kind::Telemetry as i64,
+                    thinning.keep_every as i64,
+                    CHUNK_ROWS
+                ],
+                |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, i64>(2)?,
+                        r.get::<_, i64>(3)?,
+                    ))
+                },
+            )?
+            .collect::<Result<Vec<_>, _>>()?;
+        if chunk.is_empty() {
+            if thinning.after > 0 {
+                thinning.after = 0;
+                thinning.removes_next.clear();
+            } else if thinning.keep_every < MAX_KEEP_EVERY {
+                thinning.keep_every *= 2;
+            } else {
+                break;
+            }
+            continue;
+        }
+        for (seq, device, stride, size) in chunk {
+            thinning.after = seq;
+            let removes = thinning.removes_next.entry(device).or_insert(false);
+            if *removes {
+                delete.execute([seq])?;
+                room.remove(size);
+                thinning.thinned += 1;
+            } else {
+                widen.execute([seq, stride * 2])?;
+            }
+            *removes = !*removes;
+            if !room.over() {
+                break;
+            }
+        }
+    }
+    if thinning.thinned > 0 {
+        tx.execute(
+            "UPDATE meta SET value = value + ?1 WHERE key = 'thinned'",
+            [thinning.thinned as i64],
+        )?;
+    }
+    if thinning.keep_every != raised_from {
+        tx.execute(
+            "UPDATE meta SET value = ?1 WHERE key = 'keep_every'",
+            [thinning.keep_every as i64],
+        )?;
+    }
+    Ok(())
+}
+
+/// Deletes the oldest rows until there is room; the number deleted.
+fn drop_oldest(tx: &Transaction<'_>, room: &mut Room) -> rusqlite::Result<u64> {
+    let mut select = tx.prepare_cached(
+        "SELECT seq, length(CAST(device AS BLOB)) + length(CAST(body AS BLOB)) FROM messages ORDER BY seq LIMIT ?1",
+    )?;
+    let mut delete = tx.prepare_cached("DELETE FROM messages WHERE seq <= ?1")?;
+    let mut dropped = 0;
+    while room.over() {
+        let mut cut = None;
+        let oldest = select.query_map([CHUNK_ROWS], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?))
+        })?;
+        for row in oldest {
+            let (seq, size) = row?;
+            room.remove(size);
+            dropped += 1;
+            cut = Some(seq);
+            if !room.over() {
+                break;
+            }
+        }
+        match cut {
+            Some(seq) => delete.execute([seq])?,
+            None => break,
+        };
+    }
+    if dropped > 0 {
+        tx.execute(
+            "UPDATE meta SET value = value + ?1 WHERE key = 'dropped'",
+            [dropped as i64],
+        )?;
+    }
+    Ok(dropped)
 }
 
 #[cfg(test)]
@@ -221,8 +395,118 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::store::testing::{open, record};
+    use crate::store::testing::{open, open_with, record};
     use crate::store::Kind;
+
+    fn sample(device: &str, ts_ms: i64) -> NewRecord {
+        NewRecord {
+            kind: Kind::Telemetry,
+            ts_ms,
+            device: device.into(),
+            body: format!("{{\"t\":{{\"value\":{ts_ms}}}}}"),
+        }
+    }
+
+    /// The read times of a device's buffered telemetry, oldest first.
+    fn times(buffer: &Buffer, device: &str) -> Vec<i64> {
+        buffer
+            .read_after(0, usize::MAX >> 1)
+            .unwrap()
+            .into_iter()
+            .filter(|r| r.kind == Kind::Telemetry && r.device == device)
+            .map(|r| r.ts_ms)
+            .collect()
+    }
+
+    #[test]
+    fn downsampling_keeps_the_whole_outage_evenly_and_counts_what_it_thins() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("b.sqlite3");
+        let max_bytes = 64 << 10;
+        let mut buffer = open_with(&path, max_bytes, OnFull::Downsample);
+        let event = NewRecord {
+            kind: Kind::Event,
+            ..sample("plugin", 0)
+        };
+        buffer.append(&[event]).unwrap();
+        let devices = ["boiler", "chiller", "pump"];
+        let samples = 10_000;
+        for ts in 1..=samples {
+            let batch: Vec<_> = devices.iter().map(|d| sample(d, ts)).collect();
+            buffer.append(&batch).unwrap();
+        }
+        let stats = buffer.stats().unwrap();
+        assert!(stats.bytes <= max_bytes, "{stats:?}");
+        assert_eq!(
+            stats.dropped, 0,
+            "nothing dropped while thinning can make room"
+        );
+        assert_eq!(
+            stats.rows + stats.thinned,
+            1 + devices.len() as u64 * samples as u64,
+            "every row is buffered or counted as thinned"
+        );
+        assert!(stats.keep_every >= 8, "{stats:?}");
+        assert!(
+            buffer.read_after(0, 1).unwrap()[0].kind == Kind::Event,
+            "only telemetry is thinned"
+        );
+        for device in devices {
+            let kept = times(&buffer, device);
+            assert_eq!(kept[0], 1, "{device}: the outage's first sample stays");
+            assert!(*kept.last().unwrap() > samples - 2 * stats.keep_every as i64);
+            let widest = kept.windows(2).map(|w| w[1] - w[0]).max().unwrap();
+            assert!(
+                widest <= 2 * stats.keep_every as i64,
+                "{device}: a gap of {widest} samples, keeping one in {}",
+                stats.keep_every
+            );
+        }
+        drop(buffer);
+        let buffer = open_with(&path, max_bytes, OnFull::Downsample);
+        let reopened = buffer.stats().unwrap();
+        assert_eq!(
+            (reopened.thinned, reopened.keep_every),
+            (stats.thinned, stats.keep_every),
+            "the counters survive a restart"
+        );
+    }
+
+    #[test]
+    fn a_drained_buffer_keeps_every_sample_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut buffer = open_with(&dir.path().join("b.sqlite3"), 64 << 10, OnFull::Downsample);
+        for ts in 1..=2_000 {
+            buffer.append(&[sample("boiler", ts)]).unwrap();
+        }
+        assert!(buffer.stats().unwrap().keep_every > 1);
+        let seqs: Vec<i64> = buffer
+            .read_after(0, 10_000)
+            .unwrap()
+            .iter()
+            .map(|r| r.seq)
+            .collect();
+        buffer.ack(&seqs[..seqs.len() * 3 / 4]).unwrap();
+        assert_eq!(buffer.stats().unwrap().keep_every, 1);
+        let before = buffer.stats().unwrap().rows;
+        for ts in 2_001..=2_010 {
+            buffer.append(&[sample("boiler", ts)]).unwrap();
+        }
+        assert_eq!(buffer.stats().unwrap().rows, before + 10, "nothing thinned");
+    }
+
+    #[test]
+    fn downsampling_drops_the_oldest_when_nothing_can_be_thinned() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut buffer = open_with(&dir.path().join("b.sqlite3"), 64 << 10, OnFull::Downsample);
+        for i in 0..2_000 {
+            buffer.append(&[record(i * 3, 100)]).unwrap();
+        }
+        let stats = buffer.stats().unwrap();
+        assert!(stats.bytes <= 64 << 10);
+        assert!(stats.dropped > 0, "events are not thinned but dropped");
+        assert_eq!(stats.thinned, 0);
+    }
 
     #[derive(Debug, Clone)]
     enum Op {
@@ -279,7 +563,7 @@ mod tests {
             let dir = tempfile::tempdir().unwrap();
             let path = dir.path().join("b.sqlite3");
             let max_bytes = 2_000;
-            let mut buffer = Buffer::open(&path, Settings { max_bytes, durability: Durability::Normal }).unwrap();
+            let mut buffer = Buffer::open(&path, Settings { max_bytes, durability: Durability::Normal, on_full: OnFull::DropOldest }).unwrap();
             let mut model = Model::default();
             let mut counter = 0;
             for op in ops {
@@ -319,7 +603,7 @@ mod tests {
                     }
                     Op::Crash => {
                         drop(buffer);
-                        buffer = Buffer::open(&path, Settings { max_bytes, durability: Durability::Normal }).unwrap();
+                        buffer = Buffer::open(&path, Settings { max_bytes, durability: Durability::Normal, on_full: OnFull::DropOldest }).unwrap();
                     }
                 }
                 let stats = buffer.stats().unwrap();
@@ -367,6 +651,7 @@ mod tests {
             (1, Kind::Telemetry, 5)
         );
         assert_eq!(buffer.stats().unwrap().dropped, 3);
+        assert_eq!(buffer.stats().unwrap().keep_every, 1);
     }
 
     #[test]
@@ -376,6 +661,7 @@ mod tests {
         let settings = Settings {
             max_bytes: 1 << 20,
             durability: Durability::Full,
+            on_full: OnFull::DropOldest,
         };
         let mut buffer = Buffer::open(&path, settings).unwrap();
         let appended = buffer.append(&[record(1, 10), record(2, 10)]).unwrap();

@@ -92,6 +92,8 @@ impl BufferHandle {
 }
 
 fn serve(mut buffer: Buffer, mut commands: mpsc::Receiver<Command>, last_seq: watch::Sender<i64>) {
+    // The `keep_every` last logged; none yet by this process.
+    let mut thinning_logged = 0;
     let mut next = commands.blocking_recv();
     while let Some(command) = next.take() {
         match command {
@@ -99,6 +101,20 @@ fn serve(mut buffer: Buffer, mut commands: mpsc::Receiver<Command>, last_seq: wa
                 let result = buffer.append(&records);
                 match &result {
                     Ok(appended) => {
+                        if appended.thinned > 0 {
+                            let (thinned_total, keep_every) = buffer.thinning();
+                            // Once per doubling: thinning goes on with every
+                            // append while the outage lasts.
+                            if keep_every != thinning_logged {
+                                warn!(
+                                    keep_every,
+                                    thinned_total,
+                                    max_bytes = buffer.max_bytes,
+                                    "buffer full: thinning the oldest samples (on_full = \"downsample\")"
+                                );
+                                thinning_logged = keep_every;
+                            }
+                        }
                         if appended.dropped > 0 {
                             warn!(
                                 dropped = appended.dropped,

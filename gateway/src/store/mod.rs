@@ -18,7 +18,7 @@
 //! out a value again, even after the rows are deleted or the file is reopened,
 //! so `seq` only increases across the life of the buffer.
 //!
-//! # On-disk format (`<data_dir>/buffer.sqlite3`, `PRAGMA user_version = 3`)
+//! # On-disk format (`<data_dir>/buffer.sqlite3`, `PRAGMA user_version = 4`)
 //! ```sql
 //! CREATE TABLE messages (
 //!     seq    INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -30,20 +30,33 @@
 //!     kind   INTEGER NOT NULL DEFAULT 0  -- 0 telemetry, 1 event, 2 write result,
 //!                                        -- 3 BLE discovery, 4 command result
 //!                                        -- (added in version 2)
+//!     stride INTEGER NOT NULL DEFAULT 1  -- telemetry: the samples of its device
+//!                                        -- this row stands for after thinning
+//!                                        -- (added in version 4)
 //! );
-//! CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);  -- 'dropped', 'set_aside'
+//! -- 'dropped', 'set_aside', 'thinned', 'keep_every' (the last two added in version 4)
+//! CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 //! -- Rows the broker cannot take, moved out of `messages` (added in version 3).
 //! CREATE TABLE set_aside (seq INTEGER PRIMARY KEY, ts INTEGER NOT NULL,
 //!     device TEXT NOT NULL, body TEXT NOT NULL, kind INTEGER NOT NULL,
 //!     reason TEXT NOT NULL);
 //! ```
-//! The published message is made from a row by `uplink::wire`. Version 1 and
-//! 2 files are upgraded in place when opened.
+//! The published message is made from a row by `uplink::wire`. Version 1 to
+//! 3 files are upgraded in place when opened.
 //!
 //! # Size limit
 //! The size of a row is `length(device) + length(body) + ROW_OVERHEAD`; when
-//! the sum passes `max_bytes`, the oldest rows go, in the same transaction
-//! as the insert that made room necessary.
+//! the sum passes `max_bytes`, room is made in the same transaction as the
+//! insert that made it necessary. With [`OnFull::DropOldest`] the oldest rows
+//! go. With [`OnFull::Downsample`] telemetry is thinned first, so that a long
+//! outage keeps its shape: the buffer keeps one sample in `keep_every` per
+//! device, and rows that stand for fewer samples (`stride`) are halved,
+//! oldest first, in sweeps over the buffer (of two neighbouring rows of a
+//! device the older one stays and stands for twice as many). When every row
+//! is at `keep_every`, it doubles, up to [`MAX_KEEP_EVERY`]; past that, and
+//! for rows other than telemetry, the oldest rows are dropped as with
+//! `DropOldest`. Thinned rows are counted (`thinned`); `keep_every` goes
+//! back to 1 once acknowledgements have emptied half of the buffer.
 //!
 //! # A damaged file
 //! [`Buffer::open`] first runs [`check`] on an existing file. If it is not a
@@ -95,7 +108,24 @@ pub struct Settings {
     /// The rows may take this much (see "Size limit"); the oldest go beyond it.
     pub max_bytes: u64,
     pub durability: Durability,
+    pub on_full: OnFull,
 }
+
+/// What makes room when the buffer is full (`[buffer] on_full`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnFull {
+    /// The oldest rows go.
+    #[default]
+    DropOldest,
+    /// Telemetry is thinned evenly before anything is dropped (see "Size
+    /// limit").
+    Downsample,
+}
+
+/// The sparsest thinning: past one sample in this many per device, the
+/// oldest rows are dropped instead.
+pub const MAX_KEEP_EVERY: u64 = 1 << 16;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -195,6 +225,10 @@ pub struct Stats {
     pub dropped: u64,
     /// Rows moved to `set_aside` because the broker cannot take them.
     pub set_aside: u64,
+    /// Telemetry rows removed by downsampling over the life of the buffer.
+    pub thinned: u64,
+    /// Downsampling keeps one sample in this many per device (1: none).
+    pub keep_every: u64,
     /// The `seq` of the newest row ever stored (0 if none).
     pub last_seq: i64,
     /// Read time of the oldest row still buffered.
@@ -206,22 +240,28 @@ pub struct Appended {
     pub last_seq: i64,
     /// Rows the size limit dropped to make room.
     pub dropped: u64,
+    /// Telemetry rows downsampling removed to make room.
+    pub thinned: u64,
 }
 
 #[cfg(test)]
 pub(crate) mod testing {
     use std::path::Path;
 
-    use super::{Buffer, Durability, Kind, NewRecord, Settings};
+    use super::{Buffer, Durability, Kind, NewRecord, OnFull, Settings};
 
-    /// The buffer at `path` with durability `normal`.
+    /// The buffer at `path` with durability `normal`, dropping the oldest.
     pub fn open(path: &Path, max_bytes: u64) -> Buffer {
-        let durability = Durability::Normal;
+        open_with(path, max_bytes, OnFull::DropOldest)
+    }
+
+    pub fn open_with(path: &Path, max_bytes: u64, on_full: OnFull) -> Buffer {
         Buffer::open(
             path,
             Settings {
                 max_bytes,
-                durability,
+                durability: Durability::Normal,
+                on_full,
             },
         )
         .unwrap()

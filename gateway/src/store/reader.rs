@@ -83,6 +83,8 @@ impl BufferReader {
                 bytes: devices.iter().map(|d| d.bytes).sum(),
                 dropped: read_counter(&snapshot, "dropped")?.unwrap_or(0),
                 set_aside: read_counter(&snapshot, "set_aside")?.unwrap_or(0),
+                thinned: read_counter(&snapshot, "thinned")?.unwrap_or(0),
+                keep_every: read_counter(&snapshot, "keep_every")?.unwrap_or(1),
                 last_seq: read_last_seq(&snapshot)?.unwrap_or(0),
                 oldest_ts_ms: devices.iter().map(|d| d.oldest_ts_ms).min(),
             },

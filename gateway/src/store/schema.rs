@@ -1,4 +1,4 @@
-//! The on-disk format: the tables of version 3, the upgrade of older files
+//! The on-disk format: the tables of version 4, the upgrade of older files
 //! in place, and reading its counters and rows.
 
 use std::path::Path;
@@ -7,7 +7,7 @@ use rusqlite::{Connection, OptionalExtension};
 
 use super::{BufferError, Kind, Record};
 
-pub(super) const SCHEMA_VERSION: i64 = 3;
+pub(super) const SCHEMA_VERSION: i64 = 4;
 
 /// Creates the tables of a new file, or upgrades an older one in place.
 pub(super) fn migrate(conn: &Connection, path: &Path) -> Result<(), BufferError> {
@@ -52,6 +52,17 @@ pub(super) fn migrate(conn: &Connection, path: &Path) -> Result<(), BufferError>
         )?;
         version = 3;
     }
+    if version == 3 {
+        conn.execute_batch(
+            "BEGIN;
+             ALTER TABLE messages ADD COLUMN stride INTEGER NOT NULL DEFAULT 1;
+             INSERT OR IGNORE INTO meta (key, value) VALUES ('thinned', 0);
+             INSERT OR IGNORE INTO meta (key, value) VALUES ('keep_every', 1);
+             PRAGMA user_version = 4;
+             COMMIT;",
+        )?;
+        version = 4;
+    }
     if version != SCHEMA_VERSION {
         return Err(BufferError::Version {
             path: path.to_path_buf(),
@@ -61,7 +72,8 @@ pub(super) fn migrate(conn: &Connection, path: &Path) -> Result<(), BufferError>
     Ok(())
 }
 
-/// A counter of the `meta` table (`dropped`, `set_aside`).
+/// A counter of the `meta` table (`dropped`, `set_aside`, `thinned`,
+/// `keep_every`).
 pub(super) fn read_counter(conn: &Connection, key: &str) -> rusqlite::Result<Option<u64>> {
     conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| {
         r.get::<_, i64>(0)

@@ -19,7 +19,7 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use kite_core::Backoff;
 use rumqttc::{
@@ -30,11 +30,11 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::config::MqttConfig;
+use crate::config::{MqttConfig, Replay};
 use crate::counters::UplinkCounters;
 use crate::current::Current;
 use crate::store::{BufferError, BufferHandle, Record, Stats};
-use delivery::Delivery;
+use delivery::{Backlog, Delivery};
 use wire::{Status, Topics};
 use writes::MAX_CONCURRENT_WRITES;
 
@@ -62,7 +62,13 @@ pub struct Uplink {
     buffer: BufferHandle,
     counters: Arc<UplinkCounters>,
     status: Arc<dyn StatusSource>,
+    /// When certificates about to expire were last logged: when the config
+    /// that names them was loaded, then once a day.
+    certificates_warned: std::sync::Mutex<Instant>,
 }
+
+/// How often certificates about to expire are logged again.
+const CERTIFICATE_WARNING_INTERVAL: Duration = Duration::from_secs(86_400);
 
 /// What the uplink works with besides its settings.
 pub struct UplinkContext {
@@ -93,12 +99,19 @@ impl Uplink {
             buffer: context.buffer,
             counters: context.counters,
             status: context.status,
+            certificates_warned: std::sync::Mutex::new(Instant::now()),
         }
     }
 
     /// Runs until `shutdown`; then delivers what it can within the flush
     /// timeout, marks the gateway offline and disconnects.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        *self.counters.certificates() = self
+            .config
+            .tls
+            .as_ref()
+            .map(|tls| tls.certificates.clone())
+            .unwrap_or_default();
         let writes = Arc::new(Semaphore::new(MAX_CONCURRENT_WRITES));
         let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(10));
         loop {
@@ -148,24 +161,44 @@ impl Uplink {
         // A read from the buffer survives the loop's other events, so that a
         // stream of PUBACKs never cancels it half-way; `newest` is the last
         // stored seq when it started, `limit` how many rows it asked for.
-        let mut pending_read: Option<(i64, usize, PendingRead<'_>)> = None;
+        let mut pending_read: Option<(Cursor, usize, PendingRead<'_>)> = None;
+        // With `replay = "live_first"`, from the CONNACK on.
+        let mut backlog: Option<Backlog> = None;
+        // Backlog rows replayed by the last status tick, and when.
+        let mut replay_mark = (tokio::time::Instant::now(), 0);
         loop {
             let newest = *last_seq.borrow();
             let room = window.saturating_sub(delivery.unacknowledged());
             let has_new = newest > delivery.sent_up_to;
+            let backlog_left = backlog.as_mut().filter(|b| !b.done());
             if let Some(deadline) = flush_deadline {
-                let drained = !has_new && delivery.unacknowledged() == 0;
+                let drained = !has_new && backlog_left.is_none() && delivery.unacknowledged() == 0;
                 if drained || tokio::time::Instant::now() >= deadline {
                     self.go_offline(&client, &mut eventloop, drained).await;
                     return Ended::Shutdown;
                 }
             }
-            if pending_read.is_none() && connected && has_new && room > 0 {
-                pending_read = Some((
-                    newest,
-                    room,
-                    Box::pin(self.buffer.read_after(delivery.sent_up_to, room)),
-                ));
+            // Live rows first; the backlog when none waits, at its pace.
+            let mut replay_wake = None;
+            if pending_read.is_none() && connected && room > 0 {
+                if has_new {
+                    pending_read = Some((
+                        Cursor::Live { newest },
+                        room,
+                        Box::pin(self.buffer.read_after(delivery.sent_up_to, room)),
+                    ));
+                } else if let Some(backlog) = backlog_left {
+                    match backlog.allowance(room, Instant::now()) {
+                        0 => replay_wake = backlog.ready_at(),
+                        allowed => {
+                            pending_read = Some((
+                                Cursor::Backlog,
+                                allowed,
+                                Box::pin(self.buffer.read_after(backlog.after, allowed)),
+                            ))
+                        }
+                    }
+                }
             }
             tokio::select! {
                 _ = shutdown.cancelled(), if flush_deadline.is_none() => {
@@ -176,11 +209,27 @@ impl Uplink {
                     info!(timeout = ?self.config.flush_timeout, "delivering buffered messages before stopping");
                 }
                 _ = tokio::time::sleep_until(flush_deadline.unwrap_or_else(tokio::time::Instant::now)), if flush_deadline.is_some() => {}
+                _ = tokio::time::sleep_until(replay_wake.map_or_else(tokio::time::Instant::now, tokio::time::Instant::from_std)), if replay_wake.is_some() => {}
                 event = eventloop.poll() => match event {
                     Ok(Event::Incoming(Incoming::ConnAck(_))) => {
                         connected = true;
                         self.counters.connected.store(true, Ordering::Relaxed);
                         info!(broker = %format!("{}:{}", self.config.host, self.config.port), "uplink connected");
+                        if let Replay::LiveFirst { rows_per_second } = self.config.replay {
+                            // What is stored now is the backlog; what comes
+                            // after goes out at once.
+                            let end = *last_seq.borrow();
+                            let rows = match self.buffer.stats().await {
+                                Ok(stats) => stats.rows,
+                                Err(e) => return lost(connected, e),
+                            };
+                            delivery.sent_up_to = end;
+                            let started = Backlog::new(end, rows, rows_per_second.map(f64::from), Instant::now());
+                            self.counters.backlog.store(started.rows_left, Ordering::Relaxed);
+                            self.counters.replay_rate.store(0, Ordering::Relaxed);
+                            replay_mark = (tokio::time::Instant::now(), self.counters.replayed.load(Ordering::Relaxed));
+                            backlog = Some(started);
+                        }
                         if let Err(e) = client.try_subscribe(topics.set_filter(), QoS::AtLeastOnce) {
                             return lost(connected, e);
                         }
@@ -209,15 +258,30 @@ impl Uplink {
                     Err(e) => return lost(connected, connection_error(e)),
                 },
                 records = async { pending_read.as_mut().expect("guarded by is_some").2.as_mut().await }, if pending_read.is_some() => {
-                    let (newest_at_read, limit, _) = pending_read.take().expect("guarded by is_some");
+                    let (cursor, limit, _) = pending_read.take().expect("guarded by is_some");
                     let records = match records {
                         Ok(records) => records,
                         Err(e) => return lost(connected, e),
                     };
                     let exhausted = records.len() < limit;
+                    let replayed_up_to = match (&cursor, backlog.as_mut()) {
+                        (Cursor::Backlog, Some(backlog)) => {
+                            let end = backlog.end;
+                            backlog.read(limit, records.iter().map(|r| r.seq));
+                            self.counters.backlog.store(backlog.rows_left, Ordering::Relaxed);
+                            Some(end)
+                        }
+                        _ => None,
+                    };
                     for record in records {
+                        let historical = match replayed_up_to {
+                            // Live rows are the live cursor's to send.
+                            Some(end) if record.seq > end => break,
+                            Some(_) => true,
+                            None => false,
+                        };
                         let topic = topics.for_record(&record);
-                        let payload = match self.deliverable(&topic, &record) {
+                        let payload = match self.deliverable(&topic, &record, historical) {
                             Ok(payload) => payload,
                             Err(reason) => {
                                 if let Err(e) = self.buffer.set_aside(record.seq, reason).await {
@@ -231,11 +295,14 @@ impl Uplink {
                             return lost(connected, e);
                         }
                         self.counters.published.fetch_add(1, Ordering::Relaxed);
+                        if historical {
+                            self.counters.replayed.fetch_add(1, Ordering::Relaxed);
+                        }
                         delivery.sent(Some(record.seq));
                     }
-                    if exhausted {
-                        // Rows up to `newest_at_read` that were not returned are gone (dropped by the limit).
-                        delivery.sent_up_to = delivery.sent_up_to.max(newest_at_read);
+                    if let (Cursor::Live { newest }, true) = (cursor, exhausted) {
+                        // Rows up to `newest` that were not returned are gone (dropped by the limit).
+                        delivery.sent_up_to = delivery.sent_up_to.max(newest);
                     }
                 }
                 changed = last_seq.changed(), if connected && !has_new => {
@@ -244,6 +311,13 @@ impl Uplink {
                     }
                 }
                 _ = status_tick.tick(), if connected => {
+                    let replayed = self.counters.replayed.load(Ordering::Relaxed);
+                    let seconds = replay_mark.0.elapsed().as_secs_f64();
+                    if seconds > 0.0 {
+                        let rate = (replayed - replay_mark.1) as f64 / seconds;
+                        self.counters.replay_rate.store(rate.round() as u64, Ordering::Relaxed);
+                    }
+                    replay_mark = (tokio::time::Instant::now(), replayed);
                     if let Err(e) = self.publish_status(&client, &mut delivery).await {
                         return lost(connected, e);
                     }
@@ -253,8 +327,18 @@ impl Uplink {
     }
 
     /// The payload of `record` for `topic`, or why the broker can never take it.
-    fn deliverable(&self, topic: &str, record: &Record) -> Result<String, String> {
-        let payload = wire::message(record).map_err(|e| e.to_string())?;
+    fn deliverable(
+        &self,
+        topic: &str,
+        record: &Record,
+        historical: bool,
+    ) -> Result<String, String> {
+        let payload = if historical {
+            wire::historical_message(record)
+        } else {
+            wire::message(record)
+        };
+        let payload = payload.map_err(|e| e.to_string())?;
         let size = topic.len() + payload.len();
         if size > self.config.max_message_bytes {
             return Err(format!(
@@ -270,6 +354,7 @@ impl Uplink {
         client: &AsyncClient,
         delivery: &mut Delivery,
     ) -> Result<(), String> {
+        self.warn_of_expiring_certificates();
         let stats = self.buffer.stats().await.map_err(|e| e.to_string())?;
         let topic = self.topics.status();
         let status = self.status.status(&stats);
@@ -284,6 +369,23 @@ impl Uplink {
             .map_err(|e| e.to_string())?;
         delivery.sent(None);
         Ok(())
+    }
+
+    fn warn_of_expiring_certificates(&self) {
+        let mut warned = self
+            .certificates_warned
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if warned.elapsed() < CERTIFICATE_WARNING_INTERVAL {
+            return;
+        }
+        *warned = Instant::now();
+        let now_ms = kite_core::now_ms();
+        for certificate in self.config.tls.iter().flat_map(|tls| &tls.certificates) {
+            if let Some(warning) = certificate.warning(now_ms) {
+                warn!("{warning}");
+            }
+        }
     }
 
     /// Marks the gateway offline (the will is not sent on a clean disconnect) and disconnects.
@@ -315,6 +417,16 @@ impl Uplink {
         })
         .await;
     }
+}
+
+/// Which rows a read from the buffer is for.
+enum Cursor {
+    /// Rows stored since the connection came up, or all of them with
+    /// `replay = "in_order"`; `newest` was the last stored seq when it
+    /// started.
+    Live { newest: i64 },
+    /// The backlog of `replay = "live_first"`.
+    Backlog,
 }
 
 type PendingRead<'a> = std::pin::Pin<

@@ -12,9 +12,9 @@ use serde_json::value::RawValue;
 use crate::store::{Kind, NewRecord, Record};
 
 /// Bytes of a telemetry message besides its topic, device name and points:
-/// `{"seq":…,"ts":…,"device":…,"points":}` with 20-digit numbers, and the
-/// MQTT header and packet id.
-const ENVELOPE_BYTES: usize = 96;
+/// `{"seq":…,"ts":…,"device":…,"points":,"historical":true}` with 20-digit
+/// numbers, and the MQTT header and packet id.
+const ENVELOPE_BYTES: usize = 114;
 
 /// The topics of one gateway: everything under `{prefix}/{gateway}`.
 #[derive(Debug, Clone)]
@@ -148,6 +148,9 @@ pub struct Telemetry<'a> {
     pub ts: i64,
     pub device: &'a str,
     pub points: &'a RawValue,
+    /// Replayed from the backlog behind live data (`replay = "live_first"`).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub historical: bool,
 }
 
 /// A plug-in's event as it is stored; published with `seq` first.
@@ -181,6 +184,8 @@ struct Sequenced<'a, T> {
     seq: i64,
     #[serde(flatten)]
     body: &'a T,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    historical: bool,
 }
 
 /// The answer to a write request, on `{device}/set/result`.
@@ -255,6 +260,8 @@ pub struct BufferReport {
     pub oldest_ts: Option<i64>,
     pub lost: u64,
     pub set_aside: u64,
+    pub thinned: u64,
+    pub keep_every: u64,
     pub too_large: u64,
     pub commit_failures: u64,
 }
@@ -267,6 +274,24 @@ pub struct UplinkReport {
     pub reconnects: u64,
     pub writes_rejected: u64,
     pub results_dropped: u64,
+    /// With `replay = "live_first"`: backlog rows still to replay, rows
+    /// replayed, and how many a second over the last status interval.
+    pub backlog: u64,
+    pub replayed: u64,
+    pub replay_rate: u64,
+    /// The certificates of `mqtt.ca_file` and `mqtt.cert_file`.
+    pub certificates: Vec<CertificateReport>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CertificateReport {
+    /// The config key of its file: `ca_file` or `cert_file`.
+    pub file: &'static str,
+    pub subject: String,
+    /// Not valid after, ms since the Unix epoch.
+    pub not_after: i64,
+    /// Set from 14 days before it expires.
+    pub warning: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -370,6 +395,16 @@ pub struct BadRow {
 
 /// The payload of one buffered row.
 pub fn message(record: &Record) -> Result<String, BadRow> {
+    encode(record, false)
+}
+
+/// The payload of a row replayed behind live data: telemetry and events
+/// carry `"historical": true`.
+pub fn historical_message(record: &Record) -> Result<String, BadRow> {
+    encode(record, true)
+}
+
+fn encode(record: &Record, historical: bool) -> Result<String, BadRow> {
     let bad = |source| BadRow {
         seq: record.seq,
         kind: record.kind,
@@ -383,6 +418,7 @@ pub fn message(record: &Record) -> Result<String, BadRow> {
                 ts: record.ts_ms,
                 device: &record.device,
                 points,
+                historical,
             })
             .map_err(bad)
         }
@@ -391,6 +427,7 @@ pub fn message(record: &Record) -> Result<String, BadRow> {
             serde_json::to_string(&Sequenced {
                 seq: record.seq,
                 body: &event,
+                historical,
             })
             .map_err(bad)
         }
@@ -576,6 +613,14 @@ mod tests {
             topics.for_record(&row(8, Kind::Event, "overheat", "")),
             "k/g/events"
         );
+        let replayed: serde_json::Value = serde_json::from_str(
+            &historical_message(&row(8, Kind::Event, &stored.device, &stored.body)).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(replayed["historical"], true, "{replayed}");
+        let replayed: serde_json::Value =
+            serde_json::from_str(&historical_message(&telemetry).unwrap()).unwrap();
+        assert_eq!(replayed["historical"], true, "{replayed}");
 
         let result = WriteResult {
             id: serde_json::json!("r-1"),
@@ -685,7 +730,7 @@ mod tests {
         let budget = MessageRoom::new(topics.clone(), 1024).points_budget("meter");
         let body = format!(r#"{{"p":{{"value":"{}"}}}}"#, "x".repeat(budget - 18));
         assert_eq!(body.len(), budget);
-        let payload = message(&Record {
+        let payload = historical_message(&Record {
             seq: i64::MAX,
             kind: Kind::Telemetry,
             ts_ms: i64::MIN,
@@ -693,6 +738,7 @@ mod tests {
             body,
         })
         .unwrap();
+        assert!(payload.ends_with(r#","historical":true}"#), "{payload}");
         assert!(payload.len() + topics.telemetry("meter").len() + 16 <= 1024);
     }
 }

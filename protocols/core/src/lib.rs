@@ -17,6 +17,6 @@ pub mod write;
 pub use backoff::Backoff;
 pub use freshness::Freshness;
 pub use health::{truncate, BusHealth, DeviceHealth, MAX_ERROR_BYTES};
-pub use sample::{now_ms, points_json, PointSample, Reading, Sample, Value};
+pub use sample::{now_ms, points_json, utc, PointSample, Reading, Sample, Value};
 pub use sink::{SampleSink, Unsent};
 pub use write::{WriteError, WriteRequest};

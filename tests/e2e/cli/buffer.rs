@@ -93,6 +93,8 @@ async fn buffer_tools_inspect_export_verify_and_repair() {
             "bytes": bytes,
             "dropped": 0,
             "set_aside": 0,
+            "thinned": 0,
+            "keep_every": 1,
             "last_seq": last_seq,
             "oldest_ts": oldest,
             "newest_ts": newest,

@@ -1,5 +1,6 @@
 //! Store-and-forward through outages: a cut link, a stopped broker, kill -9
-//! of the daemon, a restart while the broker is down, and a full buffer.
+//! of the daemon, a restart while the broker is down, a full buffer that
+//! drops or downsamples, and a backlog replayed behind live data.
 
 use std::time::Duration;
 
@@ -181,6 +182,134 @@ async fn full_buffer_drops_oldest_counts_and_delivers_newest() {
     let newest = before.newest + 1;
     let seqs = sub.seqs_until("kite/gw-full/meter", newest).await;
     assert_complete_in_order(&[vec![oldest], seqs].concat(), oldest, newest);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_buffer_that_downsamples_keeps_the_whole_outage_evenly() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker_port = free_port();
+    let (_device, devices) = fast_device(40, "20ms").await;
+    let config = kite_config(dir.path(), "gw-thin", broker_port, &devices).replace(
+        "[mqtt]",
+        "[buffer]\nmax_bytes = \"64KiB\"\non_full = \"downsample\"\n\n[mqtt]",
+    );
+    let mut kite = Kite::start(kite_bin(), dir.path(), &config);
+    const KEEP_EVERY: &str = "SELECT value FROM meta WHERE key = 'keep_every'";
+    wait_until("the buffer keeps one sample in 8", || {
+        kite.buffer_number(KEEP_EVERY) >= 8
+    })
+    .await;
+    let (_, metrics) = kite.http("GET", "/metrics", None, "").await;
+    let thinned: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("kite_buffer_thinned_total "))
+        .expect("thinned rows in /metrics")
+        .parse()
+        .unwrap();
+    assert!(thinned > 0.0, "thinning is counted: {thinned}");
+    assert!(kite.terminate().await.success());
+    let before = kite.buffer();
+    let keep_every = kite.buffer_number(KEEP_EVERY) as u64;
+    assert_eq!(before.dropped, 0, "thinning made room, nothing was dropped");
+    assert!(
+        kite.log()
+            .contains("buffer full: thinning the oldest samples"),
+        "thinning is logged"
+    );
+    std::fs::write(
+        Kite::config_path(dir.path()),
+        config.replace("\"20ms\"", "\"1h\""),
+    )
+    .unwrap();
+
+    let broker = Mosquitto::start_on(dir.path(), broker_port, false).await;
+    let mut sub = Subscriber::connect(broker.port, "kite/gw-thin/#", "thin-test", false).await;
+    kite.restart();
+    let status = sub
+        .next_on("kite/gw-thin/status", |s| s["state"] == "online")
+        .await;
+    assert!(
+        status["buffer"]["thinned"].as_u64().unwrap() > 0
+            && status["buffer"]["keep_every"].as_u64().unwrap() >= 8,
+        "thinning visible: {status}"
+    );
+    let seqs = sub
+        .seqs_until("kite/gw-thin/meter", before.newest + 1)
+        .await;
+    assert_eq!(seqs[0], 1, "the outage's first sample is kept");
+    let mut kept: Vec<u64> = seqs
+        .into_iter()
+        .filter(|&seq| seq <= before.newest)
+        .collect();
+    kept.sort_unstable();
+    kept.dedup();
+    assert_eq!(
+        kept.len() as u64,
+        before.rows,
+        "every kept row is delivered"
+    );
+    let widest = kept.windows(2).map(|w| w[1] - w[0]).max().unwrap();
+    assert!(
+        widest <= 2 * keep_every,
+        "an even thinning: a gap of {widest} samples with one kept in {keep_every}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn live_first_sends_live_data_at_once_and_the_backlog_behind_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker_port = free_port();
+    let (_device, devices) = fast_device(2, "50ms").await;
+    let config = kite_config(dir.path(), "gw-live", broker_port, &devices).replace(
+        "[mqtt]\n",
+        "[mqtt]\nreplay = \"live_first\"\nreplay_rate = 20\n",
+    );
+    let kite = Kite::start(kite_bin(), dir.path(), &config);
+    wait_until("a backlog of 100 rows", || kite.buffer().rows >= 100).await;
+
+    let broker = Mosquitto::start_on(dir.path(), broker_port, false).await;
+    let mut sub = Subscriber::connect(broker.port, "kite/gw-live/meter", "live-test", false).await;
+    // Arrival order: each message's seq and whether it was replayed.
+    let mut arrivals: Vec<(u64, bool)> = Vec::new();
+    let backlog_end = loop {
+        let message = sub.next_on("kite/gw-live/meter", |_| true).await;
+        arrivals.push((last_seq(&message), message["historical"] == true));
+        let first_live = arrivals.iter().filter(|a| !a.1).map(|a| a.0).min();
+        let mut replayed: Vec<u64> = arrivals.iter().filter(|a| a.1).map(|a| a.0).collect();
+        replayed.sort_unstable();
+        replayed.dedup();
+        if let Some(first_live) = first_live {
+            if replayed.len() as u64 == first_live - 1 {
+                break first_live - 1;
+            }
+        }
+    };
+    assert!(backlog_end >= 100, "the backlog was {backlog_end} rows");
+    let last_replayed = arrivals.iter().rposition(|a| a.1).unwrap();
+    let first_live = arrivals.iter().position(|a| !a.1).unwrap();
+    assert!(
+        first_live < last_replayed,
+        "live data went out before the backlog was through: {arrivals:?}"
+    );
+    for (seq, historical) in &arrivals {
+        assert_eq!(
+            *historical,
+            *seq <= backlog_end,
+            "seq {seq}: marked historical exactly when it was buffered before the connection"
+        );
+    }
+    let replayed: Vec<u64> = arrivals.iter().filter(|a| a.1).map(|a| a.0).collect();
+    assert!(
+        replayed.windows(2).all(|w| w[0] < w[1]),
+        "the backlog goes oldest first: {replayed:?}"
+    );
+    let status = kite.api("/status").await;
+    assert!(
+        status["uplink"]["replayed"].as_u64().unwrap() >= backlog_end
+            && status["uplink"]["backlog"] == 0,
+        "the status shows the replay: {}",
+        status["uplink"]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

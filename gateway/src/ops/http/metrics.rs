@@ -96,6 +96,18 @@ pub(super) fn render(vitals: &Vitals, verdict: &Verdict) -> String {
             "Messages the broker cannot take (too large), moved to the buffer's set_aside table",
         );
         out.sample("kite_buffer_set_aside_total", &[], stats.set_aside as f64);
+        out.family(
+            "kite_buffer_thinned_total",
+            "counter",
+            "Telemetry rows removed by downsampling (buffer.on_full = \"downsample\")",
+        );
+        out.sample("kite_buffer_thinned_total", &[], stats.thinned as f64);
+        out.family(
+            "kite_buffer_keep_every",
+            "gauge",
+            "Downsampling keeps one sample in this many per device (1: every sample)",
+        );
+        out.sample("kite_buffer_keep_every", &[], stats.keep_every as f64);
     }
     let ingest = &vitals.ingest;
     out.family(
@@ -178,10 +190,40 @@ pub(super) fn render(vitals: &Vitals, verdict: &Verdict) -> String {
             "Write results that could not be handed to the buffer",
             &uplink.results_dropped,
         ),
+        (
+            "kite_uplink_replayed_total",
+            "Backlog rows replayed behind live data (replay = \"live_first\")",
+            &uplink.replayed,
+        ),
     ] {
         out.family(name, "counter", help);
         out.sample(name, &[], count(counter));
     }
+    out.family(
+        "kite_uplink_backlog",
+        "gauge",
+        "Backlog rows still to replay behind live data (replay = \"live_first\")",
+    );
+    out.sample("kite_uplink_backlog", &[], count(&uplink.backlog));
+    let certificates = uplink.certificates();
+    if !certificates.is_empty() {
+        out.family(
+            "kite_tls_certificate_expiry_timestamp_seconds",
+            "gauge",
+            "When a certificate of mqtt.ca_file or mqtt.cert_file stops being valid",
+        );
+        for certificate in certificates.iter() {
+            out.sample(
+                "kite_tls_certificate_expiry_timestamp_seconds",
+                &[
+                    ("file", certificate.file.key()),
+                    ("subject", &certificate.subject),
+                ],
+                (certificate.not_after_ms / 1000) as f64,
+            );
+        }
+    }
+    drop(certificates);
 
     let field = vitals.field.get();
     let devices = &field.devices;
