@@ -56,6 +56,9 @@ enum Mode {
         /// Seconds measured, after 5 s of warm-up.
         #[arg(long, default_value_t = 20)]
         seconds: u64,
+        /// `mqtt.json`: the telemetry layout, `full` or `compact`.
+        #[arg(long, default_value = "full")]
+        json: String,
     },
     /// RSS of a running gateway with one device polled once a minute.
     Idle,
@@ -119,7 +122,8 @@ async fn main() -> anyhow::Result<()> {
             points,
             interval_ms,
             seconds,
-        } => load(&cli.kite, devices, points, interval_ms, seconds).await,
+            json,
+        } => load(&cli.kite, devices, points, interval_ms, seconds, &json).await,
         Mode::Idle => idle(&cli.kite).await,
         Mode::Rtu { baud, seconds } => rtu::run(&cli.kite, baud, seconds).await,
         Mode::Reload { reloads } => reload::run(&cli.kite, reloads).await,
@@ -173,17 +177,21 @@ fn devices(ports: &[u16], first: usize, points: usize, interval_ms: u64) -> Stri
 #[derive(Default)]
 struct Received {
     messages: AtomicU64,
+    payload_bytes: AtomicU64,
     latencies_ms: Mutex<Vec<i64>>,
 }
 
 impl Received {
-    /// Counts a message, and its latency from the `ts` it carries.
+    /// Counts a message and its bytes, and its latency from the `ts` it
+    /// carries.
     fn record(&self, payload: &[u8]) {
         let now = now_ms();
         if let Some(ts) = field(payload, b"\"ts\":") {
             self.latencies_ms.lock().unwrap().push(now - ts);
         }
         self.messages.fetch_add(1, Ordering::Relaxed);
+        self.payload_bytes
+            .fetch_add(payload.len() as u64, Ordering::Relaxed);
     }
 }
 
@@ -284,6 +292,7 @@ async fn load(
     points: usize,
     interval_ms: u64,
     seconds: u64,
+    json: &str,
 ) -> anyhow::Result<()> {
     let dir = std::env::temp_dir().join(format!("kite-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
@@ -296,15 +305,17 @@ async fn load(
         counting.record(payload)
     })
     .await?;
-    let process = start_kite(
-        kite,
-        &dir,
-        &kite_config(&dir, broker.port, &ports, points, interval_ms),
+    let config = kite_config(&dir, broker.port, &ports, points, interval_ms).replacen(
+        "[buffer]",
+        &format!("json = \"{json}\"\n[buffer]"),
+        1,
     );
+    let process = start_kite(kite, &dir, &config);
     let pid = pid(&process)?;
 
     tokio::time::sleep(Duration::from_secs(5)).await;
     let start_messages = received.messages.load(Ordering::Relaxed);
+    let start_bytes = received.payload_bytes.load(Ordering::Relaxed);
     received.latencies_ms.lock().unwrap().clear();
     let start_cpu = cpu_seconds(pid)?;
     let started = Instant::now();
@@ -316,6 +327,7 @@ async fn load(
     let elapsed = started.elapsed().as_secs_f64();
     let cpu = cpu_seconds(pid)? - start_cpu;
     let messages = received.messages.load(Ordering::Relaxed) - start_messages;
+    let payload_bytes = received.payload_bytes.load(Ordering::Relaxed) - start_bytes;
     let mut latencies = std::mem::take(&mut *received.latencies_ms.lock().unwrap());
     latencies.sort_unstable();
     drop(process);
@@ -328,13 +340,14 @@ async fn load(
     let _ = std::fs::remove_dir_all(&dir);
 
     println!(
-        "devices={devices} points={points} interval={interval_ms}ms offered={offered:.0}/s | delivered={points_per_s:.0} points/s ({:.0} msg/s) | cpu={:.2} s per 1M points ({:.0}% of one core) | peak_rss={:.1} MB | latency p50={} ms p99={} ms | reference direct-publish={reference:.0} points/s | kite/reference={:.2}",
+        "devices={devices} points={points} interval={interval_ms}ms offered={offered:.0}/s | delivered={points_per_s:.0} points/s ({:.0} msg/s) | cpu={:.2} s per 1M points ({:.0}% of one core) | peak_rss={:.1} MB | latency p50={} ms p99={} ms | payload {:.1} B/point (json = {json}) | reference direct-publish={reference:.0} points/s | kite/reference={:.2}",
         messages as f64 / elapsed,
         cpu / total_points * 1e6,
         cpu / elapsed * 100.0,
         peak_rss_kb as f64 / 1024.0,
         percentile(&latencies, 0.5),
         percentile(&latencies, 0.99),
+        payload_bytes as f64 / total_points,
         points_per_s / reference,
     );
     Ok(())

@@ -21,6 +21,7 @@ use kite_plugins::{Limits, Pattern, Trust};
 use toml::Spanned;
 
 mod devices;
+mod file_ref;
 mod locate;
 mod parse;
 mod resolve;
@@ -63,6 +64,8 @@ pub struct Config {
     pub zigbee: Option<ZigbeeConfig>,
     pub plugins: Vec<PluginConfig>,
     pub plugin_trust: Trust,
+    /// Points reported by exception, by device and point name.
+    pub reports: kite_core::ReportRules,
     /// Things that work but deserve a second look (plaintext MQTT off the host, say).
     pub warnings: Vec<String>,
 }
@@ -118,6 +121,18 @@ pub struct MqttConfig {
     /// Largest MQTT message (topic and payload) Kite stores or publishes.
     pub max_message_bytes: usize,
     pub replay: Replay,
+    pub json: JsonLayout,
+}
+
+/// The layout of telemetry messages (`mqtt.json`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JsonLayout {
+    /// `{"seq","ts","device","points":{name: {"value","quality","unit"}}}`.
+    #[default]
+    Full,
+    /// `{"seq","ts","device","values","bad"}`, units in `{device}/meta`.
+    Compact,
 }
 
 /// How a backlog goes out once the broker is back (`mqtt.replay`).

@@ -13,12 +13,13 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::devices::{self, BleConfig, RawBle, RawBus, RawDevice, RawZigbee};
-use super::resolve::{FileRef, Files, TlsRefs};
+use super::file_ref::FileRef;
+use super::resolve::{Files, TlsRefs};
 use super::secrets::SecretKeys;
 use super::units::{ByteSize, Interval};
 use super::{
-    check_topic_level, Config, GatewayConfig, HttpConfig, MqttConfig, PluginConfig, Replay, Report,
-    DEFAULT_HTTP_LISTEN, DEFAULT_MAX_MESSAGE_BYTES, RESERVED_DEVICE_NAMES,
+    check_topic_level, Config, GatewayConfig, HttpConfig, JsonLayout, MqttConfig, PluginConfig,
+    Replay, Report, DEFAULT_HTTP_LISTEN, DEFAULT_MAX_MESSAGE_BYTES, RESERVED_DEVICE_NAMES,
 };
 use crate::store::{Durability, OnFull, Settings};
 
@@ -216,6 +217,8 @@ struct RawMqtt {
     insecure: bool,
     #[serde(default)]
     replay: RawReplay,
+    #[serde(default)]
+    json: JsonLayout,
     replay_rate: Option<Spanned<u32>>,
 }
 
@@ -382,6 +385,7 @@ impl RawConfig {
                 on_full: self.buffer.on_full,
             },
             modbus: devices.modbus,
+            reports: devices.reports,
             instruments: devices.instruments,
             ble,
             zigbee,
@@ -551,6 +555,7 @@ impl RawMqtt {
             status_interval: self.status_interval.get_ref().0,
             max_message_bytes: max_message_bytes as usize,
             replay,
+            json: self.json,
         }
     }
 }

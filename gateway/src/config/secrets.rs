@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use toml::Spanned;
 
-use super::resolve::FileRef;
+use super::file_ref::FileRef;
 use super::Report;
 
 /// A secret's value; its `Debug` output hides it.

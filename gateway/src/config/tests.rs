@@ -639,3 +639,47 @@ fn secrets_come_from_files_credentials_or_the_environment_never_the_config() {
         "the value is not in Debug output"
     );
 }
+
+#[test]
+fn points_reported_by_exception_take_their_rules_and_defaults() {
+    let text = format!(
+        "{MINIMAL}[[devices]]\nname = \"d\"\nprotocol = \"modbus-tcp\"\naddress = \"127.0.0.1:502\"\n\
+         [[devices.points]]\nname = \"a\"\naddress = 0\nreport = \"change\"\n\
+         [[devices.points]]\nname = \"b\"\naddress = 1\ndeadband = 0.5\nmax_silence = \"1m\"\n\
+         [[devices.points]]\nname = \"c\"\naddress = 2\n"
+    );
+    let config = from_text(&text, Path::new("kite.toml")).unwrap();
+    let rules = &config.reports["d"];
+    assert_eq!(rules.len(), 2, "c is reported always");
+    assert_eq!(
+        rules["a"],
+        kite_core::ReportRule {
+            deadband: 0.0,
+            max_silence: std::time::Duration::from_secs(600)
+        }
+    );
+    assert_eq!(
+        rules["b"],
+        kite_core::ReportRule {
+            deadband: 0.5,
+            max_silence: std::time::Duration::from_secs(60)
+        }
+    );
+    let device =
+        "[[devices]]\nname = \"d\"\nprotocol = \"modbus-tcp\"\naddress = \"127.0.0.1:502\"\n[[devices.points]]\nname = \"a\"\naddress = 0\n";
+    check_error(
+        &format!("{device}max_silence = \"1m\"\n"),
+        13,
+        "deadband and max_silence are for points reported by exception",
+    );
+    check_error(
+        &format!("{device}deadband = -1.0\n"),
+        13,
+        "deadband -1: expected a number of at least 0",
+    );
+    check_error(
+        &format!("{device}report = \"sometimes\"\n"),
+        13,
+        "unknown variant `sometimes`",
+    );
+}

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kite_ble::Discovered;
-use kite_core::{Backoff, Sample};
+use kite_core::{Backoff, Exceptions, ReportRules, Sample};
 use kite_plugins::PluginOutput;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -41,6 +41,11 @@ pub(super) struct Ingest {
     pub plugins: Arc<Current<PluginHandles>>,
     /// Follows reloads of `[mqtt]`, like the uplink it feeds.
     pub room: Arc<Current<MessageRoom>>,
+    /// The points reported by exception, following reloads; what was last
+    /// stored of each. Plug-ins and the status page still see every
+    /// reading.
+    pub reports: Arc<Current<ReportRules>>,
+    pub exceptions: Exceptions,
     /// Cancelled when the gateway starts to stop.
     pub stopping: CancellationToken,
     /// When failing commits stop being retried: [`STOP_GRACE`] after `stopping`.
@@ -175,11 +180,25 @@ impl Ingest {
         self.history.record(&output.samples);
     }
 
-    /// The rows of `samples`, each fitting one message.
-    fn telemetry(&self, samples: &[Sample]) -> Vec<NewRecord> {
+    /// The rows of `samples`, each fitting one message, without the points
+    /// reported by exception that need not be sent.
+    fn telemetry(&mut self, samples: &[Sample]) -> Vec<NewRecord> {
         let mut records = Vec::with_capacity(samples.len());
         let room = self.room.get();
+        self.exceptions.follow(&self.reports.get());
+        let now = std::time::Instant::now();
         for sample in samples {
+            let reported;
+            let sample = if self.exceptions.covers(&sample.device) {
+                let mut kept = sample.clone();
+                if !self.exceptions.filter(&mut kept, now) {
+                    continue;
+                }
+                reported = kept;
+                &reported
+            } else {
+                sample
+            };
             let budget = room.points_budget(&sample.device);
             let (rows, too_large) = wire::telemetry_records(sample, budget);
             if too_large > 0 {

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use kite_core::SampleSink;
+use kite_core::{Exceptions, SampleSink};
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -121,6 +121,7 @@ pub async fn run(
     let (discovered_tx, discovered_rx) = mpsc::channel(DISCOVERED_QUEUE);
     let sink = SampleSink::new(samples_tx, STOP_GRACE, ingest_counters.unsent.clone());
     let room = Arc::new(Current::new(workload::message_room(&config)));
+    let reports = Arc::new(Current::new(config.reports.clone()));
     let mut workload = Workload {
         sandbox: SandboxSlot::new(data_dir.join("plugin-cache")),
         field: Field::new(
@@ -135,6 +136,7 @@ pub async fn run(
         zigbee: Arc::default(),
         vitals: vitals.clone(),
         room: room.clone(),
+        reports: reports.clone(),
     };
     let uplink = Uplink::new(
         config.mqtt.clone(),
@@ -154,6 +156,8 @@ pub async fn run(
             history: vitals.history.clone(),
             plugins: plugin_handles,
             room,
+            exceptions: Exceptions::new(reports.get()),
+            reports,
             stopping: stopping.clone(),
             give_up_at: None,
         }

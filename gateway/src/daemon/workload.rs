@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use kite_core::ReportRules;
 use kite_zigbee::ZigbeeCommand;
 use tokio::sync::mpsc;
 
@@ -29,6 +30,8 @@ pub(super) struct Workload {
     pub vitals: Arc<Vitals>,
     /// How large what is stored may be, for the ingest task, links and plug-ins.
     pub room: Arc<Current<MessageRoom>>,
+    /// The points reported by exception, for the ingest task.
+    pub reports: Arc<Current<ReportRules>>,
 }
 
 impl Workload {
@@ -38,6 +41,7 @@ impl Workload {
         // What is stored from now on, and the plug-ins and codecs started
         // from now on, are bounded by the new settings.
         self.room.set(message_room(config));
+        self.reports.set(config.reports.clone());
         let mut changes = self
             .plugins
             .apply(&config.plugins, &config.plugin_trust, &mut self.sandbox)

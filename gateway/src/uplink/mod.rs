@@ -30,15 +30,16 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::config::{MqttConfig, Replay};
+use crate::config::{JsonLayout, MqttConfig, Replay};
 use crate::counters::UplinkCounters;
 use crate::current::Current;
-use crate::store::{BufferError, BufferHandle, Record, Stats};
+use crate::store::{BufferError, BufferHandle, Kind, Record, Stats};
 use delivery::{Backlog, Delivery};
 use wire::{Status, Topics};
 use writes::MAX_CONCURRENT_WRITES;
 
 mod commands;
+mod compact;
 mod delivery;
 pub mod wire;
 mod writes;
@@ -166,6 +167,8 @@ impl Uplink {
         let mut backlog: Option<Backlog> = None;
         // Backlog rows replayed by the last status tick, and when.
         let mut replay_mark = (tokio::time::Instant::now(), 0);
+        // With `json = "compact"`: the units each device's meta announced.
+        let mut announced = compact::Announced::default();
         loop {
             let newest = *last_seq.borrow();
             let room = window.saturating_sub(delivery.unacknowledged());
@@ -281,8 +284,16 @@ impl Uplink {
                             None => false,
                         };
                         let topic = topics.for_record(&record);
-                        let payload = match self.deliverable(&topic, &record, historical) {
-                            Ok(payload) => payload,
+                        let payload = match self.deliverable(&topic, &record, historical, &mut announced) {
+                            Ok(Deliverable { payload, meta: None }) => payload,
+                            Ok(Deliverable { payload, meta: Some(meta) }) => {
+                                // Retained, so that a consumer that comes later has the units too.
+                                if let Err(e) = client.try_publish(topics.meta(&record.device), QoS::AtLeastOnce, true, meta) {
+                                    return lost(connected, e);
+                                }
+                                delivery.sent(None);
+                                payload
+                            }
                             Err(reason) => {
                                 if let Err(e) = self.buffer.set_aside(record.seq, reason).await {
                                     return lost(connected, e);
@@ -326,19 +337,26 @@ impl Uplink {
         }
     }
 
-    /// The payload of `record` for `topic`, or why the broker can never take it.
+    /// The payload of `record` for `topic`, in the configured layout, with
+    /// the units to announce first; or why the broker can never take it.
     fn deliverable(
         &self,
         topic: &str,
         record: &Record,
         historical: bool,
-    ) -> Result<String, String> {
-        let payload = if historical {
-            wire::historical_message(record)
-        } else {
-            wire::message(record)
+        announced: &mut compact::Announced,
+    ) -> Result<Deliverable, String> {
+        let mut meta = None;
+        let payload = match (self.config.json, record.kind) {
+            (JsonLayout::Compact, Kind::Telemetry) => {
+                let (payload, units) = compact::telemetry(record, historical)
+                    .map_err(|e| format!("row {}: {e}", record.seq))?;
+                meta = announced.meta(&record.device, units);
+                payload
+            }
+            _ if historical => wire::historical_message(record).map_err(|e| e.to_string())?,
+            _ => wire::message(record).map_err(|e| e.to_string())?,
         };
-        let payload = payload.map_err(|e| e.to_string())?;
         let size = topic.len() + payload.len();
         if size > self.config.max_message_bytes {
             return Err(format!(
@@ -346,7 +364,7 @@ impl Uplink {
                 self.config.max_message_bytes
             ));
         }
-        Ok(payload)
+        Ok(Deliverable { payload, meta })
     }
 
     async fn publish_status(
@@ -417,6 +435,12 @@ impl Uplink {
         })
         .await;
     }
+}
+
+/// A row's payload, and the `meta` message to publish before it.
+struct Deliverable {
+    payload: String,
+    meta: Option<String>,
 }
 
 /// Which rows a read from the buffer is for.

@@ -41,6 +41,10 @@ impl Topics {
     pub fn set(&self, device: &str) -> String {
         format!("{}/{device}/set", self.base)
     }
+    /// The units of a device's points, with `json = "compact"`.
+    pub fn meta(&self, device: &str) -> String {
+        format!("{}/{device}/meta", self.base)
+    }
     pub fn set_filter(&self) -> String {
         format!("{}/+/set", self.base)
     }

@@ -1,5 +1,7 @@
 //! Delivery to a real broker: outages, kill -9, a locked or full buffer,
-//! rows the broker cannot take, write results; TLS with a client certificate.
+//! rows the broker cannot take, write results; TLS with a client certificate;
+//! the compact layout.
 
+mod layout;
 mod outages;
 mod tls;

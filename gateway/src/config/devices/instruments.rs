@@ -18,7 +18,8 @@ use super::{
     check_point_name, Decode, Endian, InstrumentConfig, RawBytes, RawDecode, RawDevice, RawFraming,
     DEFAULT_MAX_FRAME,
 };
-use crate::config::resolve::{FileRef, Files};
+use crate::config::file_ref::FileRef;
+use crate::config::resolve::Files;
 use crate::config::Report;
 
 impl RawDevice {

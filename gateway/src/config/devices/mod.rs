@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kite_core::serial::{DataBits, Parity, SerialLine, StopBits};
+use kite_core::{ReportRule, ReportRules};
 use kite_modbus::{Area, BusSpec, ByteOrder, DataType, DeviceSpec, Link, PointSpec};
 use kite_serial::decode::CaptureField;
 use kite_serial::InstrumentSpec;
@@ -256,6 +257,11 @@ struct RawPoint {
     length: Option<Spanned<u16>>,
     /// Raw serial: the named capture group; the point's name by default.
     capture: Option<Spanned<String>>,
+    /// Report by exception: `"change"` (or a `deadband`) sends the point
+    /// only when it changed, and at least every `max_silence`.
+    report: Option<Spanned<ReportMode>>,
+    deadband: Option<Spanned<f64>>,
+    max_silence: Option<Spanned<Interval>>,
     /// Written as a bare name in `points = [...]`, not as a table.
     #[serde(skip)]
     bare: bool,
@@ -280,10 +286,67 @@ impl RawPoint {
             bit: None,
             length: None,
             capture: None,
+            report: None,
+            deadband: None,
+            max_silence: None,
             bare: true,
         }
     }
+
+    /// The point's report-by-exception rule, if it has one.
+    fn report_rule(&self, report: &mut Report<'_>) -> Option<ReportRule> {
+        let mode = self.report.as_ref().map(|m| *m.get_ref());
+        let by_exception =
+            mode == Some(ReportMode::Change) || (mode.is_none() && self.deadband.is_some());
+        if !by_exception {
+            let needs_change = [
+                self.deadband.as_ref().map(Spanned::span),
+                self.max_silence.as_ref().map(Spanned::span),
+            ];
+            for span in needs_change.into_iter().flatten() {
+                report.push(
+                    span,
+                    "deadband and max_silence are for points reported by exception (report = \"change\")".into(),
+                );
+            }
+            return None;
+        }
+        let deadband = self.deadband.as_ref().map_or(0.0, |d| *d.get_ref());
+        if !deadband.is_finite() || deadband < 0.0 {
+            report.push(
+                self.deadband.as_ref().expect("set when not 0").span(),
+                format!("deadband {deadband}: expected a number of at least 0"),
+            );
+        }
+        let max_silence = self
+            .max_silence
+            .as_ref()
+            .map_or(DEFAULT_MAX_SILENCE, |m| m.get_ref().0);
+        if max_silence.is_zero() {
+            report.push(
+                self.max_silence.as_ref().expect("set when zero").span(),
+                "max_silence must be more than 0s".into(),
+            );
+        }
+        Some(ReportRule {
+            deadband,
+            max_silence,
+        })
+    }
 }
+
+/// `report` of a point.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum ReportMode {
+    /// Every reading (the default).
+    Always,
+    /// Only changes, and at least every `max_silence`.
+    Change,
+}
+
+/// How often a point reported by exception is sent when it does not change.
+const DEFAULT_MAX_SILENCE: Duration = Duration::from_secs(600);
 
 /// What `[[buses]]` and `[[devices]]` build into.
 #[derive(Debug, Default)]
@@ -293,6 +356,8 @@ pub(super) struct Devices {
     pub ble: Vec<BleDeviceConfig>,
     pub zigbee: Vec<(kite_zigbee::ZigbeeDevice, Option<ZigbeeCodec>)>,
     pub names: HashSet<String>,
+    /// The points reported by exception, of every protocol.
+    pub reports: ReportRules,
 }
 
 pub(super) fn build(
@@ -328,6 +393,14 @@ pub(super) fn build(
                 device.name.span(),
                 format!("duplicate device name {name:?}"),
             );
+        }
+        let rules: HashMap<String, ReportRule> = device
+            .points
+            .iter()
+            .filter_map(|point| Some((point.name.get_ref().clone(), point.report_rule(report)?)))
+            .collect();
+        if !rules.is_empty() {
+            out.reports.insert(name.clone(), rules);
         }
         let Some((link_key, link, spec)) =
             device.build(report, base, &lines, &mut bus_users, &mut out, files)

@@ -11,7 +11,8 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::{check_point_name, RawDevice};
-use crate::config::resolve::{FileRef, Files};
+use crate::config::file_ref::FileRef;
+use crate::config::resolve::Files;
 use crate::config::Report;
 
 /// The coordinator stick and its network. PAN ids absent from the config

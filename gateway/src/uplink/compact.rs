@@ -1,0 +1,203 @@
+//! The compact JSON layout (`[mqtt] json = "compact"`), for metered links:
+//! `{"seq","ts","device","values":{name: value},"bad":{name: error}}`, and
+//! the units announced once in a retained `{device}/meta` message instead of
+//! in every message. Made at publish time from the rows the buffer holds in
+//! the full layout, so a backlog goes out in whichever layout is configured.
+
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+
+use serde::de::{MapAccess, Visitor};
+use serde::ser::SerializeMap;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde_json::value::RawValue;
+
+use crate::store::Record;
+
+/// A point as a telemetry row holds it.
+#[derive(Deserialize)]
+struct StoredPoint<'a> {
+    #[serde(borrow)]
+    value: Option<&'a RawValue>,
+    #[serde(borrow)]
+    quality: Cow<'a, str>,
+    #[serde(borrow)]
+    error: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    unit: Option<Cow<'a, str>>,
+}
+
+/// A row's `points` object, in its order.
+struct StoredPoints<'a>(Vec<(Cow<'a, str>, StoredPoint<'a>)>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for StoredPoints<'a> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct InOrder<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for InOrder<'a> {
+            type Value = StoredPoints<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a points object")
+            }
+            fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<Self::Value, M::Error> {
+                let mut points = Vec::with_capacity(map.size_hint().unwrap_or(0));
+                while let Some(entry) = map.next_entry::<Cow<'a, str>, StoredPoint<'a>>()? {
+                    points.push(entry);
+                }
+                Ok(StoredPoints(points))
+            }
+        }
+        deserializer.deserialize_map(InOrder(std::marker::PhantomData))
+    }
+}
+
+/// Name-value pairs serialized as a JSON object, in order.
+struct Entries<'a, V>(Vec<(&'a str, V)>);
+
+impl<V: Serialize> Serialize for Entries<'_, V> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(Some(self.0.len()))?;
+        for (name, value) in &self.0 {
+            map.serialize_entry(name, value)?;
+        }
+        map.end()
+    }
+}
+
+impl<V> Entries<'_, V> {
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+#[derive(Serialize)]
+struct CompactTelemetry<'a> {
+    seq: i64,
+    ts: i64,
+    device: &'a str,
+    values: Entries<'a, &'a RawValue>,
+    #[serde(skip_serializing_if = "Entries::is_empty")]
+    bad: Entries<'a, &'a str>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    historical: bool,
+}
+
+/// A telemetry row in the compact layout: good values under `values`; a
+/// bad or stale point under `bad`, with its error. Also the row's units,
+/// for [`Announced`].
+pub fn telemetry(
+    record: &Record,
+    historical: bool,
+) -> Result<(String, Vec<(String, String)>), serde_json::Error> {
+    let points: StoredPoints<'_> = serde_json::from_str(&record.body)?;
+    let mut values = Vec::new();
+    let mut bad = Vec::new();
+    let mut units = Vec::new();
+    for (name, point) in &points.0 {
+        match (point.quality.as_ref(), point.value) {
+            ("good", Some(value)) => values.push((name.as_ref(), value)),
+            (quality, _) => bad.push((name.as_ref(), point.error.as_deref().unwrap_or(quality))),
+        }
+        if let Some(unit) = &point.unit {
+            units.push((name.to_string(), unit.to_string()));
+        }
+    }
+    let payload = serde_json::to_string(&CompactTelemetry {
+        seq: record.seq,
+        ts: record.ts_ms,
+        device: &record.device,
+        values: Entries(values),
+        bad: Entries(bad),
+        historical,
+    })?;
+    Ok((payload, units))
+}
+
+/// The units each device's `meta` message announced on this connection, so
+/// that it is sent before the device's first compact message and again
+/// only when a point's unit is new or changed. Bounded by the devices and
+/// points the gateway has.
+#[derive(Debug, Default)]
+pub struct Announced {
+    units: HashMap<String, BTreeMap<String, String>>,
+}
+
+impl Announced {
+    /// The `meta` payload to publish (retained) before a message of
+    /// `device` with `units`, if the units announced so far lack any.
+    pub fn meta(&mut self, device: &str, units: Vec<(String, String)>) -> Option<String> {
+        let known = self.units.entry(device.to_string()).or_default();
+        let mut changed = false;
+        for (name, unit) in units {
+            if known.get(&name) != Some(&unit) {
+                known.insert(name, unit);
+                changed = true;
+            }
+        }
+        changed.then(|| serde_json::json!({ "units": known }).to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Kind;
+
+    fn row(body: &str) -> Record {
+        Record {
+            seq: 12,
+            kind: Kind::Telemetry,
+            ts_ms: 1000,
+            device: "boiler-1".into(),
+            body: body.into(),
+        }
+    }
+
+    #[test]
+    fn values_go_under_values_and_errors_under_bad_in_their_order() {
+        let record = row(
+            r#"{"z":{"value":21.5,"quality":"good","unit":"degC"},"p":{"quality":"bad","error":"timeout"},"a":{"value":7,"quality":"stale","error":"not heard for 10m","unit":"%"},"n":{"value":"on\"","quality":"good"}}"#,
+        );
+        let (payload, units) = telemetry(&record, false).unwrap();
+        assert_eq!(
+            payload,
+            r#"{"seq":12,"ts":1000,"device":"boiler-1","values":{"z":21.5,"n":"on\""},"bad":{"p":"timeout","a":"not heard for 10m"}}"#
+        );
+        assert_eq!(
+            units,
+            [("z".into(), "degC".into()), ("a".into(), "%".into())]
+        );
+        let (replayed, _) = telemetry(&row(r#"{"x":{"value":1,"quality":"good"}}"#), true).unwrap();
+        assert_eq!(
+            replayed,
+            r#"{"seq":12,"ts":1000,"device":"boiler-1","values":{"x":1},"historical":true}"#
+        );
+        assert!(telemetry(&row("[1]"), false).is_err());
+    }
+
+    #[test]
+    fn units_are_announced_once_and_again_when_they_change() {
+        let mut announced = Announced::default();
+        let units = |pairs: &[(&str, &str)]| {
+            pairs
+                .iter()
+                .map(|(n, u)| (n.to_string(), u.to_string()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            announced.meta("b", units(&[("t", "degC")])).as_deref(),
+            Some(r#"{"units":{"t":"degC"}}"#)
+        );
+        assert_eq!(announced.meta("b", units(&[("t", "degC")])), None);
+        assert_eq!(
+            announced.meta("b", units(&[("p", "bar")])).as_deref(),
+            Some(r#"{"units":{"p":"bar","t":"degC"}}"#),
+            "a split poll's other points join the announcement"
+        );
+        assert_eq!(
+            announced.meta("b", units(&[("t", "K")])).as_deref(),
+            Some(r#"{"units":{"p":"bar","t":"K"}}"#)
+        );
+        assert_eq!(announced.meta("c", Vec::new()), None);
+    }
+}
