@@ -1,13 +1,10 @@
 //! What the pipeline's stages count, read by the status message, `/metrics`
 //! and the health check: a leaf that the uplink, the daemon and the
-//! operations room all import, and that imports none of them (only the
-//! config's certificate type).
+//! operations room all import, and that imports none of them.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
-
-use crate::config::Certificate;
 
 /// What the uplink reports.
 #[derive(Debug, Default)]
@@ -28,15 +25,6 @@ pub struct UplinkCounters {
     pub backlog: AtomicU64,
     pub replayed: AtomicU64,
     pub replay_rate: AtomicU64,
-    /// The certificates of the running uplink's TLS files, for their expiry.
-    pub certificates: Mutex<Vec<Certificate>>,
-}
-
-impl UplinkCounters {
-    pub fn certificates(&self) -> std::sync::MutexGuard<'_, Vec<Certificate>> {
-        // A panic elsewhere while holding it leaves data that is still valid.
-        self.certificates.lock().unwrap_or_else(|e| e.into_inner())
-    }
 }
 
 /// What the ingest task reports.

@@ -135,6 +135,16 @@ pub enum JsonLayout {
     Compact,
 }
 
+impl MqttConfig {
+    /// The certificates of its TLS files, for their expiry.
+    pub fn certificates(&self) -> Vec<Certificate> {
+        self.tls
+            .as_ref()
+            .map(|tls| tls.certificates.clone())
+            .unwrap_or_default()
+    }
+}
+
 /// How a backlog goes out once the broker is back (`mqtt.replay`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Replay {

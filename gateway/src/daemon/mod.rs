@@ -173,6 +173,7 @@ pub async fn run(
     );
 
     let uplink_stop = CancellationToken::new();
+    vitals.certificates.set(config.mqtt.certificates());
     let uplink_task = tokio::spawn(uplink.run(uplink_stop.clone()));
     let observing = CancellationToken::new();
     // The watchdog holds the vitals, and so the buffer: shutdown waits for it.

@@ -91,6 +91,10 @@ impl Running {
                 error!(error = %e, "uplink stopped with an error");
             }
             self.uplink_stop = CancellationToken::new();
+            self.workload
+                .vitals
+                .certificates
+                .set(new.mqtt.certificates());
             self.uplink_task = tokio::spawn(uplink.run(self.uplink_stop.clone()));
             applied.changes.push(format!(
                 "uplink: reconnecting to {}:{}",

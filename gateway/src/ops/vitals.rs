@@ -18,6 +18,7 @@ use kite_core::{BusHealth, DeviceHealth};
 use kite_plugins::PluginCounters;
 use serde::Serialize;
 
+use crate::config::Certificate;
 use crate::counters::{IngestCounters, UplinkCounters};
 use crate::current::Current;
 use crate::ops::history::History;
@@ -59,6 +60,9 @@ pub struct Vitals {
     pub plugins: Current<PluginList>,
     /// Recent readings and buffer depth, for the status page.
     pub history: Arc<History>,
+    /// The certificates of the uplink's TLS files, for their expiry;
+    /// replaced with the uplink.
+    pub certificates: Current<Vec<Certificate>>,
     /// Set once every task is started.
     pub started: AtomicBool,
     /// How long the buffer thread may take to answer a check.
@@ -92,6 +96,7 @@ impl Vitals {
             field: Current::default(),
             plugins: Current::default(),
             history: Arc::default(),
+            certificates: Current::default(),
             started: AtomicBool::new(false),
             probe_timeout: BUFFER_PROBE_TIMEOUT.min(stall_limit / 4),
             judge: Mutex::new(Judge::new(stall_limit, Instant::now())),
@@ -213,8 +218,8 @@ impl StatusSource for Vitals {
                 replayed: load(&self.uplink.replayed),
                 replay_rate: load(&self.uplink.replay_rate),
                 certificates: self
-                    .uplink
-                    .certificates()
+                    .certificates
+                    .get()
                     .iter()
                     .map(|certificate| CertificateReport {
                         file: certificate.file.key(),

@@ -107,12 +107,6 @@ impl Uplink {
     /// Runs until `shutdown`; then delivers what it can within the flush
     /// timeout, marks the gateway offline and disconnects.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        *self.counters.certificates() = self
-            .config
-            .tls
-            .as_ref()
-            .map(|tls| tls.certificates.clone())
-            .unwrap_or_default();
         let writes = Arc::new(Semaphore::new(MAX_CONCURRENT_WRITES));
         let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(10));
         loop {

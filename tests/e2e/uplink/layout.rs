@@ -1,6 +1,7 @@
-//! Bytes on the wire against a real broker: the compact JSON layout (values
-//! and errors in short maps, the units once in a retained `meta` message),
-//! and points reported by exception.
+//! What goes on the wire, against a real broker: the compact JSON layout
+//! (values and errors in short maps, the units once in a retained `meta`
+//! message), points reported by exception, and consumers sharing the
+//! telemetry through a shared subscription.
 
 use serde_json::json;
 
@@ -92,4 +93,44 @@ async fn a_point_reported_by_exception_goes_only_when_it_changes() {
         })
         .await;
     assert_eq!(changed["points"]["setpoint"]["value"], 50, "{changed}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn consumers_can_share_the_telemetry_through_a_shared_subscription() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start(dir.path(), false).await;
+    let (_device, port) = modbus_device(json!({"size": 20, "holding": {"0": [42]}})).await;
+    let devices = format!(
+        "[[devices]]\nname = \"meter\"\nprotocol = \"modbus-tcp\"\naddress = \"127.0.0.1:{port}\"\npoll_interval = \"20ms\"\ntimeout = \"300ms\"\n\
+         [[devices.points]]\nname = \"energy\"\naddress = 0\n"
+    );
+    let filter = "$share/consumers/kite/gw-share/+";
+    let mut first = Subscriber::connect(broker.port, filter, "consumer-1", false).await;
+    let mut second = Subscriber::connect(broker.port, filter, "consumer-2", false).await;
+    let _kite = Kite::start(
+        kite_bin(),
+        dir.path(),
+        &kite_config(dir.path(), "gw-share", broker.port, &devices),
+    );
+    // Each message goes to one of the group; together they get them all.
+    let mut seqs = [Vec::new(), Vec::new()];
+    while seqs.iter().map(Vec::len).sum::<usize>() < 40 || seqs.iter().any(Vec::is_empty) {
+        let (index, (topic, message)) = tokio::select! {
+            got = first.next_message() => (0, got),
+            got = second.next_message() => (1, got),
+        };
+        if topic == "kite/gw-share/meter" {
+            seqs[index].push(message["seq"].as_u64().unwrap());
+        }
+    }
+    let mut all: Vec<u64> = seqs.concat();
+    all.sort_unstable();
+    let count = all.len();
+    all.dedup();
+    assert_eq!(all.len(), count, "no message went to both: {seqs:?}");
+    // Each consumer gets its share in order, so every seq up to the lower
+    // of their newest has arrived somewhere.
+    let upto = seqs.iter().map(|s| *s.iter().max().unwrap()).min().unwrap();
+    let arrived: Vec<u64> = all.into_iter().filter(|&seq| seq <= upto).collect();
+    assert_complete_in_order(&arrived, 1, upto);
 }

@@ -205,7 +205,7 @@ pub(super) fn render(vitals: &Vitals, verdict: &Verdict) -> String {
         "Backlog rows still to replay behind live data (replay = \"live_first\")",
     );
     out.sample("kite_uplink_backlog", &[], count(&uplink.backlog));
-    let certificates = uplink.certificates();
+    let certificates = vitals.certificates.get();
     if !certificates.is_empty() {
         out.family(
             "kite_tls_certificate_expiry_timestamp_seconds",
@@ -223,7 +223,6 @@ pub(super) fn render(vitals: &Vitals, verdict: &Verdict) -> String {
             );
         }
     }
-    drop(certificates);
 
     let field = vitals.field.get();
     let devices = &field.devices;
