@@ -13,7 +13,9 @@
 //! `kite-bench plugins` what plug-ins cost per reading and to instantiate;
 //! `kite-bench ble` what BLE sensors cost: decoding an advertisement in
 //! process, and Kite's CPU, memory and writes per advertisement heard
-//! through BlueZ's D-Bus API.
+//! through BlueZ's D-Bus API; `kite-bench fleet` what many gateways on one
+//! broker cost in memory, how their reconnects spread when that broker
+//! restarts, and that none of them loses a sample over it.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -29,6 +31,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 mod ble;
+mod fleet;
 mod plugins;
 mod reload;
 mod rtu;
@@ -102,6 +105,16 @@ enum Mode {
         #[arg(long, default_value_t = 1_000_000)]
         iterations: usize,
     },
+    /// Many gateways on one broker: RSS per gateway, then the broker
+    /// restarted: how the reconnects spread, and no sample lost.
+    Fleet {
+        /// Gateways, each with one device of 5 points polled every second.
+        #[arg(long, default_value_t = 200)]
+        gateways: usize,
+        /// Seconds the broker stays down.
+        #[arg(long, default_value_t = 20)]
+        down_seconds: u64,
+    },
 }
 
 #[tokio::main]
@@ -133,6 +146,10 @@ async fn main() -> anyhow::Result<()> {
             rate,
             iterations,
         } => ble::run(&cli.kite, devices, adverts, rate, iterations).await,
+        Mode::Fleet {
+            gateways,
+            down_seconds,
+        } => fleet::run(&cli.kite, gateways, down_seconds).await,
         Mode::Plugins { .. } => unreachable!("handled above"),
     }
 }
