@@ -14,7 +14,7 @@ use toml::Spanned;
 
 use super::devices::{self, BleConfig, RawBle, RawBus, RawDevice, RawZigbee};
 use super::file_ref::FileRef;
-use super::resolve::{Files, TlsRefs};
+use super::resolve::{Files, KeyRef, TlsRefs};
 use super::secrets::SecretKeys;
 use super::units::{ByteSize, Interval};
 use super::{
@@ -200,6 +200,8 @@ struct RawMqtt {
     ca_file: Option<Spanned<PathBuf>>,
     cert_file: Option<Spanned<PathBuf>>,
     key_file: Option<Spanned<PathBuf>>,
+    /// The client key as a systemd credential, instead of `key_file`.
+    key_credential: Option<Spanned<String>>,
     #[serde(default = "default_topic_prefix")]
     topic_prefix: Spanned<String>,
     #[serde(default = "default_keep_alive")]
@@ -439,18 +441,46 @@ impl RawMqtt {
             env: &self.password_env,
         }
         .source(report, base);
-        let (ca, cert, key) = (
-            file(&self.ca_file),
-            file(&self.cert_file),
-            file(&self.key_file),
-        );
+        let (ca, cert) = (file(&self.ca_file), file(&self.cert_file));
+        let key = match (file(&self.key_file), &self.key_credential) {
+            (Some(file), None) => Some(KeyRef::File(file)),
+            (None, Some(name)) => {
+                if name.get_ref().is_empty() || name.get_ref().contains('/') {
+                    report.push(
+                        name.span(),
+                        format!("mqtt.key_credential {:?}: expected a credential's name, like \"mqtt-key\"", name.get_ref()),
+                    );
+                }
+                Some(KeyRef::Credential {
+                    name: name.get_ref().clone(),
+                    span: name.span(),
+                })
+            }
+            (None, None) => None,
+            (Some(_), Some(name)) => {
+                report.push(
+                    name.span(),
+                    "give one of mqtt.key_file and mqtt.key_credential".into(),
+                );
+                None
+            }
+        };
         let client = match (cert, key) {
             (Some(cert), Some(key)) => Some((cert, key)),
             (None, None) => None,
-            (cert, key) => {
+            (Some(cert), None) => {
                 report.push(
-                    cert.or(key).expect("one of them").span,
-                    "mqtt.cert_file and mqtt.key_file go together: give both or neither".into(),
+                    cert.span,
+                    "mqtt.cert_file needs its key: give mqtt.key_file or mqtt.key_credential"
+                        .into(),
+                );
+                None
+            }
+            (None, Some(key)) => {
+                report.push(
+                    key.span(),
+                    "mqtt.key_file and mqtt.key_credential need mqtt.cert_file: give both or neither"
+                        .into(),
                 );
                 None
             }

@@ -16,7 +16,41 @@ pub(super) struct TlsRefs {
     /// Where a problem of no particular file is reported.
     pub url: Range<usize>,
     pub ca: Option<FileRef>,
-    pub client: Option<(FileRef, FileRef)>,
+    pub client: Option<(FileRef, KeyRef)>,
+}
+
+/// Where the client key is: `mqtt.key_file`, or `mqtt.key_credential`, a
+/// systemd credential found by name in `$CREDENTIALS_DIRECTORY`.
+#[derive(Debug, Clone)]
+pub(super) enum KeyRef {
+    File(FileRef),
+    Credential { name: String, span: Range<usize> },
+}
+
+impl KeyRef {
+    pub fn span(&self) -> Range<usize> {
+        match self {
+            KeyRef::File(file) => file.span.clone(),
+            KeyRef::Credential { span, .. } => span.clone(),
+        }
+    }
+
+    /// The key's file and its config key, if it can be found.
+    fn locate(&self, report: &mut Report<'_>) -> Option<(FileRef, &'static str)> {
+        match self {
+            KeyRef::File(file) => Some((file.clone(), "mqtt.key_file")),
+            KeyRef::Credential { name, span } => {
+                let path = secrets::credential_path(name, "mqtt.key", span.clone(), report)?;
+                Some((
+                    FileRef {
+                        path,
+                        span: span.clone(),
+                    },
+                    "mqtt.key_credential",
+                ))
+            }
+        }
+    }
 }
 
 /// Every file a config names.
@@ -111,19 +145,25 @@ fn resolve_tls(refs: TlsRefs, report: &mut Report<'_>) -> Option<tls::Tls> {
     if let Some(ca) = &refs.ca {
         all_there &= ca.exists(report, "mqtt.ca_file");
     }
+    let mut client = None;
     if let Some((cert, key)) = &refs.client {
         all_there &= cert.exists(report, "mqtt.cert_file");
-        all_there &= key.exists(report, "mqtt.key_file");
+        match key.locate(report) {
+            Some((key, what)) => {
+                all_there &= key.exists(report, what);
+                client = Some((cert.clone(), key));
+            }
+            None => all_there = false,
+        }
     }
     if !all_there {
         return None;
     }
     let files = TlsFiles {
         ca_file: refs.ca.as_ref().map(|ca| ca.path.clone()),
-        client_auth: refs
-            .client
+        client_auth: client
             .as_ref()
-            .map(|(cert, key)| (cert.path.clone(), key.path.clone())),
+            .map(|(cert, key): &(FileRef, FileRef)| (cert.path.clone(), key.path.clone())),
     };
     match tls::load(files) {
         Ok(settings) => Some(settings),
@@ -131,7 +171,7 @@ fn resolve_tls(refs: TlsRefs, report: &mut Report<'_>) -> Option<tls::Tls> {
             let span = match problem.file {
                 Some(TlsFile::Ca) => refs.ca.map(|ca| ca.span),
                 Some(TlsFile::Cert) => refs.client.map(|(cert, _)| cert.span),
-                Some(TlsFile::Key) => refs.client.map(|(_, key)| key.span),
+                Some(TlsFile::Key) => refs.client.map(|(_, key)| key.span()),
                 None => None,
             };
             report.push(span.unwrap_or(refs.url), problem.message);

@@ -1,7 +1,8 @@
 //! Secrets (the MQTT password, the API token): never written in the
 //! config, read from a file, a systemd credential (`LoadCredential=`, found
 //! in `$CREDENTIALS_DIRECTORY` by name) or an environment variable the
-//! config names, and kept out of every log, report and `Debug` output.
+//! config names, and kept out of every log, report and `Debug` output. The
+//! TLS client key can be a credential too (`mqtt.key_credential`).
 
 use std::fmt;
 use std::ops::Range;
@@ -101,6 +102,24 @@ impl SecretKeys<'_> {
     }
 }
 
+/// Where systemd put the credential `name` of `key` (`mqtt.password`);
+/// without `$CREDENTIALS_DIRECTORY`, a problem at its place.
+pub(super) fn credential_path(
+    name: &str,
+    key: &str,
+    span: Range<usize>,
+    report: &mut Report<'_>,
+) -> Option<PathBuf> {
+    let Some(dir) = std::env::var_os("CREDENTIALS_DIRECTORY") else {
+        report.push(
+            span,
+            format!("{key}_credential {name:?}: no systemd credentials here ($CREDENTIALS_DIRECTORY is not set; give LoadCredential={name}:... in the unit)"),
+        );
+        return None;
+    };
+    Some(Path::new(&dir).join(name))
+}
+
 /// Reads the secret; what cannot be read is a problem at its place. The
 /// value never appears in the problem.
 pub(super) fn read(source: SecretRef, key: &str, report: &mut Report<'_>) -> Option<Secret> {
@@ -127,14 +146,7 @@ pub(super) fn read(source: SecretRef, key: &str, report: &mut Report<'_>) -> Opt
             }
         },
         SecretRef::Credential { name, span } => {
-            let Some(dir) = std::env::var_os("CREDENTIALS_DIRECTORY") else {
-                report.push(
-                    span,
-                    format!("{key}_credential {name:?}: no systemd credentials here ($CREDENTIALS_DIRECTORY is not set; give LoadCredential={name}:... in the unit)"),
-                );
-                return None;
-            };
-            let path = Path::new(&dir).join(&name);
+            let path = credential_path(&name, key, span.clone(), report)?;
             match std::fs::read_to_string(&path) {
                 Ok(text) => (text, span, format!("{key}_credential {name:?}")),
                 Err(e) => {

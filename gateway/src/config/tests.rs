@@ -626,10 +626,59 @@ fn secrets_come_from_files_credentials_or_the_environment_never_the_config() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("mqtt-password"), "s3cret-value\n").unwrap();
     let text = format!("{MINIMAL}username = \"u\"\npassword_credential = \"mqtt-password\"\n");
+    // The TLS client key as a credential too, the certificate as a file.
+    let key_pair = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["kite".to_string()])
+        .unwrap()
+        .self_signed(&key_pair)
+        .unwrap();
+    let cert_path = dir.path().join("client.pem");
+    std::fs::write(&cert_path, cert.pem()).unwrap();
+    std::fs::write(dir.path().join("mqtt-key"), key_pair.serialize_pem()).unwrap();
+    let tls = |keys: &str| {
+        MINIMAL.replace("mqtt://", "mqtts://")
+            + &format!("ca_file = {cert_path:?}\ncert_file = {cert_path:?}\n{keys}")
+    };
     // The test process's environment is shared: a variable no other test reads.
     std::env::set_var("CREDENTIALS_DIRECTORY", dir.path());
     let config = from_text(&text, Path::new("kite.toml")).unwrap();
+    let with_key = from_text(
+        &tls("key_credential = \"mqtt-key\"\n"),
+        Path::new("kite.toml"),
+    );
+    let missing = from_text(
+        &tls("key_credential = \"no-such-key\"\n"),
+        Path::new("kite.toml"),
+    );
     std::env::remove_var("CREDENTIALS_DIRECTORY");
+    let with_key = with_key.unwrap();
+    let client_auth = with_key.mqtt.tls.unwrap().files.client_auth.unwrap();
+    assert_eq!(client_auth.1, dir.path().join("mqtt-key"));
+    let missing = missing.unwrap_err().to_string();
+    assert!(
+        missing.contains("mqtt.key_credential: no such file"),
+        "{missing}"
+    );
+    let unset = from_text(
+        &tls("key_credential = \"mqtt-key\"\n"),
+        Path::new("kite.toml"),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        unset.contains("mqtt.key_credential \"mqtt-key\": no systemd credentials here"),
+        "{unset}"
+    );
+    let both = from_text(
+        &tls("key_file = \"k.pem\"\nkey_credential = \"mqtt-key\"\n"),
+        Path::new("kite.toml"),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        both.contains("give one of mqtt.key_file and mqtt.key_credential"),
+        "{both}"
+    );
     assert_eq!(
         config.mqtt.password.as_ref().map(Secret::expose),
         Some("s3cret-value")
