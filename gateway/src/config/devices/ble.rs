@@ -11,7 +11,7 @@ use kite_ble::{Address, BleSpec, DeviceSpec, Format, GattMode, GattPoint, GattTy
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::{check_point_name, RawDevice};
+use super::{check_point_name, refuse_keys, RawDevice};
 use crate::config::file_ref::FileRef;
 use crate::config::resolve::Files;
 use crate::config::units::Interval;
@@ -207,18 +207,7 @@ impl RawDevice {
             return None;
         }
         if !is_codec {
-            for span in [
-                self.codec.as_ref().map(Spanned::span),
-                self.codec_config.as_ref().map(Spanned::span),
-            ]
-            .into_iter()
-            .flatten()
-            {
-                report.push(
-                    span,
-                    "`codec` and `codec_config` are for decoder = \"codec\"".into(),
-                );
-            }
+            self.refuse_codec_keys(report, "decoder = \"codec\"");
         }
         if let Some(key) = &self.bind_key_file {
             if format == Some(Format::Bthome) {
@@ -239,23 +228,13 @@ impl RawDevice {
                 bind_key: None,
             },
             None => {
-                let Some(codec) = &self.codec else {
+                let Some((path, config_json)) = self.codec_plugin(base, files) else {
                     report.push(
                         self.name.span(),
                         format!("device {device:?}: decoder = \"codec\" needs `codec`, the path of a codec plug-in"),
                     );
                     return None;
                 };
-                let file = FileRef::at(base, codec);
-                let path = file.path.clone();
-                files.components.push((file, "codec"));
-                let config_json = self.codec_config.as_ref().map_or_else(
-                    || "{}".to_string(),
-                    |table| {
-                        serde_json::to_string(table.get_ref())
-                            .expect("a TOML table serializes to JSON")
-                    },
-                );
                 BleDecoder::Codec { path, config_json }
             }
         };
@@ -296,21 +275,11 @@ impl RawDevice {
         let mut kept = Vec::new();
         for point in &self.points {
             check_point_name(report, &mut seen, &point.name, device);
-            let extra = [
-                point.address.as_ref().map(Spanned::span),
-                point.area.as_ref().map(Spanned::span),
-                point.data_type.as_ref().map(Spanned::span),
-                point.capture.as_ref().map(Spanned::span),
-                point.bit.as_ref().map(Spanned::span),
-                point.length.as_ref().map(Spanned::span),
-            ];
-            for span in extra.into_iter().flatten() {
-                report.push(
-                    span,
-                    "a BLE decoder names its own points: `points` only lists the names to keep"
-                        .into(),
-                );
-            }
+            refuse_keys(
+                report,
+                point.table_keys(),
+                "a BLE decoder names its own points: `points` only lists the names to keep",
+            );
             if let Some(writable) = point.writable.as_ref().filter(|w| *w.get_ref()) {
                 report.push(
                     writable.span(),

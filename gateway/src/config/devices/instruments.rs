@@ -15,10 +15,9 @@ use kite_serial::InstrumentSpec;
 use toml::Spanned;
 
 use super::{
-    check_point_name, Decode, Endian, InstrumentConfig, RawBytes, RawDecode, RawDevice, RawFraming,
-    DEFAULT_MAX_FRAME,
+    check_point_name, refuse_keys, Decode, Endian, InstrumentConfig, RawBytes, RawDecode,
+    RawDevice, RawFraming, DEFAULT_MAX_FRAME,
 };
-use crate::config::file_ref::FileRef;
 use crate::config::resolve::Files;
 use crate::config::Report;
 
@@ -102,18 +101,7 @@ impl RawDevice {
 
         let decode_kind = self.decode.as_ref().map(|d| *d.get_ref());
         if decode_kind != Some(RawDecode::Codec) {
-            for span in [
-                self.codec.as_ref().map(Spanned::span),
-                self.codec_config.as_ref().map(Spanned::span),
-            ]
-            .into_iter()
-            .flatten()
-            {
-                report.push(
-                    span,
-                    "`codec` and `codec_config` are for decode = \"codec\"".into(),
-                );
-            }
+            self.refuse_codec_keys(report, "decode = \"codec\"");
         }
         if decode_kind != Some(RawDecode::Regex) {
             if let Some(pattern) = &self.pattern {
@@ -147,20 +135,10 @@ impl RawDevice {
                         "decode = \"codec\" names its own points".into(),
                     );
                 }
-                let Some(codec) = &self.codec else {
+                let Some((path, config_json)) = self.codec_plugin(base, files) else {
                     report.push(self.name.span(), format!("device {device:?}: decode = \"codec\" needs `codec`, the path of a codec plug-in"));
                     return None;
                 };
-                let file = FileRef::at(base, codec);
-                let path = file.path.clone();
-                files.components.push((file, "codec"));
-                let config_json = self.codec_config.as_ref().map_or_else(
-                    || "{}".to_string(),
-                    |table| {
-                        serde_json::to_string(table.get_ref())
-                            .expect("a TOML table serializes to JSON")
-                    },
-                );
                 Decode::Codec { path, config_json }
             }
             Some(RawDecode::Regex) => {
@@ -201,18 +179,16 @@ impl RawDevice {
         let mut fields = Vec::new();
         for point in &self.points {
             check_point_name(report, &mut point_names, &point.name, self.name.get_ref());
-            let modbus_only = [
-                point.address.as_ref().map(Spanned::span),
-                point.area.as_ref().map(Spanned::span),
-                point.bit.as_ref().map(Spanned::span),
-                point.length.as_ref().map(Spanned::span),
-            ];
-            for span in modbus_only.into_iter().flatten() {
-                report.push(
-                    span,
-                    "this key is for Modbus points; raw serial points take `capture`".into(),
-                );
-            }
+            refuse_keys(
+                report,
+                [
+                    point.address.as_ref().map(Spanned::span),
+                    point.area.as_ref().map(Spanned::span),
+                    point.bit.as_ref().map(Spanned::span),
+                    point.length.as_ref().map(Spanned::span),
+                ],
+                "this key is for Modbus points; raw serial points take `capture`",
+            );
             if let Some(writable) = point.writable.as_ref().filter(|w| *w.get_ref()) {
                 report.push(
                     writable.span(),

@@ -15,6 +15,7 @@ use kite_serial::InstrumentSpec;
 use serde::Deserialize;
 use toml::Spanned;
 
+use super::file_ref::FileRef;
 use super::resolve::Files;
 use super::units::Interval;
 use super::{check_topic_level, Report, RESERVED_DEVICE_NAMES};
@@ -291,6 +292,19 @@ impl RawPoint {
             max_silence: None,
             bare: true,
         }
+    }
+
+    /// The keys that place or type a point in a register map or a frame,
+    /// where present: a protocol that names its own points takes none.
+    fn table_keys(&self) -> [Option<std::ops::Range<usize>>; 6] {
+        [
+            self.address.as_ref().map(Spanned::span),
+            self.area.as_ref().map(Spanned::span),
+            self.data_type.as_ref().map(Spanned::span),
+            self.capture.as_ref().map(Spanned::span),
+            self.bit.as_ref().map(Spanned::span),
+            self.length.as_ref().map(Spanned::span),
+        ]
     }
 
     /// The point's report-by-exception rule, if it has one.
@@ -641,6 +655,35 @@ impl RawDevice {
         }
     }
 
+    /// The codec plug-in `codec` names, listed to be checked to exist, and
+    /// its `codec_config` as JSON for its `init` (`{}` without one).
+    fn codec_plugin(&self, base: &Path, files: &mut Files) -> Option<(PathBuf, String)> {
+        let file = FileRef::at(base, self.codec.as_ref()?);
+        let path = file.path.clone();
+        files.components.push((file, "codec"));
+        let config_json = self.codec_config.as_ref().map_or_else(
+            || "{}".to_string(),
+            |table| {
+                serde_json::to_string(table.get_ref()).expect("a TOML table serializes to JSON")
+            },
+        );
+        Some((path, config_json))
+    }
+
+    /// `codec` and `codec_config` where the device decodes otherwise;
+    /// `selector` is the setting that asks for a codec, like
+    /// `decode = "codec"`.
+    fn refuse_codec_keys(&self, report: &mut Report<'_>, selector: &str) {
+        refuse_keys(
+            report,
+            [
+                self.codec.as_ref().map(Spanned::span),
+                self.codec_config.as_ref().map(Spanned::span),
+            ],
+            &format!("`codec` and `codec_config` are for {selector}"),
+        );
+    }
+
     /// Keys that mean nothing for the device's protocol are mistakes, not
     /// silently ignored settings.
     fn check_keys(&self, report: &mut Report<'_>, protocol: Protocol) {
@@ -779,6 +822,17 @@ impl RawDevice {
             points.push(spec);
         }
         points
+    }
+}
+
+/// Each of the keys present (their spans) is a mistake, for `why`.
+fn refuse_keys(
+    report: &mut Report<'_>,
+    spans: impl IntoIterator<Item = Option<std::ops::Range<usize>>>,
+    why: &str,
+) {
+    for span in spans.into_iter().flatten() {
+        report.push(span, why.into());
     }
 }
 

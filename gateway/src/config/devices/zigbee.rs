@@ -10,7 +10,7 @@ use kite_zigbee::ZigbeeDevice;
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::{check_point_name, RawDevice};
+use super::{check_point_name, refuse_keys, RawDevice};
 use crate::config::file_ref::FileRef;
 use crate::config::resolve::Files;
 use crate::config::Report;
@@ -179,20 +179,11 @@ impl RawDevice {
         let filters = self.points.iter().any(|p| p.bare);
         for point in &self.points {
             check_point_name(report, &mut seen, &point.name, device);
-            let extra = [
-                point.address.as_ref().map(Spanned::span),
-                point.area.as_ref().map(Spanned::span),
-                point.data_type.as_ref().map(Spanned::span),
-                point.capture.as_ref().map(Spanned::span),
-                point.bit.as_ref().map(Spanned::span),
-                point.length.as_ref().map(Spanned::span),
-            ];
-            for span in extra.into_iter().flatten() {
-                report.push(
-                    span,
-                    "Zigbee points are named by their clusters: a point takes only `name` and `writable`".into(),
-                );
-            }
+            refuse_keys(
+                report,
+                point.table_keys(),
+                "Zigbee points are named by their clusters: a point takes only `name`, `writable` and the report keys",
+            );
             let name = point.name.get_ref();
             if let Some(flag) = point.writable.as_ref().filter(|w| *w.get_ref()) {
                 if name == "on" || name == "level" {
@@ -223,22 +214,13 @@ impl RawDevice {
             report.push(config.span(), "`codec_config` needs `codec`".into());
         }
         let ieee = ieee?;
-        let codec = self.codec.as_ref().map(|codec| {
-            let file = FileRef::at(base, codec);
-            let path = file.path.clone();
-            files.components.push((file, "codec"));
-            let config_json = self.codec_config.as_ref().map_or_else(
-                || "{}".to_string(),
-                |table| {
-                    serde_json::to_string(table.get_ref()).expect("a TOML table serializes to JSON")
-                },
-            );
-            ZigbeeCodec {
+        let codec = self
+            .codec_plugin(base, files)
+            .map(|(path, config_json)| ZigbeeCodec {
                 ieee,
                 path,
                 config_json,
-            }
-        });
+            });
         let device = ZigbeeDevice {
             name: Arc::from(device.as_str()),
             ieee,
