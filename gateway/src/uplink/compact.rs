@@ -83,12 +83,13 @@ struct CompactTelemetry<'a> {
 }
 
 /// A telemetry row in the compact layout: good values under `values`; a
-/// bad or stale point under `bad`, with its error. Also the row's units,
-/// for [`Announced`].
+/// bad or stale point under `bad`, with its error. With it, the `meta`
+/// payload to publish first when the row's units are not all announced yet.
 pub fn telemetry(
     record: &Record,
     historical: bool,
-) -> Result<(String, Vec<(String, String)>), serde_json::Error> {
+    announced: &mut Announced,
+) -> Result<(String, Option<String>), serde_json::Error> {
     let points: StoredPoints<'_> = serde_json::from_str(&record.body)?;
     let mut values = Vec::new();
     let mut bad = Vec::new();
@@ -99,9 +100,10 @@ pub fn telemetry(
             (quality, _) => bad.push((name.as_ref(), point.error.as_deref().unwrap_or(quality))),
         }
         if let Some(unit) = &point.unit {
-            units.push((name.to_string(), unit.to_string()));
+            units.push((name.as_ref(), unit.as_ref()));
         }
     }
+    let meta = announced.meta(&record.device, &units);
     let payload = serde_json::to_string(&CompactTelemetry {
         seq: record.seq,
         ts: record.ts_ms,
@@ -110,7 +112,7 @@ pub fn telemetry(
         bad: Entries(bad),
         historical,
     })?;
-    Ok((payload, units))
+    Ok((payload, meta))
 }
 
 /// The units each device's `meta` message announced on this connection, so
@@ -125,16 +127,29 @@ pub struct Announced {
 impl Announced {
     /// The `meta` payload to publish (retained) before a message of
     /// `device` with `units`, if the units announced so far lack any.
-    pub fn meta(&mut self, device: &str, units: Vec<(String, String)>) -> Option<String> {
-        let known = self.units.entry(device.to_string()).or_default();
+    /// Allocates only for what is new.
+    fn meta(&mut self, device: &str, units: &[(&str, &str)]) -> Option<String> {
+        if units.is_empty() {
+            return None;
+        }
+        if !self.units.contains_key(device) {
+            self.units.insert(device.to_string(), BTreeMap::new());
+        }
+        let known = self.units.get_mut(device).expect("inserted above");
         let mut changed = false;
-        for (name, unit) in units {
-            if known.get(&name) != Some(&unit) {
-                known.insert(name, unit);
+        for &(name, unit) in units {
+            if known.get(name).map(String::as_str) != Some(unit) {
+                known.insert(name.to_string(), unit.to_string());
                 changed = true;
             }
         }
         changed.then(|| serde_json::json!({ "units": known }).to_string())
+    }
+
+    /// Forgets what `device` announced, so that its next message announces
+    /// all its units again.
+    pub fn forget(&mut self, device: &str) {
+        self.units.remove(device);
     }
 }
 
@@ -158,46 +173,50 @@ mod tests {
         let record = row(
             r#"{"z":{"value":21.5,"quality":"good","unit":"degC"},"p":{"quality":"bad","error":"timeout"},"a":{"value":7,"quality":"stale","error":"not heard for 10m","unit":"%"},"n":{"value":"on\"","quality":"good"}}"#,
         );
-        let (payload, units) = telemetry(&record, false).unwrap();
+        let mut announced = Announced::default();
+        let (payload, meta) = telemetry(&record, false, &mut announced).unwrap();
         assert_eq!(
             payload,
             r#"{"seq":12,"ts":1000,"device":"boiler-1","values":{"z":21.5,"n":"on\""},"bad":{"p":"timeout","a":"not heard for 10m"}}"#
         );
-        assert_eq!(
-            units,
-            [("z".into(), "degC".into()), ("a".into(), "%".into())]
-        );
-        let (replayed, _) = telemetry(&row(r#"{"x":{"value":1,"quality":"good"}}"#), true).unwrap();
+        assert_eq!(meta.as_deref(), Some(r#"{"units":{"a":"%","z":"degC"}}"#));
+        let (replayed, meta) = telemetry(
+            &row(r#"{"x":{"value":1,"quality":"good"}}"#),
+            true,
+            &mut announced,
+        )
+        .unwrap();
         assert_eq!(
             replayed,
             r#"{"seq":12,"ts":1000,"device":"boiler-1","values":{"x":1},"historical":true}"#
         );
-        assert!(telemetry(&row("[1]"), false).is_err());
+        assert_eq!(meta, None, "no unit to announce");
+        assert!(telemetry(&row("[1]"), false, &mut announced).is_err());
     }
 
     #[test]
     fn units_are_announced_once_and_again_when_they_change() {
         let mut announced = Announced::default();
-        let units = |pairs: &[(&str, &str)]| {
-            pairs
-                .iter()
-                .map(|(n, u)| (n.to_string(), u.to_string()))
-                .collect::<Vec<_>>()
-        };
         assert_eq!(
-            announced.meta("b", units(&[("t", "degC")])).as_deref(),
+            announced.meta("b", &[("t", "degC")]).as_deref(),
             Some(r#"{"units":{"t":"degC"}}"#)
         );
-        assert_eq!(announced.meta("b", units(&[("t", "degC")])), None);
+        assert_eq!(announced.meta("b", &[("t", "degC")]), None);
         assert_eq!(
-            announced.meta("b", units(&[("p", "bar")])).as_deref(),
+            announced.meta("b", &[("p", "bar")]).as_deref(),
             Some(r#"{"units":{"p":"bar","t":"degC"}}"#),
             "a split poll's other points join the announcement"
         );
         assert_eq!(
-            announced.meta("b", units(&[("t", "K")])).as_deref(),
+            announced.meta("b", &[("t", "K")]).as_deref(),
             Some(r#"{"units":{"p":"bar","t":"K"}}"#)
         );
-        assert_eq!(announced.meta("c", Vec::new()), None);
+        assert_eq!(announced.meta("c", &[]), None);
+        announced.forget("b");
+        assert_eq!(
+            announced.meta("b", &[("t", "K")]).as_deref(),
+            Some(r#"{"units":{"t":"K"}}"#),
+            "announced again once forgotten"
+        );
     }
 }

@@ -340,19 +340,24 @@ impl Uplink {
         historical: bool,
         announced: &mut compact::Announced,
     ) -> Result<Deliverable, String> {
-        let mut meta = None;
-        let payload = match (self.config.json, record.kind) {
+        let (payload, meta) = match (self.config.json, record.kind) {
             (JsonLayout::Compact, Kind::Telemetry) => {
-                let (payload, units) = compact::telemetry(record, historical)
-                    .map_err(|e| format!("row {}: {e}", record.seq))?;
-                meta = announced.meta(&record.device, units);
-                payload
+                compact::telemetry(record, historical, announced)
+                    .map_err(|e| format!("row {}: {e}", record.seq))?
             }
-            _ if historical => wire::historical_message(record).map_err(|e| e.to_string())?,
-            _ => wire::message(record).map_err(|e| e.to_string())?,
+            _ if historical => (
+                wire::historical_message(record).map_err(|e| e.to_string())?,
+                None,
+            ),
+            _ => (wire::message(record).map_err(|e| e.to_string())?, None),
         };
         let size = topic.len() + payload.len();
         if size > self.config.max_message_bytes {
+            if meta.is_some() {
+                // The units it announced are not published: the device's
+                // next message announces them again.
+                announced.forget(&record.device);
+            }
             return Err(format!(
                 "{size} bytes, over mqtt.max_message_bytes ({})",
                 self.config.max_message_bytes
