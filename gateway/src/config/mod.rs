@@ -143,6 +143,12 @@ impl MqttConfig {
             .map(|tls| tls.certificates.clone())
             .unwrap_or_default()
     }
+
+    /// What to say at `now_ms` of the certificates about to expire.
+    pub fn certificate_warnings(&self, now_ms: i64) -> impl Iterator<Item = String> + '_ {
+        let certificates = self.tls.iter().flat_map(|tls| &tls.certificates);
+        certificates.filter_map(move |certificate| certificate.warning(now_ms))
+    }
 }
 
 /// How a backlog goes out once the broker is back (`mqtt.replay`).

@@ -93,11 +93,11 @@ pub(super) fn resolve(config: &mut Config, files: Files, report: &mut Report<'_>
     config.plugin_trust.keys = keys.into();
     if let Some(refs) = files.tls {
         config.mqtt.tls = resolve_tls(refs, report);
-        let now_ms = kite_core::now_ms();
-        let expiring = config.mqtt.tls.iter().flat_map(|tls| &tls.certificates);
-        config
-            .warnings
-            .extend(expiring.filter_map(|cert| cert.warning(now_ms)));
+        let expiring: Vec<String> = config
+            .mqtt
+            .certificate_warnings(kite_core::now_ms())
+            .collect();
+        config.warnings.extend(expiring);
     }
     for (file, device) in files.bind_keys {
         let key = std::fs::read_to_string(&file.path)

@@ -397,11 +397,8 @@ impl Uplink {
             return;
         }
         *warned = Instant::now();
-        let now_ms = kite_core::now_ms();
-        for certificate in self.config.tls.iter().flat_map(|tls| &tls.certificates) {
-            if let Some(warning) = certificate.warning(now_ms) {
-                warn!("{warning}");
-            }
+        for warning in self.config.certificate_warnings(kite_core::now_ms()) {
+            warn!("{warning}");
         }
     }
 
