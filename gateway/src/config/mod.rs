@@ -122,6 +122,19 @@ pub struct MqttConfig {
     pub max_message_bytes: usize,
     pub replay: Replay,
     pub json: JsonLayout,
+    /// Set with `format = "sparkplug"`: telemetry goes as a Sparkplug B
+    /// edge node instead of Kite's JSON.
+    pub sparkplug: Option<SparkplugConfig>,
+}
+
+/// The Sparkplug B edge node (`[sparkplug]`, with `mqtt.format = "sparkplug"`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SparkplugConfig {
+    pub group_id: String,
+    /// `gateway.id` unless set.
+    pub edge_node_id: String,
+    /// Data is held while this host application's STATE says offline.
+    pub primary_host_id: Option<String>,
 }
 
 /// The layout of telemetry messages (`mqtt.json`).

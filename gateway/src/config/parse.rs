@@ -19,7 +19,8 @@ use super::secrets::SecretKeys;
 use super::units::{ByteSize, Interval};
 use super::{
     check_topic_level, Config, GatewayConfig, HttpConfig, JsonLayout, MqttConfig, PluginConfig,
-    Replay, Report, DEFAULT_HTTP_LISTEN, DEFAULT_MAX_MESSAGE_BYTES, RESERVED_DEVICE_NAMES,
+    Replay, Report, SparkplugConfig, DEFAULT_HTTP_LISTEN, DEFAULT_MAX_MESSAGE_BYTES,
+    RESERVED_DEVICE_NAMES,
 };
 use crate::store::{Durability, OnFull, Settings};
 
@@ -42,6 +43,24 @@ pub(super) struct RawConfig {
     http: RawHttp,
     ble: Option<RawBle>,
     zigbee: Option<Spanned<RawZigbee>>,
+    sparkplug: Option<Spanned<RawSparkplug>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSparkplug {
+    group_id: Spanned<String>,
+    edge_node_id: Option<Spanned<String>>,
+    primary_host_id: Option<Spanned<String>>,
+}
+
+/// What telemetry goes as (`mqtt.format`).
+#[derive(Deserialize, Default, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+enum RawFormat {
+    #[default]
+    Json,
+    Sparkplug,
 }
 
 #[derive(Deserialize)]
@@ -219,9 +238,9 @@ struct RawMqtt {
     insecure: bool,
     #[serde(default)]
     replay: RawReplay,
-    #[serde(default)]
-    json: JsonLayout,
+    json: Option<Spanned<JsonLayout>>,
     replay_rate: Option<Spanned<u32>>,
+    format: Option<Spanned<RawFormat>>,
 }
 
 #[derive(Deserialize, Default, Clone, Copy, PartialEq, Eq)]
@@ -292,9 +311,12 @@ impl RawConfig {
         let mut warnings = Vec::new();
         let mut files = Files::default();
         check_topic_level(report, &self.gateway.id, "gateway.id");
-        let mqtt = self
+        let format = self.mqtt.format.clone();
+        let json = self.mqtt.json.clone();
+        let mut mqtt = self
             .mqtt
             .build(report, base, &self.gateway.id, &mut warnings, &mut files);
+        mqtt.sparkplug = sparkplug(report, format, json, self.sparkplug, &self.gateway.id);
         if self.buffer.max_bytes.get_ref().0 < 64 << 10 {
             report.push(
                 self.buffer.max_bytes.span(),
@@ -585,7 +607,58 @@ impl RawMqtt {
             status_interval: self.status_interval.get_ref().0,
             max_message_bytes: max_message_bytes as usize,
             replay,
-            json: self.json,
+            json: self.json.map(Spanned::into_inner).unwrap_or_default(),
+            sparkplug: None,
+        }
+    }
+}
+
+/// The edge node of `format = "sparkplug"`: `[sparkplug]` is needed with
+/// it and refused without it, and so is the compact JSON layout, which
+/// Sparkplug telemetry does not use.
+fn sparkplug(
+    report: &mut Report<'_>,
+    format: Option<Spanned<RawFormat>>,
+    json: Option<Spanned<JsonLayout>>,
+    section: Option<Spanned<RawSparkplug>>,
+    gateway_id: &Spanned<String>,
+) -> Option<SparkplugConfig> {
+    let sparkplug = format.filter(|f| *f.get_ref() == RawFormat::Sparkplug);
+    match (sparkplug, section) {
+        (None, None) => None,
+        (None, Some(section)) => {
+            report.push(
+                section.span(),
+                "[sparkplug] configures the Sparkplug B edge node: it needs mqtt.format = \"sparkplug\"".into(),
+            );
+            None
+        }
+        (Some(format), None) => {
+            report.push(
+                format.span(),
+                "mqtt.format = \"sparkplug\" needs a [sparkplug] section with group_id".into(),
+            );
+            None
+        }
+        (Some(_), Some(section)) => {
+            if let Some(json) = json.filter(|json| *json.get_ref() == JsonLayout::Compact) {
+                report.push(
+                    json.span(),
+                    "mqtt.json = \"compact\" is a JSON layout: with mqtt.format = \"sparkplug\" telemetry goes as Sparkplug B".into(),
+                );
+            }
+            let section = section.into_inner();
+            let edge_node_id = section.edge_node_id.unwrap_or_else(|| gateway_id.clone());
+            check_topic_level(report, &section.group_id, "sparkplug.group_id");
+            check_topic_level(report, &edge_node_id, "sparkplug.edge_node_id");
+            if let Some(host) = &section.primary_host_id {
+                check_topic_level(report, host, "sparkplug.primary_host_id");
+            }
+            Some(SparkplugConfig {
+                group_id: section.group_id.into_inner(),
+                edge_node_id: edge_node_id.into_inner(),
+                primary_host_id: section.primary_host_id.map(Spanned::into_inner),
+            })
         }
     }
 }

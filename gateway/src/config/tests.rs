@@ -732,3 +732,71 @@ fn points_reported_by_exception_take_their_rules_and_defaults() {
         "unknown variant `sometimes`",
     );
 }
+
+#[test]
+fn sparkplug_needs_its_section_and_names_its_node() {
+    let sparkplug = MINIMAL.replace("[mqtt]\n", "[mqtt]\nformat = \"sparkplug\"\n");
+    let config = from_text(
+        &format!("{sparkplug}[sparkplug]\ngroup_id = \"plant-1\"\n"),
+        Path::new("kite.toml"),
+    )
+    .unwrap();
+    assert_eq!(
+        config.mqtt.sparkplug,
+        Some(SparkplugConfig {
+            group_id: "plant-1".into(),
+            edge_node_id: "gw".into(),
+            primary_host_id: None,
+        }),
+        "the edge node is the gateway unless named"
+    );
+    assert_eq!(
+        from_text(MINIMAL, Path::new("kite.toml"))
+            .unwrap()
+            .mqtt
+            .sparkplug,
+        None,
+        "JSON is the default"
+    );
+    check_error(
+        "[sparkplug]\ngroup_id = \"plant\"\n",
+        6,
+        "it needs mqtt.format = \"sparkplug\"",
+    );
+    check_error(
+        "[sparkplug]\ngroup_id = \"plant/1\"\n",
+        6,
+        "it needs mqtt.format",
+    );
+    for (body, line, expected) in [
+        ("", 5, "needs a [sparkplug] section with group_id"),
+        (
+            "[sparkplug]\ngroup_id = \"a/b\"\n",
+            8,
+            "sparkplug.group_id \"a/b\" must be",
+        ),
+        (
+            "[sparkplug]\ngroup_id = \"a\"\nprimary_host_id = \"#\"\n",
+            9,
+            "sparkplug.primary_host_id",
+        ),
+        ("[sparkplug]\ngroup = \"a\"\n", 8, "unknown field `group`"),
+    ] {
+        let error =
+            from_text(&format!("{sparkplug}{body}"), Path::new("kite.toml")).expect_err(body);
+        assert!(
+            error
+                .problems
+                .iter()
+                .any(|p| p.line == line && p.message.contains(expected)),
+            "{body:?}: wanted line {line} with {expected:?}, got:\n{error}"
+        );
+    }
+    let compact = sparkplug.replace("[mqtt]\n", "[mqtt]\njson = \"compact\"\n");
+    let error = from_text(
+        &format!("{compact}[sparkplug]\ngroup_id = \"a\"\n"),
+        Path::new("kite.toml"),
+    )
+    .expect_err("compact with sparkplug");
+    assert!(error.to_string().contains("is a JSON layout"), "{error}");
+}

@@ -133,6 +133,7 @@ pub async fn run(
         ),
         plugins: Plugins::new(outputs_tx, plugin_state, room.clone()),
         routes: Arc::default(),
+        declared: Arc::default(),
         zigbee: Arc::default(),
         vitals: vitals.clone(),
         room: room.clone(),
@@ -141,7 +142,7 @@ pub async fn run(
     let uplink = Uplink::new(
         config.mqtt.clone(),
         &config.gateway.id,
-        uplink_context(&vitals, &workload, results_tx.clone()),
+        uplink_context(&vitals, &workload, results_tx.clone(), data_dir),
     );
     workload.apply(&config).await;
     let watching = CancellationToken::new();
@@ -277,6 +278,7 @@ fn uplink_context(
     vitals: &Arc<Vitals>,
     workload: &Workload,
     results: mpsc::Sender<crate::uplink::WriteOutcome>,
+    data_dir: &std::path::Path,
 ) -> UplinkContext {
     UplinkContext {
         routes: workload.routes.clone(),
@@ -285,5 +287,7 @@ fn uplink_context(
         buffer: vitals.buffer.clone(),
         counters: vitals.uplink.clone(),
         status: vitals.clone(),
+        data_dir: data_dir.to_path_buf(),
+        declared: workload.declared.clone(),
     }
 }

@@ -61,7 +61,12 @@ impl Running {
             Uplink::new(
                 new.mqtt.clone(),
                 &old.gateway.id,
-                uplink_context(&self.workload.vitals, &self.workload, self.results.clone()),
+                uplink_context(
+                    &self.workload.vitals,
+                    &self.workload,
+                    self.results.clone(),
+                    &old.gateway.data_dir,
+                ),
             )
         });
         for warning in &new.warnings {

@@ -14,6 +14,7 @@ use super::sandbox::SandboxSlot;
 use crate::config::Config;
 use crate::current::Current;
 use crate::ops::vitals::Vitals;
+use crate::uplink::sparkplug::{declared_types, DeclaredTypes};
 use crate::uplink::wire::{MessageRoom, Topics};
 use crate::uplink::WriteRoutes;
 
@@ -25,6 +26,8 @@ pub(super) struct Workload {
     pub field: Field,
     pub plugins: Plugins,
     pub routes: Arc<Current<WriteRoutes>>,
+    /// The datatypes of the configured points, for Sparkplug births.
+    pub declared: Arc<Current<DeclaredTypes>>,
     /// Where the uplink sends network commands, while a Zigbee network runs.
     pub zigbee: Arc<Current<Option<mpsc::Sender<ZigbeeCommand>>>>,
     pub vitals: Arc<Vitals>,
@@ -65,6 +68,9 @@ impl Workload {
         self.vitals.field.set(health);
         self.vitals.plugins.set(plugins);
         self.routes.set(self.field.routes());
+        if config.mqtt.sparkplug.is_some() {
+            self.declared.set(declared_types(&config.modbus));
+        }
         self.zigbee.set(self.field.zigbee_commands());
         changes
     }

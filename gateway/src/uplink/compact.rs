@@ -4,52 +4,14 @@
 //! in every message. Made at publish time from the rows the buffer holds in
 //! the full layout, so a backlog goes out in whichever layout is configured.
 
-use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
-use std::fmt;
 
-use serde::de::{MapAccess, Visitor};
 use serde::ser::SerializeMap;
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde::{Serialize, Serializer};
 use serde_json::value::RawValue;
 
+use super::stored::StoredPoints;
 use crate::store::Record;
-
-/// A point as a telemetry row holds it.
-#[derive(Deserialize)]
-struct StoredPoint<'a> {
-    #[serde(borrow)]
-    value: Option<&'a RawValue>,
-    #[serde(borrow)]
-    quality: Cow<'a, str>,
-    #[serde(borrow)]
-    error: Option<Cow<'a, str>>,
-    #[serde(borrow)]
-    unit: Option<Cow<'a, str>>,
-}
-
-/// A row's `points` object, in its order.
-struct StoredPoints<'a>(Vec<(Cow<'a, str>, StoredPoint<'a>)>);
-
-impl<'de: 'a, 'a> Deserialize<'de> for StoredPoints<'a> {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct InOrder<'a>(std::marker::PhantomData<&'a ()>);
-        impl<'de: 'a, 'a> Visitor<'de> for InOrder<'a> {
-            type Value = StoredPoints<'a>;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a points object")
-            }
-            fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<Self::Value, M::Error> {
-                let mut points = Vec::with_capacity(map.size_hint().unwrap_or(0));
-                while let Some(entry) = map.next_entry::<Cow<'a, str>, StoredPoint<'a>>()? {
-                    points.push(entry);
-                }
-                Ok(StoredPoints(points))
-            }
-        }
-        deserializer.deserialize_map(InOrder(std::marker::PhantomData))
-    }
-}
 
 /// Name-value pairs serialized as a JSON object, in order.
 struct Entries<'a, V>(Vec<(&'a str, V)>);

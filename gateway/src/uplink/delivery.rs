@@ -8,17 +8,17 @@ use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 /// Which buffered row each publish of one connection carries. Pure state:
-/// the connection loop feeds it rumqttc's events.
+/// the connection loop feeds it rumqttc's events. Every QoS 1 publish is
+/// counted until its PUBACK, so that births and status messages take their
+/// place in the window too.
 #[derive(Debug, Default)]
 pub(super) struct Delivery {
     /// One entry per publish handed to rumqttc, in order: the row's seq for
-    /// telemetry, `None` for status and results. rumqttc reports each
-    /// publish's packet id in the same order.
+    /// telemetry, `None` for status, births and results. rumqttc reports
+    /// each publish's packet id in the same order.
     awaiting_pkid: VecDeque<Option<i64>>,
-    /// Telemetry entries in `awaiting_pkid`.
-    unassigned: usize,
-    /// Packet id to seq, for telemetry on the wire.
-    inflight: HashMap<u16, i64>,
+    /// Packet id to the seq of the row it carries, for publishes on the wire.
+    inflight: HashMap<u16, Option<i64>>,
     /// Highest seq handed to rumqttc on this connection.
     pub(super) sent_up_to: i64,
 }
@@ -28,7 +28,6 @@ impl Delivery {
     pub(super) fn sent(&mut self, seq: Option<i64>) {
         self.awaiting_pkid.push_back(seq);
         if let Some(seq) = seq {
-            self.unassigned += 1;
             self.sent_up_to = self.sent_up_to.max(seq);
         }
     }
@@ -40,20 +39,19 @@ impl Delivery {
 
     /// rumqttc wrote the next publish with packet id `pkid`.
     pub(super) fn assigned(&mut self, pkid: u16) {
-        if let Some(Some(seq)) = self.awaiting_pkid.pop_front() {
-            self.unassigned -= 1;
+        if let Some(seq) = self.awaiting_pkid.pop_front() {
             self.inflight.insert(pkid, seq);
         }
     }
 
     /// The broker acknowledged `pkid`: the seq of the row it carried, if any.
     pub(super) fn acknowledged(&mut self, pkid: u16) -> Option<i64> {
-        self.inflight.remove(&pkid)
+        self.inflight.remove(&pkid).flatten()
     }
 
-    /// Rows handed to rumqttc and not yet acknowledged.
+    /// Publishes handed to rumqttc and not yet acknowledged.
     pub(super) fn unacknowledged(&self) -> usize {
-        self.inflight.len() + self.unassigned
+        self.inflight.len() + self.awaiting_pkid.len()
     }
 }
 
@@ -185,7 +183,11 @@ mod tests {
         delivery.sent(None); // status
         delivery.sent(Some(10));
         delivery.sent(Some(11));
-        assert_eq!(delivery.unacknowledged(), 2);
+        assert_eq!(
+            delivery.unacknowledged(),
+            3,
+            "the status takes its place too"
+        );
         for pkid in 1..=3 {
             delivery.assigned(pkid);
         }

@@ -15,10 +15,17 @@
 //! device's link; every result goes through the buffer like any message
 //! (see [`WriteOutcome`]), so a result is not lost in an outage.
 //!
-//! [`wire`] owns every topic and payload.
+//! With `format = "sparkplug"` telemetry goes as a Sparkplug B edge node
+//! ([`sparkplug`]): births after every connect, a DDATA per row, and DCMD
+//! writes under the rules of `/set`; everything else (status, events,
+//! results) stays on Kite's JSON topics.
+//!
+//! [`wire`] owns every topic and payload of the JSON format.
 
+use std::collections::VecDeque;
+use std::path::PathBuf;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use kite_core::Backoff;
@@ -30,17 +37,20 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::config::{JsonLayout, MqttConfig, Replay};
+use crate::config::{JsonLayout, MqttConfig, Replay, SparkplugConfig};
 use crate::counters::UplinkCounters;
 use crate::current::Current;
 use crate::store::{BufferError, BufferHandle, Kind, Record, Stats};
 use delivery::{Backlog, Delivery};
+use sparkplug::{BdSeq, DeclaredTypes, Session, SparkplugTopics};
 use wire::{Status, Topics};
 use writes::MAX_CONCURRENT_WRITES;
 
 mod commands;
 mod compact;
 mod delivery;
+pub mod sparkplug;
+mod stored;
 pub mod wire;
 mod writes;
 
@@ -65,7 +75,18 @@ pub struct Uplink {
     status: Arc<dyn StatusSource>,
     /// When certificates about to expire were last logged: when the config
     /// that names them was loaded, then once a day.
-    certificates_warned: std::sync::Mutex<Instant>,
+    certificates_warned: Mutex<Instant>,
+    /// With `format = "sparkplug"`.
+    sparkplug: Option<EdgeNode>,
+}
+
+/// The Sparkplug B edge node's settings and what it keeps.
+struct EdgeNode {
+    topics: SparkplugTopics,
+    primary_host_id: Option<String>,
+    bd_seq: Mutex<BdSeq>,
+    /// The datatypes the config declares for points.
+    declared: Arc<Current<DeclaredTypes>>,
 }
 
 /// How often certificates about to expire are logged again.
@@ -79,6 +100,9 @@ pub struct UplinkContext {
     pub buffer: BufferHandle,
     pub counters: Arc<UplinkCounters>,
     pub status: Arc<dyn StatusSource>,
+    /// Where the Sparkplug `bdSeq` is kept.
+    pub data_dir: PathBuf,
+    pub declared: Arc<Current<DeclaredTypes>>,
 }
 
 /// What ended a connection.
@@ -90,6 +114,15 @@ enum Ended {
 impl Uplink {
     pub fn new(config: MqttConfig, gateway_id: &str, context: UplinkContext) -> Self {
         let topics = Topics::new(&config.topic_prefix, gateway_id);
+        let sparkplug = config
+            .sparkplug
+            .as_ref()
+            .map(|sparkplug: &SparkplugConfig| EdgeNode {
+                topics: SparkplugTopics::new(&sparkplug.group_id, &sparkplug.edge_node_id),
+                primary_host_id: sparkplug.primary_host_id.clone(),
+                bd_seq: Mutex::new(BdSeq::open(&context.data_dir)),
+                declared: context.declared.clone(),
+            });
         Self {
             options: options(&config, &topics),
             config,
@@ -100,7 +133,8 @@ impl Uplink {
             buffer: context.buffer,
             counters: context.counters,
             status: context.status,
-            certificates_warned: std::sync::Mutex::new(Instant::now()),
+            certificates_warned: Mutex::new(Instant::now()),
+            sparkplug,
         }
     }
 
@@ -109,13 +143,27 @@ impl Uplink {
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let writes = Arc::new(Semaphore::new(MAX_CONCURRENT_WRITES));
         let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(10));
+        // The metrics of each device and their latest values outlive a connection.
+        let mut session = Session::default();
         loop {
             self.counters.attempts.fetch_add(1, Ordering::Relaxed);
-            let (client, eventloop) = AsyncClient::new(
-                self.options.clone(),
-                usize::from(self.config.max_inflight) + 64,
-            );
-            let ended = self.connection(client, eventloop, &shutdown, &writes).await;
+            let mut options = self.options.clone();
+            if let Some(node) = &self.sparkplug {
+                let bd_seq = node.bd_seq.lock().unwrap_or_else(|e| e.into_inner()).take();
+                session.connected(bd_seq);
+                // The NDEATH is the will: the broker publishes it when the link is lost.
+                options.set_last_will(LastWill::new(
+                    node.topics.node("NDEATH"),
+                    session.node_death(kite_core::now_ms()),
+                    QoS::AtLeastOnce,
+                    false,
+                ));
+            }
+            let (client, eventloop) =
+                AsyncClient::new(options, usize::from(self.config.max_inflight) + 64);
+            let ended = self
+                .connection(client, eventloop, &shutdown, &writes, &mut session)
+                .await;
             self.counters.connected.store(false, Ordering::Relaxed);
             match ended {
                 Ended::Shutdown => return Ok(()),
@@ -144,12 +192,16 @@ impl Uplink {
         mut eventloop: EventLoop,
         shutdown: &CancellationToken,
         writes: &Arc<Semaphore>,
+        session: &mut Session,
     ) -> Ended {
         let topics = &self.topics;
         let window = usize::from(self.config.max_inflight);
         let mut last_seq = self.buffer.last_seq();
         let mut delivery = Delivery::default();
         let mut connected = false;
+        // Rows go out once connected; with Sparkplug once the node is born,
+        // which waits for the primary host application when there is one.
+        let mut ready = false;
         let mut flush_deadline: Option<tokio::time::Instant> = None;
         let mut status_tick = tokio::time::interval(self.config.status_interval);
         status_tick.reset();
@@ -163,21 +215,48 @@ impl Uplink {
         let mut replay_mark = (tokio::time::Instant::now(), 0);
         // With `json = "compact"`: the units each device's meta announced.
         let mut announced = compact::Announced::default();
+        // With Sparkplug: the messages to publish, in order, as the window
+        // has room (births, then the data of the rows read); and the rows
+        // stored before the births, which go as historical.
+        let mut outbox: VecDeque<Queued> = VecDeque::new();
+        let mut historical_up_to = 0;
         loop {
             let newest = *last_seq.borrow();
-            let room = window.saturating_sub(delivery.unacknowledged());
+            let mut room = window.saturating_sub(delivery.unacknowledged());
+            while room > 0 {
+                let Some(message) = outbox.pop_front() else {
+                    break;
+                };
+                if let Err(e) =
+                    client.try_publish(message.topic, QoS::AtLeastOnce, false, message.payload)
+                {
+                    return lost(connected, e);
+                }
+                if message.row.is_some() {
+                    self.counters.published.fetch_add(1, Ordering::Relaxed);
+                    if message.historical {
+                        self.counters.replayed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                delivery.sent(message.row);
+                room -= 1;
+            }
             let has_new = newest > delivery.sent_up_to;
             let backlog_left = backlog.as_mut().filter(|b| !b.done());
             if let Some(deadline) = flush_deadline {
-                let drained = !has_new && backlog_left.is_none() && delivery.unacknowledged() == 0;
+                let drained = !has_new
+                    && backlog_left.is_none()
+                    && outbox.is_empty()
+                    && delivery.unacknowledged() == 0;
                 if drained || tokio::time::Instant::now() >= deadline {
-                    self.go_offline(&client, &mut eventloop, drained).await;
+                    self.go_offline(&client, &mut eventloop, drained, session)
+                        .await;
                     return Ended::Shutdown;
                 }
             }
             // Live rows first; the backlog when none waits, at its pace.
             let mut replay_wake = None;
-            if pending_read.is_none() && connected && room > 0 {
+            if pending_read.is_none() && ready && room > 0 && outbox.is_empty() {
                 if has_new {
                     pending_read = Some((
                         Cursor::Live { newest },
@@ -202,6 +281,11 @@ impl Uplink {
                     if !connected {
                         return Ended::Shutdown;
                     }
+                    if !ready {
+                        // Nothing can be delivered before the host is back.
+                        self.go_offline(&client, &mut eventloop, false, session).await;
+                        return Ended::Shutdown;
+                    }
                     flush_deadline = Some(tokio::time::Instant::now() + self.config.flush_timeout);
                     info!(timeout = ?self.config.flush_timeout, "delivering buffered messages before stopping");
                 }
@@ -212,29 +296,26 @@ impl Uplink {
                         connected = true;
                         self.counters.connected.store(true, Ordering::Relaxed);
                         info!(broker = %format!("{}:{}", self.config.host, self.config.port), "uplink connected");
-                        if let Replay::LiveFirst { rows_per_second } = self.config.replay {
-                            // What is stored now is the backlog; what comes
-                            // after goes out at once.
-                            let end = *last_seq.borrow();
-                            let rows = match self.buffer.stats().await {
-                                Ok(stats) => stats.rows,
-                                Err(e) => return lost(connected, e),
-                            };
-                            delivery.sent_up_to = end;
-                            let started = Backlog::new(end, rows, rows_per_second.map(f64::from), Instant::now());
-                            self.counters.backlog.store(started.rows_left, Ordering::Relaxed);
-                            self.counters.replay_rate.store(0, Ordering::Relaxed);
-                            replay_mark = (tokio::time::Instant::now(), self.counters.replayed.load(Ordering::Relaxed));
-                            backlog = Some(started);
-                        }
-                        if let Err(e) = client.try_subscribe(topics.set_filter(), QoS::AtLeastOnce) {
-                            return lost(connected, e);
-                        }
-                        if let Err(e) = client.try_subscribe(topics.zigbee_filter(), QoS::AtLeastOnce) {
+                        if let Err(e) = self.subscribe(&client) {
                             return lost(connected, e);
                         }
                         if let Err(e) = self.publish_status(&client, &mut delivery).await {
                             return lost(connected, e);
+                        }
+                        let waits_for_host = self.sparkplug.as_ref().is_some_and(|node| node.primary_host_id.is_some());
+                        if !waits_for_host {
+                            let end = *last_seq.borrow();
+                            match self.start_delivery(session, &mut delivery, &mut outbox, end).await {
+                                Ok(started) => {
+                                    if started.is_some() {
+                                        replay_mark = (tokio::time::Instant::now(), self.counters.replayed.load(Ordering::Relaxed));
+                                    }
+                                    backlog = started;
+                                    historical_up_to = end;
+                                    ready = true;
+                                }
+                                Err(e) => return lost(connected, e),
+                            }
                         }
                     }
                     Ok(Event::Outgoing(Outgoing::Publish(pkid))) => delivery.assigned(pkid),
@@ -247,8 +328,38 @@ impl Uplink {
                         }
                     }
                     Ok(Event::Incoming(Incoming::Publish(publish))) => {
-                        if !self.on_command(&publish) {
-                            self.on_set(&publish, writes);
+                        match self.on_sparkplug(&publish, session, writes) {
+                            Some(NodeEvent::Rebirth) if ready => {
+                                info!("a Sparkplug host asked for a rebirth");
+                                self.births(session, &mut outbox);
+                            }
+                            Some(NodeEvent::HostOnline) if connected && !ready => {
+                                info!("the primary host application is online");
+                                let end = *last_seq.borrow();
+                                match self.start_delivery(session, &mut delivery, &mut outbox, end).await {
+                                    Ok(started) => {
+                                        if started.is_some() {
+                                            replay_mark = (tokio::time::Instant::now(), self.counters.replayed.load(Ordering::Relaxed));
+                                        }
+                                        backlog = started;
+                                        historical_up_to = end;
+                                        ready = true;
+                                    }
+                                    Err(e) => return lost(connected, e),
+                                }
+                            }
+                            Some(NodeEvent::HostOffline) if ready => {
+                                // The node dies with the host's session and is
+                                // born again on a new connection once it is back.
+                                self.go_offline(&client, &mut eventloop, false, session).await;
+                                return lost(true, "the primary host application went offline; holding data in the buffer");
+                            }
+                            Some(_) => {}
+                            None => {
+                                if !self.on_command(&publish) {
+                                    self.on_set(&publish, writes);
+                                }
+                            }
                         }
                     }
                     Ok(_) => {}
@@ -275,8 +386,27 @@ impl Uplink {
                             // Live rows are the live cursor's to send.
                             Some(end) if record.seq > end => break,
                             Some(_) => true,
-                            None => false,
+                            None => self.sparkplug.is_some() && record.seq <= historical_up_to,
                         };
+                        if let (Some(node), Kind::Telemetry) = (&self.sparkplug, record.kind) {
+                            match self.sparkplug_row(node, &record, historical, session, &mut outbox) {
+                                RowFate::Queued => {}
+                                RowFate::Refused(reason) => {
+                                    if let Err(e) = self.buffer.set_aside(record.seq, reason).await {
+                                        return lost(connected, e);
+                                    }
+                                    delivery.skipped(record.seq);
+                                }
+                                RowFate::Told => {
+                                    // The device's DDEATH told it already.
+                                    if let Err(e) = self.buffer.ack(vec![record.seq]).await {
+                                        return lost(connected, e);
+                                    }
+                                    delivery.skipped(record.seq);
+                                }
+                            }
+                            continue;
+                        }
                         let topic = topics.for_record(&record);
                         let payload = match self.deliverable(&topic, &record, historical, &mut announced) {
                             Ok(Deliverable { payload, meta: None }) => payload,
@@ -310,7 +440,7 @@ impl Uplink {
                         delivery.sent_up_to = delivery.sent_up_to.max(newest);
                     }
                 }
-                changed = last_seq.changed(), if connected && !has_new => {
+                changed = last_seq.changed(), if ready && !has_new => {
                     if changed.is_err() {
                         return lost(connected, "the buffer has stopped");
                     }
@@ -328,6 +458,107 @@ impl Uplink {
                     }
                 }
             }
+        }
+    }
+
+    /// The subscriptions of a connection: writes and network commands, and
+    /// with Sparkplug the node's commands and the primary host's STATE.
+    fn subscribe(&self, client: &AsyncClient) -> Result<(), rumqttc::ClientError> {
+        client.try_subscribe(self.topics.set_filter(), QoS::AtLeastOnce)?;
+        client.try_subscribe(self.topics.zigbee_filter(), QoS::AtLeastOnce)?;
+        if let Some(node) = &self.sparkplug {
+            client.try_subscribe(node.topics.node("NCMD"), QoS::AtLeastOnce)?;
+            client.try_subscribe(node.topics.dcmd_filter(), QoS::AtLeastOnce)?;
+            if let Some(host) = &node.primary_host_id {
+                client.try_subscribe(SparkplugTopics::state(host), QoS::AtLeastOnce)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Rows may go from now on: with Sparkplug the births go first; with
+    /// `replay = "live_first"` what is stored up to `end` is the backlog.
+    async fn start_delivery(
+        &self,
+        session: &mut Session,
+        delivery: &mut Delivery,
+        outbox: &mut VecDeque<Queued>,
+        end: i64,
+    ) -> Result<Option<Backlog>, String> {
+        self.births(session, outbox);
+        let Replay::LiveFirst { rows_per_second } = self.config.replay else {
+            return Ok(None);
+        };
+        // What is stored now is the backlog; what comes after goes out at once.
+        let rows = self.buffer.stats().await.map_err(|e| e.to_string())?.rows;
+        delivery.sent_up_to = end;
+        let started = Backlog::new(end, rows, rows_per_second.map(f64::from), Instant::now());
+        self.counters
+            .backlog
+            .store(started.rows_left, Ordering::Relaxed);
+        self.counters.replay_rate.store(0, Ordering::Relaxed);
+        Ok(Some(started))
+    }
+
+    /// With Sparkplug, queues the NBIRTH and a DBIRTH for every device the
+    /// session knows.
+    fn births(&self, session: &mut Session, outbox: &mut VecDeque<Queued>) {
+        let Some(node) = &self.sparkplug else {
+            return;
+        };
+        let now = kite_core::now_ms();
+        outbox.push_back(Queued::control(
+            node.topics.node("NBIRTH"),
+            session.node_birth(now),
+        ));
+        for birth in session.device_births(now) {
+            outbox.push_back(Queued::control(
+                node.topics.device(birth.kind, &birth.device),
+                birth.payload,
+            ));
+        }
+    }
+
+    /// A telemetry row as Sparkplug messages, queued in order.
+    fn sparkplug_row(
+        &self,
+        node: &EdgeNode,
+        record: &Record,
+        historical: bool,
+        session: &mut Session,
+        outbox: &mut VecDeque<Queued>,
+    ) -> RowFate {
+        let points: stored::StoredPoints<'_> = match serde_json::from_str(&record.body) {
+            Ok(points) => points,
+            Err(e) => return RowFate::Refused(format!("row {}: {e}", record.seq)),
+        };
+        let topic_len = node
+            .topics
+            .device(sparkplug::Kind::DData, &record.device)
+            .len();
+        let outcome = session.telemetry(
+            &record.device,
+            record.ts_ms,
+            &points,
+            historical,
+            &node.declared.get(),
+            kite_core::now_ms(),
+            self.config.max_message_bytes.saturating_sub(topic_len),
+        );
+        let mut carried = false;
+        for message in outcome.messages {
+            carried |= message.carries_row;
+            outbox.push_back(Queued {
+                topic: node.topics.device(message.kind, &message.device),
+                payload: message.payload,
+                row: message.carries_row.then_some(record.seq),
+                historical,
+            });
+        }
+        match (outcome.refused, carried) {
+            (Some(reason), _) => RowFate::Refused(reason),
+            (None, true) => RowFate::Queued,
+            (None, false) => RowFate::Told,
         }
     }
 
@@ -402,12 +633,28 @@ impl Uplink {
         }
     }
 
-    /// Marks the gateway offline (the will is not sent on a clean disconnect) and disconnects.
-    async fn go_offline(&self, client: &AsyncClient, eventloop: &mut EventLoop, drained: bool) {
+    /// Marks the gateway offline (the will is not sent on a clean
+    /// disconnect: with Sparkplug the NDEATH goes first) and disconnects.
+    async fn go_offline(
+        &self,
+        client: &AsyncClient,
+        eventloop: &mut EventLoop,
+        drained: bool,
+        session: &Session,
+    ) {
         if drained {
             info!("buffer delivered");
         } else {
             warn!("stopping with messages still buffered; they are delivered after the next start");
+        }
+        if let Some(node) = &self.sparkplug {
+            let death = session.node_death(kite_core::now_ms());
+            if client
+                .try_publish(node.topics.node("NDEATH"), QoS::AtLeastOnce, false, death)
+                .is_err()
+            {
+                return;
+            }
         }
         if client
             .try_publish(
@@ -431,6 +678,46 @@ impl Uplink {
         })
         .await;
     }
+}
+
+/// A Sparkplug message waiting for room in the window.
+struct Queued {
+    topic: String,
+    payload: Vec<u8>,
+    /// The row it carries.
+    row: Option<i64>,
+    historical: bool,
+}
+
+impl Queued {
+    /// A birth: it carries no row.
+    fn control(topic: String, payload: Vec<u8>) -> Self {
+        Self {
+            topic,
+            payload,
+            row: None,
+            historical: false,
+        }
+    }
+}
+
+/// What became of a telemetry row with Sparkplug.
+enum RowFate {
+    /// Its messages wait in the outbox.
+    Queued,
+    /// The broker can never take it (too large, not a valid row).
+    Refused(String),
+    /// Nothing to publish: the DDEATH of its device already said what it says.
+    Told,
+}
+
+/// A message for the Sparkplug edge node.
+enum NodeEvent {
+    Rebirth,
+    HostOnline,
+    HostOffline,
+    /// A DCMD, carried out, or a message to the node that asks nothing.
+    Handled,
 }
 
 /// A row's payload, and the `meta` message to publish before it.

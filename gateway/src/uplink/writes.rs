@@ -14,8 +14,9 @@ use serde::Deserialize;
 use tokio::sync::{mpsc, Semaphore};
 use tracing::{info, warn};
 
+use super::sparkplug::{asks_rebirth, HostState, Session, SparkplugTopics};
 use super::wire::{Answer, WriteResult};
-use super::Uplink;
+use super::{NodeEvent, Uplink};
 
 /// How long a write waits for its device before the result says so.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -87,11 +88,91 @@ impl Uplink {
             );
             return;
         }
+        self.write(device, request.id, request.point, request.value, writes);
+    }
+
+    /// A message for the Sparkplug edge node: an NCMD, a DCMD (its writes
+    /// go the way of `/set`, each answered), or the primary host's STATE;
+    /// `None` for any other message.
+    pub(super) fn on_sparkplug(
+        &self,
+        publish: &Publish,
+        session: &mut Session,
+        writes: &Arc<Semaphore>,
+    ) -> Option<NodeEvent> {
+        let node = self.sparkplug.as_ref()?;
+        if publish.topic == node.topics.node("NCMD") {
+            return Some(if asks_rebirth(&publish.payload) {
+                NodeEvent::Rebirth
+            } else {
+                NodeEvent::Handled
+            });
+        }
+        if let Some(host) = &node.primary_host_id {
+            if publish.topic == SparkplugTopics::state(host) {
+                let Some(state) = HostState::parse(&publish.payload) else {
+                    warn!(topic = %publish.topic, "a STATE message that is not Sparkplug 3.0 JSON; ignored");
+                    return Some(NodeEvent::Handled);
+                };
+                return Some(match session.host_state(state) {
+                    Some(true) => NodeEvent::HostOnline,
+                    Some(false) => NodeEvent::HostOffline,
+                    None => NodeEvent::Handled,
+                });
+            }
+        }
+        let device = node.topics.dcmd_device(&publish.topic)?.to_string();
+        if publish.retain {
+            self.reject(
+                device,
+                serde_json::Value::Null,
+                None,
+                "retained commands are refused: publish them without retain".into(),
+            );
+            return Some(NodeEvent::Handled);
+        }
+        match session.command(&device, &publish.payload) {
+            Err(e) => self.reject(
+                device,
+                serde_json::Value::Null,
+                None,
+                format!("bad DCMD: {e}"),
+            ),
+            Ok(commands) => {
+                for (point, value) in commands {
+                    match value {
+                        Ok(value) => self.write(
+                            device.clone(),
+                            serde_json::Value::Null,
+                            point,
+                            value,
+                            writes,
+                        ),
+                        Err(e) => {
+                            self.reject(device.clone(), serde_json::Value::Null, Some(point), e)
+                        }
+                    }
+                }
+            }
+        }
+        Some(NodeEvent::Handled)
+    }
+
+    /// Hands a checked request to its device's link; the result is stored
+    /// and published whatever happens.
+    fn write(
+        &self,
+        device: String,
+        id: serde_json::Value,
+        point: String,
+        value: serde_json::Value,
+        writes: &Arc<Semaphore>,
+    ) {
         let Some(route) = self.routes.get().get(&device).cloned() else {
             self.reject(
                 device.clone(),
-                request.id,
-                Some(request.point),
+                id,
+                Some(point),
                 format!("no device named {device:?}"),
             );
             return;
@@ -99,12 +180,13 @@ impl Uplink {
         let Ok(permit) = writes.clone().try_acquire_owned() else {
             self.reject(
                 device,
-                request.id,
-                Some(request.point),
+                id,
+                Some(point),
                 "busy: too many writes in progress".into(),
             );
             return;
         };
+        let request = SetRequest { id, point, value };
         let results = self.results.clone();
         let counters = self.counters.clone();
         tokio::spawn(async move {

@@ -1,7 +1,8 @@
 //! Delivery to a real broker: outages, kill -9, a locked or full buffer,
 //! rows the broker cannot take, write results; TLS with a client certificate;
-//! the compact layout.
+//! the compact layout; Sparkplug B against an independent host application.
 
 mod layout;
 mod outages;
+mod sparkplug;
 mod tls;

@@ -15,8 +15,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 
 pub mod bluez;
+pub mod sparkplug;
 pub mod znp;
 pub use bluez::{Advert, Bluez};
+pub use sparkplug::SparkplugHost;
 
 /// Generous upper bound for anything the tests wait for; reaching it is a failure.
 pub const PATIENCE: Duration = Duration::from_secs(60);
@@ -184,6 +186,13 @@ fn modbus_server(endpoint: String, spec: &Value) -> Peer {
         .spawn()
         .expect("start pymodbus");
     Peer(child)
+}
+
+/// A Modbus TCP device on `port` (one that was stopped, back again).
+pub async fn modbus_device_on(port: u16, spec: &Value) -> Peer {
+    let peer = modbus_server(port.to_string(), spec);
+    wait_for_port(port, "pymodbus").await;
+    peer
 }
 
 /// A Modbus TCP device on a free port.
@@ -423,6 +432,20 @@ impl Kite {
         )
         .and_then(|conn| conn.query_row(sql, [], |r| r.get(0)))
         .unwrap_or(0)
+    }
+
+    /// The read times of the telemetry rows buffered now, oldest first.
+    pub fn buffered_timestamps(&self) -> Vec<i64> {
+        let conn = rusqlite::Connection::open_with_flags(
+            self.dir.join("data/buffer.sqlite3"),
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )
+        .expect("the buffer file");
+        let mut select = conn
+            .prepare("SELECT ts FROM messages WHERE kind = 0 ORDER BY seq")
+            .unwrap();
+        let rows = select.query_map([], |r| r.get(0)).unwrap();
+        rows.collect::<Result<_, _>>().unwrap()
     }
 
     pub fn buffer(&self) -> BufferCounts {
