@@ -62,6 +62,10 @@ enum Mode {
         /// `mqtt.json`: the telemetry layout, `full` or `compact`.
         #[arg(long, default_value = "full")]
         json: String,
+        /// `mqtt.format`: `json`, or `sparkplug` (Sparkplug B, counted on
+        /// its DDATA topics).
+        #[arg(long, default_value = "json")]
+        format: String,
     },
     /// RSS of a running gateway with one device polled once a minute.
     Idle,
@@ -136,7 +140,14 @@ async fn main() -> anyhow::Result<()> {
             interval_ms,
             seconds,
             json,
-        } => load(&cli.kite, devices, points, interval_ms, seconds, &json).await,
+            format,
+        } => {
+            let wire = Wire {
+                json: &json,
+                sparkplug: format == "sparkplug",
+            };
+            load(&cli.kite, devices, points, interval_ms, seconds, wire).await
+        }
         Mode::Idle => idle(&cli.kite).await,
         Mode::Rtu { baud, seconds } => rtu::run(&cli.kite, baud, seconds).await,
         Mode::Reload { reloads } => reload::run(&cli.kite, reloads).await,
@@ -203,13 +214,39 @@ impl Received {
     /// carries.
     fn record(&self, payload: &[u8]) {
         let now = now_ms();
-        if let Some(ts) = field(payload, b"\"ts\":") {
+        if let Some(ts) = field(payload, b"\"ts\":").or_else(|| sparkplug_timestamp(payload)) {
             self.latencies_ms.lock().unwrap().push(now - ts);
         }
         self.messages.fetch_add(1, Ordering::Relaxed);
         self.payload_bytes
             .fetch_add(payload.len() as u64, Ordering::Relaxed);
     }
+}
+
+/// The `timestamp` of a Sparkplug B payload: field 1, a varint, which
+/// comes first.
+fn sparkplug_timestamp(payload: &[u8]) -> Option<i64> {
+    let (&tag, rest) = payload.split_first()?;
+    if tag != 0x08 {
+        return None;
+    }
+    let mut value = 0u64;
+    for (i, byte) in rest.iter().take(10).enumerate() {
+        value |= u64::from(byte & 0x7f) << (7 * i);
+        if byte & 0x80 == 0 {
+            return i64::try_from(value).ok();
+        }
+    }
+    None
+}
+
+/// How telemetry goes on the wire in a load run.
+#[derive(Clone, Copy)]
+struct Wire<'a> {
+    /// `mqtt.json`.
+    json: &'a str,
+    /// `mqtt.format = "sparkplug"`.
+    sparkplug: bool,
 }
 
 /// Subscribes to `filter`; `on_publish` sees each message's topic and payload.
@@ -309,8 +346,9 @@ async fn load(
     points: usize,
     interval_ms: u64,
     seconds: u64,
-    json: &str,
+    wire: Wire<'_>,
 ) -> anyhow::Result<()> {
+    let json = wire.json;
     let dir = std::env::temp_dir().join(format!("kite-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let shutdown = CancellationToken::new();
@@ -318,15 +356,23 @@ async fn load(
     let ports = start_devices(devices, &shutdown).await?;
     let received = Arc::new(Received::default());
     let counting = received.clone();
-    subscribe(broker.port, "kite/bench/+", move |_, payload| {
+    let (filter, format) = if wire.sparkplug {
+        ("spBv1.0/bench/DDATA/bench/+", "sparkplug")
+    } else {
+        ("kite/bench/+", "json")
+    };
+    subscribe(broker.port, filter, move |_, payload| {
         counting.record(payload)
     })
     .await?;
-    let config = kite_config(&dir, broker.port, &ports, points, interval_ms).replacen(
+    let mut config = kite_config(&dir, broker.port, &ports, points, interval_ms).replacen(
         "[buffer]",
-        &format!("json = \"{json}\"\n[buffer]"),
+        &format!("json = \"{json}\"\nformat = \"{format}\"\n[buffer]"),
         1,
     );
+    if wire.sparkplug {
+        config += "[sparkplug]\ngroup_id = \"bench\"\n";
+    }
     let process = start_kite(kite, &dir, &config);
     let pid = pid(&process)?;
 
@@ -357,7 +403,7 @@ async fn load(
     let _ = std::fs::remove_dir_all(&dir);
 
     println!(
-        "devices={devices} points={points} interval={interval_ms}ms offered={offered:.0}/s | delivered={points_per_s:.0} points/s ({:.0} msg/s) | cpu={:.2} s per 1M points ({:.0}% of one core) | peak_rss={:.1} MB | latency p50={} ms p99={} ms | payload {:.1} B/point (json = {json}) | reference direct-publish={reference:.0} points/s | kite/reference={:.2}",
+        "devices={devices} points={points} interval={interval_ms}ms offered={offered:.0}/s | delivered={points_per_s:.0} points/s ({:.0} msg/s) | cpu={:.2} s per 1M points ({:.0}% of one core) | peak_rss={:.1} MB | latency p50={} ms p99={} ms | payload {:.1} B/point (format = {format}, json = {json}) | reference direct-publish={reference:.0} points/s | kite/reference={:.2}",
         messages as f64 / elapsed,
         cpu / total_points * 1e6,
         cpu / elapsed * 100.0,
