@@ -125,6 +125,19 @@ pub struct MqttConfig {
     /// Set with `format = "sparkplug"`: telemetry goes as a Sparkplug B
     /// edge node instead of Kite's JSON.
     pub sparkplug: Option<SparkplugConfig>,
+    /// Set with `version = 5`: MQTT 5 instead of 3.1.1.
+    pub v5: Option<Mqtt5>,
+}
+
+/// What MQTT 5 adds (`mqtt.version = 5`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Mqtt5 {
+    /// How long the broker keeps the session (subscriptions, and the
+    /// commands sent meanwhile) after a disconnect; zero: none, each
+    /// connection starts clean.
+    pub session_expiry: Duration,
+    /// How long telemetry may wait at the broker before it is dropped as stale.
+    pub message_expiry: Option<Duration>,
 }
 
 /// The Sparkplug B edge node (`[sparkplug]`, with `mqtt.format = "sparkplug"`).

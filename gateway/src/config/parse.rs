@@ -18,8 +18,8 @@ use super::resolve::{Files, KeyRef, TlsRefs};
 use super::secrets::SecretKeys;
 use super::units::{ByteSize, Interval};
 use super::{
-    check_topic_level, Config, GatewayConfig, HttpConfig, JsonLayout, MqttConfig, PluginConfig,
-    Replay, Report, SparkplugConfig, DEFAULT_HTTP_LISTEN, DEFAULT_MAX_MESSAGE_BYTES,
+    check_topic_level, Config, GatewayConfig, HttpConfig, JsonLayout, Mqtt5, MqttConfig,
+    PluginConfig, Replay, Report, SparkplugConfig, DEFAULT_HTTP_LISTEN, DEFAULT_MAX_MESSAGE_BYTES,
     RESERVED_DEVICE_NAMES,
 };
 use crate::store::{Durability, OnFull, Settings};
@@ -241,6 +241,10 @@ struct RawMqtt {
     json: Option<Spanned<JsonLayout>>,
     replay_rate: Option<Spanned<u32>>,
     format: Option<Spanned<RawFormat>>,
+    /// 3 (MQTT 3.1.1, the default) or 5.
+    version: Option<Spanned<i64>>,
+    session_expiry: Option<Spanned<Interval>>,
+    message_expiry: Option<Spanned<Interval>>,
 }
 
 #[derive(Deserialize, Default, Clone, Copy, PartialEq, Eq)]
@@ -428,6 +432,7 @@ impl RawMqtt {
         warnings: &mut Vec<String>,
         files: &mut Files,
     ) -> MqttConfig {
+        let v5 = self.mqtt5(report);
         let (tls, host, port) = match parse_url(self.url.get_ref()) {
             Ok(parts) => parts,
             Err(message) => {
@@ -609,6 +614,50 @@ impl RawMqtt {
             replay,
             json: self.json.map(Spanned::into_inner).unwrap_or_default(),
             sparkplug: None,
+            v5,
+        }
+    }
+}
+
+impl RawMqtt {
+    /// `version = 5` and what only MQTT 5 has: expiry of the session and
+    /// of telemetry messages.
+    fn mqtt5(&self, report: &mut Report<'_>) -> Option<Mqtt5> {
+        let version = self.version.as_ref().map_or(3, |v| *v.get_ref());
+        match version {
+            5 => Some(Mqtt5 {
+                session_expiry: self
+                    .session_expiry
+                    .as_ref()
+                    .map_or(Duration::ZERO, |e| e.get_ref().0),
+                message_expiry: self
+                    .message_expiry
+                    .as_ref()
+                    .map(|e| e.get_ref().0)
+                    .filter(|e| !e.is_zero()),
+            }),
+            3 => {
+                for (key, setting) in [
+                    ("session_expiry", &self.session_expiry),
+                    ("message_expiry", &self.message_expiry),
+                ] {
+                    if let Some(setting) = setting {
+                        report.push(
+                            setting.span(),
+                            format!("mqtt.{key} is an MQTT 5 property: it needs mqtt.version = 5"),
+                        );
+                    }
+                }
+                None
+            }
+            other => {
+                let span = self.version.as_ref().map(|v| v.span()).unwrap_or(0..0);
+                report.push(
+                    span,
+                    format!("mqtt.version {other}: expected 3 (MQTT 3.1.1) or 5 (MQTT 5)"),
+                );
+                None
+            }
         }
     }
 }

@@ -800,3 +800,49 @@ fn sparkplug_needs_its_section_and_names_its_node() {
     .expect_err("compact with sparkplug");
     assert!(error.to_string().contains("is a JSON layout"), "{error}");
 }
+
+#[test]
+fn mqtt5_is_chosen_by_version_and_its_properties_need_it() {
+    let v5 = MINIMAL.replace(
+        "[mqtt]\n",
+        "[mqtt]\nversion = 5\nsession_expiry = \"1h\"\nmessage_expiry = \"10m\"\n",
+    );
+    assert_eq!(
+        from_text(&v5, Path::new("kite.toml")).unwrap().mqtt.v5,
+        Some(Mqtt5 {
+            session_expiry: Duration::from_secs(3600),
+            message_expiry: Some(Duration::from_secs(600)),
+        })
+    );
+    let plain = MINIMAL.replace("[mqtt]\n", "[mqtt]\nversion = 5\n");
+    assert_eq!(
+        from_text(&plain, Path::new("kite.toml")).unwrap().mqtt.v5,
+        Some(Mqtt5 {
+            session_expiry: Duration::ZERO,
+            message_expiry: None,
+        }),
+        "no session kept, nothing expires, unless asked"
+    );
+    assert_eq!(
+        from_text(MINIMAL, Path::new("kite.toml")).unwrap().mqtt.v5,
+        None
+    );
+    for (settings, expected) in [
+        ("version = 4\n", "expected 3 (MQTT 3.1.1) or 5 (MQTT 5)"),
+        ("session_expiry = \"1h\"\n", "it needs mqtt.version = 5"),
+        (
+            "version = 3\nmessage_expiry = \"1m\"\n",
+            "mqtt.message_expiry is an MQTT 5 property",
+        ),
+    ] {
+        let text = MINIMAL.replace("[mqtt]\n", &format!("[mqtt]\n{settings}"));
+        let error = from_text(&text, Path::new("kite.toml")).expect_err(settings);
+        assert!(
+            error
+                .problems
+                .iter()
+                .any(|p| p.line >= 5 && p.message.contains(expected)),
+            "{settings:?}: {error}"
+        );
+    }
+}

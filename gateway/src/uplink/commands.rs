@@ -6,8 +6,8 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use super::client::Message;
 use kite_zigbee::ZigbeeCommand;
-use rumqttc::Publish;
 use serde::Deserialize;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
@@ -37,7 +37,7 @@ struct Remove {
 
 impl Uplink {
     /// Carries out a network command; every command gets a result.
-    pub(super) fn on_command(&self, publish: &Publish) -> bool {
+    pub(super) fn on_command(&self, publish: &Message) -> bool {
         let Some(command) = self.topics.zigbee_command(&publish.topic) else {
             return false;
         };

@@ -29,23 +29,21 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use kite_core::Backoff;
-use rumqttc::{
-    AsyncClient, ConnectionError, Event, EventLoop, Incoming, LastWill, MqttOptions, Outgoing, QoS,
-    TlsConfiguration, Transport,
-};
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use crate::config::{JsonLayout, MqttConfig, Replay, SparkplugConfig};
 use crate::counters::UplinkCounters;
 use crate::current::Current;
 use crate::store::{BufferError, BufferHandle, Kind, Record, Stats};
+use client::{Client, Content, Events, Heard, Publish, Will};
 use delivery::{Backlog, Delivery};
 use sparkplug::{BdSeq, DeclaredTypes, Session, SparkplugTopics};
 use wire::{Status, Topics};
 use writes::MAX_CONCURRENT_WRITES;
 
+mod client;
 mod commands;
 mod compact;
 mod delivery;
@@ -69,7 +67,7 @@ pub struct Uplink {
     zigbee: Arc<Current<Option<mpsc::Sender<kite_zigbee::ZigbeeCommand>>>>,
     /// Where write results go: to the ingest task, which stores them.
     results: mpsc::Sender<WriteOutcome>,
-    options: MqttOptions,
+    gateway_id: String,
     buffer: BufferHandle,
     counters: Arc<UplinkCounters>,
     status: Arc<dyn StatusSource>,
@@ -124,7 +122,7 @@ impl Uplink {
                 declared: context.declared.clone(),
             });
         Self {
-            options: options(&config, &topics),
+            gateway_id: gateway_id.to_string(),
             config,
             topics,
             routes: context.routes,
@@ -147,20 +145,24 @@ impl Uplink {
         let mut session = Session::default();
         loop {
             self.counters.attempts.fetch_add(1, Ordering::Relaxed);
-            let mut options = self.options.clone();
-            if let Some(node) = &self.sparkplug {
-                let bd_seq = node.bd_seq.lock().unwrap_or_else(|e| e.into_inner()).take();
-                session.connected(bd_seq);
-                // The NDEATH is the will: the broker publishes it when the link is lost.
-                options.set_last_will(LastWill::new(
-                    node.topics.node("NDEATH"),
-                    session.node_death(kite_core::now_ms()),
-                    QoS::AtLeastOnce,
-                    false,
-                ));
-            }
-            let (client, eventloop) =
-                AsyncClient::new(options, usize::from(self.config.max_inflight) + 64);
+            let will = match &self.sparkplug {
+                Some(node) => {
+                    let bd_seq = node.bd_seq.lock().unwrap_or_else(|e| e.into_inner()).take();
+                    session.connected(bd_seq);
+                    // The NDEATH is the will: the broker publishes it when the link is lost.
+                    Will {
+                        topic: node.topics.node("NDEATH"),
+                        payload: session.node_death(kite_core::now_ms()),
+                        retain: false,
+                    }
+                }
+                None => Will {
+                    topic: self.topics.status(),
+                    payload: wire::offline().into_bytes(),
+                    retain: true,
+                },
+            };
+            let (client, eventloop) = client::connect(&self.config, &self.gateway_id, will);
             let ended = self
                 .connection(client, eventloop, &shutdown, &writes, &mut session)
                 .await;
@@ -188,8 +190,8 @@ impl Uplink {
 
     async fn connection(
         &self,
-        client: AsyncClient,
-        mut eventloop: EventLoop,
+        client: Client,
+        mut eventloop: Events,
         shutdown: &CancellationToken,
         writes: &Arc<Semaphore>,
         session: &mut Session,
@@ -227,9 +229,14 @@ impl Uplink {
                 let Some(message) = outbox.pop_front() else {
                     break;
                 };
-                if let Err(e) =
-                    client.try_publish(message.topic, QoS::AtLeastOnce, false, message.payload)
-                {
+                let publish = Publish {
+                    topic: message.topic,
+                    payload: message.payload,
+                    retain: false,
+                    content: Content::Sparkplug,
+                    telemetry: message.row.is_some(),
+                };
+                if let Err(e) = client.publish(publish) {
                     return lost(connected, e);
                 }
                 if message.row.is_some() {
@@ -292,7 +299,7 @@ impl Uplink {
                 _ = tokio::time::sleep_until(flush_deadline.unwrap_or_else(tokio::time::Instant::now)), if flush_deadline.is_some() => {}
                 _ = tokio::time::sleep_until(replay_wake.map_or_else(tokio::time::Instant::now, tokio::time::Instant::from_std)), if replay_wake.is_some() => {}
                 event = eventloop.poll() => match event {
-                    Ok(Event::Incoming(Incoming::ConnAck(_))) => {
+                    Ok(Heard::ConnAck) => {
                         connected = true;
                         self.counters.connected.store(true, Ordering::Relaxed);
                         info!(broker = %format!("{}:{}", self.config.host, self.config.port), "uplink connected");
@@ -318,16 +325,29 @@ impl Uplink {
                             }
                         }
                     }
-                    Ok(Event::Outgoing(Outgoing::Publish(pkid))) => delivery.assigned(pkid),
-                    Ok(Event::Incoming(Incoming::PubAck(ack))) => {
-                        if let Some(seq) = delivery.acknowledged(ack.pkid) {
-                            self.counters.acknowledged.fetch_add(1, Ordering::Relaxed);
-                            if self.buffer.ack(vec![seq]).await.is_err() {
-                                return lost(connected, "the buffer has stopped");
+                    Ok(Heard::Sent(pkid)) => delivery.assigned(pkid),
+                    Ok(Heard::PubAck { pkid, refused }) => {
+                        let seq = delivery.acknowledged(pkid);
+                        let done = match (seq, refused) {
+                            (Some(seq), None) => {
+                                self.counters.acknowledged.fetch_add(1, Ordering::Relaxed);
+                                self.buffer.ack(vec![seq]).await
                             }
+                            (Some(seq), Some(refusal)) if refusal.lasting => {
+                                warn!(seq, reason = refusal.reason, "the broker refused a message; it is set aside");
+                                self.buffer.set_aside(seq, format!("the broker refused it: {}", refusal.reason)).await.map(|_| ())
+                            }
+                            (seq, Some(refusal)) => {
+                                warn!(?seq, reason = refusal.reason, "the broker refused a message; a buffered one is sent again after the next connect");
+                                Ok(())
+                            }
+                            (None, None) => Ok(()),
+                        };
+                        if let Err(e) = done {
+                            return lost(connected, e);
                         }
                     }
-                    Ok(Event::Incoming(Incoming::Publish(publish))) => {
+                    Ok(Heard::Message(publish)) => {
                         match self.on_sparkplug(&publish, session, writes) {
                             Some(NodeEvent::Rebirth) if ready => {
                                 info!("a Sparkplug host asked for a rebirth");
@@ -363,7 +383,7 @@ impl Uplink {
                         }
                     }
                     Ok(_) => {}
-                    Err(e) => return lost(connected, connection_error(e)),
+                    Err(e) => return lost(connected, e),
                 },
                 records = async { pending_read.as_mut().expect("guarded by is_some").2.as_mut().await }, if pending_read.is_some() => {
                     let (cursor, limit, _) = pending_read.take().expect("guarded by is_some");
@@ -412,7 +432,14 @@ impl Uplink {
                             Ok(Deliverable { payload, meta: None }) => payload,
                             Ok(Deliverable { payload, meta: Some(meta) }) => {
                                 // Retained, so that a consumer that comes later has the units too.
-                                if let Err(e) = client.try_publish(topics.meta(&record.device), QoS::AtLeastOnce, true, meta) {
+                                let meta = Publish {
+                                    topic: topics.meta(&record.device),
+                                    payload: meta.into_bytes(),
+                                    retain: true,
+                                    content: Content::Json,
+                                    telemetry: false,
+                                };
+                                if let Err(e) = client.publish(meta) {
                                     return lost(connected, e);
                                 }
                                 delivery.sent(None);
@@ -426,7 +453,14 @@ impl Uplink {
                                 continue;
                             }
                         };
-                        if let Err(e) = client.try_publish(topic, QoS::AtLeastOnce, false, payload) {
+                        let publish = Publish {
+                            topic,
+                            payload: payload.into_bytes(),
+                            retain: false,
+                            content: Content::Json,
+                            telemetry: record.kind == Kind::Telemetry,
+                        };
+                        if let Err(e) = client.publish(publish) {
                             return lost(connected, e);
                         }
                         self.counters.published.fetch_add(1, Ordering::Relaxed);
@@ -463,14 +497,14 @@ impl Uplink {
 
     /// The subscriptions of a connection: writes and network commands, and
     /// with Sparkplug the node's commands and the primary host's STATE.
-    fn subscribe(&self, client: &AsyncClient) -> Result<(), rumqttc::ClientError> {
-        client.try_subscribe(self.topics.set_filter(), QoS::AtLeastOnce)?;
-        client.try_subscribe(self.topics.zigbee_filter(), QoS::AtLeastOnce)?;
+    fn subscribe(&self, client: &Client) -> Result<(), String> {
+        client.subscribe(self.topics.set_filter())?;
+        client.subscribe(self.topics.zigbee_filter())?;
         if let Some(node) = &self.sparkplug {
-            client.try_subscribe(node.topics.node("NCMD"), QoS::AtLeastOnce)?;
-            client.try_subscribe(node.topics.dcmd_filter(), QoS::AtLeastOnce)?;
+            client.subscribe(node.topics.node("NCMD"))?;
+            client.subscribe(node.topics.dcmd_filter())?;
             if let Some(host) = &node.primary_host_id {
-                client.try_subscribe(SparkplugTopics::state(host), QoS::AtLeastOnce)?;
+                client.subscribe(SparkplugTopics::state(host))?;
             }
         }
         Ok(())
@@ -597,11 +631,7 @@ impl Uplink {
         Ok(Deliverable { payload, meta })
     }
 
-    async fn publish_status(
-        &self,
-        client: &AsyncClient,
-        delivery: &mut Delivery,
-    ) -> Result<(), String> {
+    async fn publish_status(&self, client: &Client, delivery: &mut Delivery) -> Result<(), String> {
         self.warn_of_expiring_certificates();
         let stats = self.buffer.stats().await.map_err(|e| e.to_string())?;
         let topic = self.topics.status();
@@ -612,9 +642,13 @@ impl Uplink {
             // and the local API shows the rest.
             payload = wire::status(&status.without_details());
         }
-        client
-            .try_publish(topic, QoS::AtLeastOnce, true, payload)
-            .map_err(|e| e.to_string())?;
+        client.publish(Publish {
+            topic,
+            payload: payload.into_bytes(),
+            retain: true,
+            content: Content::Json,
+            telemetry: false,
+        })?;
         delivery.sent(None);
         Ok(())
     }
@@ -637,8 +671,8 @@ impl Uplink {
     /// disconnect: with Sparkplug the NDEATH goes first) and disconnects.
     async fn go_offline(
         &self,
-        client: &AsyncClient,
-        eventloop: &mut EventLoop,
+        client: &Client,
+        eventloop: &mut Events,
         drained: bool,
         session: &Session,
     ) {
@@ -647,31 +681,35 @@ impl Uplink {
         } else {
             warn!("stopping with messages still buffered; they are delivered after the next start");
         }
+        let mut farewell = vec![Publish {
+            topic: self.topics.status(),
+            payload: wire::offline().into_bytes(),
+            retain: true,
+            content: Content::Json,
+            telemetry: false,
+        }];
         if let Some(node) = &self.sparkplug {
-            let death = session.node_death(kite_core::now_ms());
-            if client
-                .try_publish(node.topics.node("NDEATH"), QoS::AtLeastOnce, false, death)
-                .is_err()
-            {
+            farewell.insert(
+                0,
+                Publish {
+                    topic: node.topics.node("NDEATH"),
+                    payload: session.node_death(kite_core::now_ms()),
+                    retain: false,
+                    content: Content::Sparkplug,
+                    telemetry: false,
+                },
+            );
+        }
+        for publish in farewell {
+            if client.publish(publish).is_err() {
                 return;
             }
         }
-        if client
-            .try_publish(
-                self.topics.status(),
-                QoS::AtLeastOnce,
-                true,
-                wire::offline(),
-            )
-            .is_err()
-        {
-            return;
-        }
-        let _ = client.try_disconnect();
+        let _ = client.disconnect();
         let _ = tokio::time::timeout(Duration::from_secs(2), async {
             loop {
                 match eventloop.poll().await {
-                    Ok(Event::Outgoing(Outgoing::Disconnect)) | Err(_) => break,
+                    Ok(Heard::Disconnected) | Err(_) => break,
                     Ok(_) => {}
                 }
             }
@@ -745,36 +783,4 @@ fn lost(was_connected: bool, error: impl ToString) -> Ended {
         was_connected,
         error: error.to_string(),
     }
-}
-
-fn connection_error(error: ConnectionError) -> String {
-    debug!(?error, "connection error");
-    error.to_string()
-}
-
-/// rumqttc's options for `config`.
-fn options(config: &MqttConfig, topics: &Topics) -> MqttOptions {
-    let mut options = MqttOptions::new(&config.client_id, &config.host, config.port);
-    options
-        .set_keep_alive(config.keep_alive)
-        .set_clean_session(true)
-        .set_inflight(config.max_inflight.saturating_add(16))
-        .set_request_channel_capacity(usize::from(config.max_inflight) + 64)
-        .set_max_packet_size(256 << 10, 64 << 20)
-        .set_last_will(LastWill::new(
-            topics.status(),
-            wire::offline(),
-            QoS::AtLeastOnce,
-            true,
-        ));
-    if let Some(username) = &config.username {
-        let password = config.password.as_ref().map_or("", |p| p.expose());
-        options.set_credentials(username, password);
-    }
-    if let Some(tls) = &config.tls {
-        options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
-            tls.client.clone(),
-        )));
-    }
-    options
 }

@@ -8,8 +8,8 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::client::Message;
 use kite_core::{WriteError, WriteRequest};
-use rumqttc::Publish;
 use serde::Deserialize;
 use tokio::sync::{mpsc, Semaphore};
 use tracing::{info, warn};
@@ -51,7 +51,7 @@ struct SetRequest {
 impl Uplink {
     /// Checks a write request and hands it to its device; the result is
     /// stored and published whatever happens, so every request gets an answer.
-    pub(super) fn on_set(&self, publish: &Publish, writes: &Arc<Semaphore>) {
+    pub(super) fn on_set(&self, publish: &Message, writes: &Arc<Semaphore>) {
         let Some(device) = self.topics.set_device(&publish.topic) else {
             return;
         };
@@ -96,7 +96,7 @@ impl Uplink {
     /// `None` for any other message.
     pub(super) fn on_sparkplug(
         &self,
-        publish: &Publish,
+        publish: &Message,
         session: &mut Session,
         writes: &Arc<Semaphore>,
     ) -> Option<NodeEvent> {

@@ -15,9 +15,11 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 
 pub mod bluez;
+pub mod mqtt5;
 pub mod sparkplug;
 pub mod znp;
 pub use bluez::{Advert, Bluez};
+pub use mqtt5::Subscriber5;
 pub use sparkplug::SparkplugHost;
 
 /// Generous upper bound for anything the tests wait for; reaching it is a failure.
@@ -432,6 +434,16 @@ impl Kite {
         )
         .and_then(|conn| conn.query_row(sql, [], |r| r.get(0)))
         .unwrap_or(0)
+    }
+
+    /// A text the buffer file answers to `sql` (one value).
+    pub fn buffer_text(&self, sql: &str) -> String {
+        rusqlite::Connection::open_with_flags(
+            self.dir.join("data/buffer.sqlite3"),
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )
+        .and_then(|conn| conn.query_row(sql, [], |r| r.get(0)))
+        .expect("the buffer answers")
     }
 
     /// The read times of the telemetry rows buffered now, oldest first.
