@@ -35,7 +35,7 @@ use kite_ble::advert::uuid16;
 use kite_ble::{Address, AdvertDecoder, Advertisement, DeviceSpec, Format, Heard, Tracker};
 use kite_test_support::{Advert, Bluez, Kite, Mosquitto};
 
-use crate::{cpu_seconds, pid, status_kb};
+use crate::{cpu_seconds, pid, status_kb, write_bytes};
 
 const RUNS: usize = 5;
 const BTHOME: &str = "0000fcd2-0000-1000-8000-00805f9b34fb";
@@ -369,16 +369,6 @@ fn bthome(packet_id: u8, centi_celsius: u16, rssi: i16) -> Advert {
         )],
         ..Default::default()
     }
-}
-
-/// `/proc/<pid>/io`'s write_bytes.
-fn write_bytes(pid: u32) -> anyhow::Result<u64> {
-    let io = std::fs::read_to_string(format!("/proc/{pid}/io"))?;
-    let line = io
-        .lines()
-        .find_map(|l| l.strip_prefix("write_bytes:"))
-        .context("io format")?;
-    Ok(line.trim().parse()?)
 }
 
 impl Gateway {

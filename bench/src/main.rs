@@ -310,6 +310,16 @@ fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
 }
 
 /// A `/proc/<pid>/status` value in kB.
+/// `/proc/<pid>/io`'s write_bytes: what the process had written to storage.
+fn write_bytes(pid: u32) -> anyhow::Result<u64> {
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io"))?;
+    let line = io
+        .lines()
+        .find_map(|l| l.strip_prefix("write_bytes:"))
+        .context("io format")?;
+    Ok(line.trim().parse()?)
+}
+
 fn status_kb(pid: u32, key: &str) -> anyhow::Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let line = status
@@ -381,6 +391,7 @@ async fn load(
     let start_bytes = received.payload_bytes.load(Ordering::Relaxed);
     received.latencies_ms.lock().unwrap().clear();
     let start_cpu = cpu_seconds(pid)?;
+    let start_written = write_bytes(pid)?;
     let started = Instant::now();
     let mut peak_rss_kb = 0;
     while started.elapsed() < Duration::from_secs(seconds) {
@@ -389,6 +400,7 @@ async fn load(
     }
     let elapsed = started.elapsed().as_secs_f64();
     let cpu = cpu_seconds(pid)? - start_cpu;
+    let written = write_bytes(pid)? - start_written;
     let messages = received.messages.load(Ordering::Relaxed) - start_messages;
     let payload_bytes = received.payload_bytes.load(Ordering::Relaxed) - start_bytes;
     let mut latencies = std::mem::take(&mut *received.latencies_ms.lock().unwrap());
@@ -403,7 +415,7 @@ async fn load(
     let _ = std::fs::remove_dir_all(&dir);
 
     println!(
-        "devices={devices} points={points} interval={interval_ms}ms offered={offered:.0}/s | delivered={points_per_s:.0} points/s ({:.0} msg/s) | cpu={:.2} s per 1M points ({:.0}% of one core) | peak_rss={:.1} MB | latency p50={} ms p99={} ms | payload {:.1} B/point (format = {format}, json = {json}) | reference direct-publish={reference:.0} points/s | kite/reference={:.2}",
+        "devices={devices} points={points} interval={interval_ms}ms offered={offered:.0}/s | delivered={points_per_s:.0} points/s ({:.0} msg/s) | cpu={:.2} s per 1M points ({:.0}% of one core) | peak_rss={:.1} MB | latency p50={} ms p99={} ms | payload {:.1} B/point (format = {format}, json = {json}) | written to disk {:.1} B/point | reference direct-publish={reference:.0} points/s | kite/reference={:.2}",
         messages as f64 / elapsed,
         cpu / total_points * 1e6,
         cpu / elapsed * 100.0,
@@ -411,6 +423,7 @@ async fn load(
         percentile(&latencies, 0.5),
         percentile(&latencies, 0.99),
         payload_bytes as f64 / total_points,
+        written as f64 / total_points,
         points_per_s / reference,
     );
     Ok(())

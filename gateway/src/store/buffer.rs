@@ -4,15 +4,67 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
+use kite_core::packed::{self, Schema};
+use kite_core::PointSample;
+use rusqlite::types::{ToSqlOutput, ValueRef};
 use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
 
 use super::recovery::replace_if_damaged;
-use super::schema::{migrate, read_counter, read_last_seq, record_from_row};
+use super::schema::{migrate, read_counter, read_last_seq, stored_row, SchemaCache, ROW_COLUMNS};
 use super::{
-    Appended, BufferError, Durability, Kind, NewRecord, OnFull, Record, Settings, Stats,
+    Appended, Body, BufferError, Durability, Kind, NewRecord, OnFull, Record, Settings, Stats,
     BUSY_TIMEOUT, MAX_KEEP_EVERY, ROW_OVERHEAD,
 };
+
+/// The schema of `device` that holds `points`, its id, and where each
+/// point is in it: the device's newest schema, or a new one that extends
+/// it with the points it lacks (inserted in `tx`, and listed in `fresh`).
+fn schema_for(
+    tx: &Transaction<'_>,
+    newest: &mut HashMap<String, (i64, Arc<Schema>)>,
+    fresh: &mut Vec<(String, i64, Arc<Schema>)>,
+    device: &str,
+    points: &[PointSample],
+) -> rusqlite::Result<(i64, Arc<Schema>, Vec<usize>)> {
+    let mut current = fresh
+        .iter()
+        .rev()
+        .find(|(d, ..)| d == device)
+        .map(|(_, id, schema)| (*id, schema.clone()))
+        .or_else(|| newest.get(device).cloned());
+    if current.is_none() {
+        let stored: Option<(i64, Vec<u8>)> = tx
+            .query_row(
+                "SELECT id, points FROM schemas WHERE device = ?1 ORDER BY id DESC LIMIT 1",
+                [device],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        // A schema that does not decode is not extended: a new one is made.
+        current = stored.and_then(|(id, bytes)| {
+            let schema = Arc::new(Schema::decode(&bytes).ok()?);
+            newest.insert(device.to_string(), (id, schema.clone()));
+            Some((id, schema))
+        });
+    }
+    if let Some((id, schema)) = &current {
+        if let Some(indices) = schema.indices(points) {
+            return Ok((*id, schema.clone(), indices));
+        }
+    }
+    let next = Arc::new(match &current {
+        Some((_, schema)) => schema.extended(points),
+        None => Schema::default().extended(points),
+    });
+    tx.prepare_cached("INSERT INTO schemas (device, points) VALUES (?1, ?2)")?
+        .execute(params![device, next.encode()])?;
+    let id = tx.last_insert_rowid();
+    fresh.push((device.to_string(), id, next.clone()));
+    let indices = next.indices(points).unwrap_or_default();
+    Ok((id, next, indices))
+}
 
 /// Rows looked at per query when making room.
 const CHUNK_ROWS: i64 = 512;
@@ -27,6 +79,9 @@ pub struct Buffer {
     pub(super) set_aside: u64,
     thinning: Thinning,
     pub(super) last_seq: i64,
+    /// Each device's newest schema, which new rows are packed against.
+    newest_schema: HashMap<String, (i64, Arc<Schema>)>,
+    schemas: SchemaCache,
 }
 
 /// Where downsampling stands.
@@ -98,6 +153,8 @@ impl Buffer {
             set_aside,
             thinning,
             last_seq,
+            newest_schema: HashMap::new(),
+            schemas: SchemaCache::default(),
         })
     }
 
@@ -109,19 +166,43 @@ impl Buffer {
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let mut last_seq = self.last_seq;
         let mut added = 0;
+        // Schemas this append creates: cached once it has committed.
+        let mut fresh = Vec::new();
         {
             let mut insert = tx.prepare_cached(
-                "INSERT INTO messages (ts, device, body, kind) VALUES (?1, ?2, ?3, ?4)",
+                "INSERT INTO messages (ts, device, body, kind, schema) VALUES (?1, ?2, ?3, ?4, ?5)",
             )?;
             for record in records {
+                let (body, schema) = match &record.body {
+                    Body::Text(text) | Body::Unreadable(text) => {
+                        (ToSqlOutput::Borrowed(ValueRef::Text(text.as_bytes())), None)
+                    }
+                    Body::Points(points) => {
+                        let (id, schema, indices) = schema_for(
+                            &tx,
+                            &mut self.newest_schema,
+                            &mut fresh,
+                            &record.device,
+                            points,
+                        )?;
+                        let packed = packed::encode(points, &indices, schema.points.len());
+                        (ToSqlOutput::from(packed), Some(id))
+                    }
+                };
+                let body_len = match &body {
+                    ToSqlOutput::Borrowed(ValueRef::Text(text)) => text.len(),
+                    ToSqlOutput::Owned(rusqlite::types::Value::Blob(bytes)) => bytes.len(),
+                    _ => 0,
+                };
                 insert.execute(params![
                     record.ts_ms,
                     record.device,
-                    record.body,
-                    record.kind as i64
+                    body,
+                    record.kind as i64,
+                    schema
                 ])?;
                 last_seq = tx.last_insert_rowid();
-                added += record.size();
+                added += (record.device.len() + body_len) as u64 + ROW_OVERHEAD;
             }
         }
         let mut room = Room {
@@ -147,6 +228,10 @@ impl Buffer {
             0
         };
         tx.commit()?;
+        for (device, id, schema) in fresh {
+            self.schemas.insert(id, schema.clone());
+            self.newest_schema.insert(device, (id, schema));
+        }
         self.last_seq = last_seq;
         self.bytes = room.bytes;
         self.rows = room.rows;
@@ -166,12 +251,18 @@ impl Buffer {
     }
 
     /// Up to `limit` rows with `seq > after`, oldest first.
-    pub fn read_after(&self, after: i64, limit: usize) -> Result<Vec<Record>, BufferError> {
-        let mut select = self.conn.prepare_cached(
-            "SELECT seq, ts, device, body, kind FROM messages WHERE seq > ?1 ORDER BY seq LIMIT ?2",
-        )?;
-        let rows = select.query_map(params![after, limit as i64], record_from_row)?;
-        Ok(rows.collect::<Result<_, _>>()?)
+    pub fn read_after(&mut self, after: i64, limit: usize) -> Result<Vec<Record>, BufferError> {
+        let rows: Vec<_> = {
+            let mut select = self.conn.prepare_cached(&format!(
+                "SELECT {ROW_COLUMNS} FROM messages WHERE seq > ?1 ORDER BY seq LIMIT ?2"
+            ))?;
+            let rows = select.query_map(params![after, limit as i64], stored_row)?;
+            rows.collect::<Result<_, _>>()?
+        };
+        Ok(rows
+            .into_iter()
+            .map(|row| self.schemas.record(&self.conn, row))
+            .collect())
     }
 
     /// Deletes acknowledged rows; seqs already gone (dropped, or acked
@@ -213,8 +304,8 @@ impl Buffer {
     pub fn set_aside(&mut self, seq: i64, reason: &str) -> Result<bool, BufferError> {
         let tx = self.conn.transaction()?;
         let moved = tx.execute(
-            "INSERT INTO set_aside (seq, ts, device, body, kind, reason)
-             SELECT seq, ts, device, body, kind, ?2 FROM messages WHERE seq = ?1",
+            "INSERT INTO set_aside (seq, ts, device, body, kind, reason, schema)
+             SELECT seq, ts, device, body, kind, ?2, schema FROM messages WHERE seq = ?1",
             params![seq, reason],
         )?;
         if moved == 0 {
@@ -403,12 +494,12 @@ mod tests {
             kind: Kind::Telemetry,
             ts_ms,
             device: device.into(),
-            body: format!("{{\"t\":{{\"value\":{ts_ms}}}}}"),
+            body: Body::Text(format!("{{\"t\":{{\"value\":{ts_ms}}}}}")),
         }
     }
 
     /// The read times of a device's buffered telemetry, oldest first.
-    fn times(buffer: &Buffer, device: &str) -> Vec<i64> {
+    fn times(buffer: &mut Buffer, device: &str) -> Vec<i64> {
         buffer
             .read_after(0, usize::MAX >> 1)
             .unwrap()
@@ -452,7 +543,7 @@ mod tests {
             "only telemetry is thinned"
         );
         for device in devices {
-            let kept = times(&buffer, device);
+            let kept = times(&mut buffer, device);
             assert_eq!(kept[0], 1, "{device}: the outage's first sample stays");
             assert!(*kept.last().unwrap() > samples - 2 * stats.keep_every as i64);
             let widest = kept.windows(2).map(|w| w[1] - w[0]).max().unwrap();
@@ -529,6 +620,14 @@ mod tests {
         ]
     }
 
+    /// What a row of text is counted for.
+    fn size(record: &NewRecord) -> u64 {
+        match &record.body {
+            Body::Text(text) => (record.device.len() + text.len()) as u64 + ROW_OVERHEAD,
+            other => panic!("the model stores text, not {other:?}"),
+        }
+    }
+
     /// The in-memory model: what the buffer must hold.
     #[derive(Default)]
     struct Model {
@@ -540,7 +639,7 @@ mod tests {
 
     impl Model {
         fn bytes(&self) -> u64 {
-            self.rows.values().map(NewRecord::size).sum()
+            self.rows.values().map(size).sum()
         }
 
         fn append(&mut self, records: &[NewRecord], max_bytes: u64) {
@@ -629,6 +728,114 @@ mod tests {
         }
     }
 
+    fn reading(name: &str, value: u64) -> PointSample {
+        PointSample {
+            name: name.into(),
+            unit: Some("kWh".into()),
+            reading: kite_core::Reading::Good(kite_core::Value::UInt(value)),
+        }
+    }
+
+    fn poll(device: &str, points: Vec<PointSample>) -> NewRecord {
+        NewRecord {
+            kind: Kind::Telemetry,
+            ts_ms: 1,
+            device: device.into(),
+            body: Body::Points(points),
+        }
+    }
+
+    #[test]
+    fn polls_are_packed_with_their_names_stored_once_per_shape() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut buffer = open(&dir.path().join("b.sqlite3"), 1 << 20);
+        let full: Vec<PointSample> = (0..100)
+            .map(|i| reading(&format!("register_{i}"), i))
+            .collect();
+        let polls = [
+            poll("meter", full.clone()),
+            poll("meter", full.clone()),
+            // Reported by exception: some of the points.
+            poll("meter", vec![full[7].clone(), full[3].clone()]),
+            poll("boiler", full[..2].to_vec()),
+            // A new point: a new schema that extends the old one.
+            poll("meter", vec![full[0].clone(), reading("new", 5)]),
+            poll("meter", full.clone()),
+        ];
+        buffer.append(&polls).unwrap();
+        let schemas: i64 = buffer
+            .conn
+            .query_row("SELECT count(*) FROM schemas", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(schemas, 3, "meter twice, boiler once");
+        let stored: Vec<Body> = buffer
+            .read_after(0, 10)
+            .unwrap()
+            .into_iter()
+            .map(|r| r.body)
+            .collect();
+        let expected: Vec<Body> = polls.iter().map(|p| p.body.clone()).collect();
+        assert_eq!(stored, expected);
+        let body_bytes: i64 = buffer
+            .conn
+            .query_row("SELECT length(body) FROM messages WHERE seq = 1", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert!(
+            body_bytes <= 1 + 100 * 2,
+            "{body_bytes} bytes for 100 small values"
+        );
+        // Reopened, the newest schema of each device is extended, not duplicated.
+        drop(buffer);
+        let mut buffer = open(&dir.path().join("b.sqlite3"), 1 << 20);
+        buffer.append(&[poll("meter", full.clone())]).unwrap();
+        let schemas: i64 = buffer
+            .conn
+            .query_row("SELECT count(*) FROM schemas", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(schemas, 3);
+        assert_eq!(buffer.read_after(6, 1).unwrap()[0].body, Body::Points(full));
+    }
+
+    #[test]
+    fn a_version_4_buffer_is_upgraded_and_its_rows_read_as_they_were() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("b.sqlite3");
+        let v4 = Connection::open(&path).unwrap();
+        v4.execute_batch(
+            "CREATE TABLE messages (seq INTEGER PRIMARY KEY AUTOINCREMENT, ts INTEGER NOT NULL, device TEXT NOT NULL, body TEXT NOT NULL,
+                 kind INTEGER NOT NULL DEFAULT 0, stride INTEGER NOT NULL DEFAULT 1);
+             CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+             INSERT INTO meta VALUES ('dropped', 0), ('set_aside', 1), ('thinned', 0), ('keep_every', 1);
+             CREATE TABLE set_aside (seq INTEGER PRIMARY KEY, ts INTEGER NOT NULL, device TEXT NOT NULL, body TEXT NOT NULL, kind INTEGER NOT NULL, reason TEXT NOT NULL);
+             INSERT INTO messages (ts, device, body) VALUES (5, 'meter', '{\"t\":{\"value\":1,\"quality\":\"good\"}}');
+             PRAGMA user_version = 4;",
+        )
+        .unwrap();
+        drop(v4);
+        let mut buffer = open(&path, 1 << 20);
+        buffer
+            .append(&[poll("meter", vec![reading("t", 2)])])
+            .unwrap();
+        let rows = buffer.read_after(0, 10).unwrap();
+        assert_eq!(
+            rows[0].body,
+            Body::Text(r#"{"t":{"value":1,"quality":"good"}}"#.into()),
+            "a row stored before stays as it was"
+        );
+        assert_eq!(rows[1].body, Body::Points(vec![reading("t", 2)]));
+        assert!(
+            buffer.set_aside(2, "test").unwrap(),
+            "a packed row can be set aside"
+        );
+        let version: i64 = buffer
+            .conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, 5);
+    }
+
     #[test]
     fn a_version_1_buffer_is_upgraded_with_its_rows() {
         let dir = tempfile::tempdir().unwrap();
@@ -643,7 +850,7 @@ mod tests {
         )
         .unwrap();
         drop(v1);
-        let buffer = open(&path, 1 << 20);
+        let mut buffer = open(&path, 1 << 20);
         let rows = buffer.read_after(0, 10).unwrap();
         assert_eq!(rows.len(), 1);
         assert_eq!(

@@ -18,34 +18,45 @@
 //! out a value again, even after the rows are deleted or the file is reopened,
 //! so `seq` only increases across the life of the buffer.
 //!
-//! # On-disk format (`<data_dir>/buffer.sqlite3`, `PRAGMA user_version = 4`)
+//! # On-disk format (`<data_dir>/buffer.sqlite3`, `PRAGMA user_version = 5`)
 //! ```sql
 //! CREATE TABLE messages (
 //!     seq    INTEGER PRIMARY KEY AUTOINCREMENT,
 //!     ts     INTEGER NOT NULL,  -- ms since the Unix epoch, when the sample was read
 //!     device TEXT    NOT NULL,  -- the device; for events the plug-in
-//!     body   TEXT    NOT NULL,  -- telemetry: the JSON `points` object;
+//!     body   TEXT    NOT NULL,  -- telemetry: its readings packed (a BLOB,
+//!                               -- `kite_core::packed`) against `schema`,
+//!                               -- or from versions before 5 the JSON
+//!                               -- `points` object (`schema` NULL);
 //!                               -- events: the event's JSON object without `seq`;
 //!                               -- write results: the result's JSON object
 //!     kind   INTEGER NOT NULL DEFAULT 0  -- 0 telemetry, 1 event, 2 write result,
 //!                                        -- 3 BLE discovery, 4 command result
 //!                                        -- (added in version 2)
-//!     stride INTEGER NOT NULL DEFAULT 1  -- telemetry: the samples of its device
+//!     stride INTEGER NOT NULL DEFAULT 1, -- telemetry: the samples of its device
 //!                                        -- this row stands for after thinning
 //!                                        -- (added in version 4)
+//!     schema INTEGER                     -- packed telemetry: its `schemas` row
+//!                                        -- (added in version 5)
 //! );
+//! -- The names and units of a device's points, once per shape: a row
+//! -- refers to the newest one of its device when it is stored; a device
+//! -- with new points or units gets a new one (added in version 5).
+//! CREATE TABLE schemas (id INTEGER PRIMARY KEY, device TEXT NOT NULL, points BLOB NOT NULL);
 //! -- 'dropped', 'set_aside', 'thinned', 'keep_every' (the last two added in version 4)
 //! CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 //! -- Rows the broker cannot take, moved out of `messages` (added in version 3).
 //! CREATE TABLE set_aside (seq INTEGER PRIMARY KEY, ts INTEGER NOT NULL,
 //!     device TEXT NOT NULL, body TEXT NOT NULL, kind INTEGER NOT NULL,
-//!     reason TEXT NOT NULL);
+//!     reason TEXT NOT NULL, schema INTEGER);
 //! ```
-//! The published message is made from a row by `uplink::wire`. Version 1 to
-//! 3 files are upgraded in place when opened.
+//! The published message is made from a row by the uplink, in whichever
+//! format it sends. Version 1 to 4 files are upgraded in place when
+//! opened; their rows stay as they were and are read as before.
 //!
 //! # Size limit
-//! The size of a row is `length(device) + length(body) + ROW_OVERHEAD`; when
+//! The size of a row is `length(device) + length(body) + ROW_OVERHEAD` (in
+//! bytes, whether the body is text or packed); when
 //! the sum passes `max_bytes`, room is made in the same transaction as the
 //! insert that made it necessary. With [`OnFull::DropOldest`] the oldest rows
 //! go. With [`OnFull::Downsample`] telemetry is thinned first, so that a long
@@ -77,11 +88,13 @@
 //! [`BufferReader`] reads a buffer file beside the daemon (`kite buffer`);
 //! [`recovery`] checks a file and saves what a damaged one still holds.
 //! The store knows nothing of the rest of the gateway: its settings are its
-//! own types, and a row's body is text it does not interpret.
+//! own types, and a row's body is text it does not interpret, or readings
+//! it packs and unpacks without any wire format.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
+use kite_core::PointSample;
 use serde::Deserialize;
 
 mod buffer;
@@ -188,13 +201,26 @@ impl Kind {
     }
 }
 
+/// What a row holds.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Body {
+    /// JSON text: events, results, discoveries, and telemetry stored before
+    /// version 5.
+    Text(String),
+    /// A device poll's readings, packed in the buffer (see "On-disk format").
+    Points(Vec<PointSample>),
+    /// A stored row that cannot be read back (its schema is missing or the
+    /// bytes are damaged): why.
+    Unreadable(String),
+}
+
 /// A message to store.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewRecord {
     pub kind: Kind,
     pub ts_ms: i64,
     pub device: String,
-    pub body: String,
+    pub body: Body,
 }
 
 /// A stored message.
@@ -204,17 +230,7 @@ pub struct Record {
     pub kind: Kind,
     pub ts_ms: i64,
     pub device: String,
-    pub body: String,
-}
-
-impl NewRecord {
-    fn size(&self) -> u64 {
-        record_size(&self.device, &self.body)
-    }
-}
-
-fn record_size(device: &str, body: &str) -> u64 {
-    (device.len() + body.len()) as u64 + ROW_OVERHEAD
+    pub body: Body,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -248,7 +264,7 @@ pub struct Appended {
 pub(crate) mod testing {
     use std::path::Path;
 
-    use super::{Buffer, Durability, Kind, NewRecord, OnFull, Settings};
+    use super::{Body, Buffer, Durability, Kind, NewRecord, OnFull, Settings};
 
     /// The buffer at `path` with durability `normal`, dropping the oldest.
     pub fn open(path: &Path, max_bytes: u64) -> Buffer {
@@ -277,7 +293,7 @@ pub(crate) mod testing {
             },
             ts_ms: i as i64,
             device: "dev".into(),
-            body: "x".repeat(body_len),
+            body: Body::Text("x".repeat(body_len)),
         }
     }
 }

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use rusqlite::{params, Connection, OpenFlags};
 
-use super::schema::{read_counter, read_last_seq, record_from_row};
+use super::schema::{read_counter, read_last_seq, stored_row, SchemaCache, ROW_COLUMNS};
 use super::{BufferError, Record, Stats, BUSY_TIMEOUT, PAGE_ROWS, ROW_OVERHEAD};
 
 /// Opens `path` for reading only: its content is not changed (SQLite may
@@ -103,6 +103,7 @@ impl BufferReader {
             after: 0,
             page: Vec::new().into_iter(),
             done: false,
+            schemas: SchemaCache::default(),
         }
     }
 }
@@ -114,19 +115,24 @@ pub struct Rows<'r> {
     after: i64,
     page: std::vec::IntoIter<Record>,
     done: bool,
+    schemas: SchemaCache,
 }
 
 impl Rows<'_> {
-    fn next_page(&self) -> Result<Vec<Record>, BufferError> {
-        let mut select = self.conn.prepare_cached(
-            "SELECT seq, ts, device, body, kind FROM messages
-             WHERE seq > ?1 AND (?2 IS NULL OR device = ?2) ORDER BY seq LIMIT ?3",
-        )?;
+    fn next_page(&mut self) -> Result<Vec<Record>, BufferError> {
+        let mut select = self.conn.prepare_cached(&format!(
+            "SELECT {ROW_COLUMNS} FROM messages
+             WHERE seq > ?1 AND (?2 IS NULL OR device = ?2) ORDER BY seq LIMIT ?3"
+        ))?;
         let rows = select.query_map(
             params![self.after, self.device, PAGE_ROWS as i64],
-            record_from_row,
+            stored_row,
         )?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        let rows: Vec<_> = rows.collect::<Result<_, _>>()?;
+        Ok(rows
+            .into_iter()
+            .map(|row| self.schemas.record(self.conn, row))
+            .collect())
     }
 }
 
@@ -161,7 +167,7 @@ impl Iterator for Rows<'_> {
 mod tests {
     use super::*;
     use crate::store::testing::open;
-    use crate::store::{Kind, NewRecord};
+    use crate::store::{Body, Kind, NewRecord};
 
     #[test]
     fn the_reader_sees_what_the_buffer_holds_while_it_runs() {
@@ -173,7 +179,7 @@ mod tests {
                 kind: Kind::Telemetry,
                 ts_ms: 1000 + i,
                 device: if i < 1000 { "a" } else { "bb" }.into(),
-                body: "{}".into(),
+                body: Body::Text("{}".into()),
             })
             .collect();
         buffer.append(&records).unwrap();

@@ -11,8 +11,8 @@ use rusqlite::{params, Connection, ErrorCode, OptionalExtension, Statement};
 use tracing::error;
 
 use super::reader::open_read_only;
-use super::schema::{migrate, read_counter, read_last_seq, record_from_row};
-use super::{BufferError, Record};
+use super::schema::{migrate, read_counter, read_last_seq, stored_row, StoredRow};
+use super::BufferError;
 
 /// Runs SQLite's `integrity_check` on the buffer file at `path`,
 /// read-only. Returns the problems it reports, empty when the file is
@@ -102,8 +102,9 @@ pub struct Recovered {
 }
 
 /// Copies every row that can still be read from the buffer file `damaged`
-/// into a new buffer file `output`, with its `seq`, `ts`, `device`, `body`
-/// and `kind`, and the `dropped` counter if it can be read. `damaged` is
+/// into a new buffer file `output`, with its `seq`, `ts`, `device`, `body`,
+/// `kind` and `schema`, the schemas that can be read, and the `dropped`
+/// counter if it can be read. `damaged` is
 /// only read. `output` must not exist; it is written as `<output>.partial`
 /// and renamed when complete, so it never holds half a recovery.
 pub fn recover(damaged: &Path, output: &Path) -> Result<Recovered, BufferError> {
@@ -125,20 +126,31 @@ pub fn recover(damaged: &Path, output: &Path) -> Result<Recovered, BufferError> 
     let mut unreadable = SeqRanges::default();
     {
         let mut insert = tx.prepare(
-            "INSERT INTO messages (seq, ts, device, body, kind) VALUES (?1, ?2, ?3, ?4, ?5)",
+            "INSERT INTO messages (seq, ts, device, body, kind, schema) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         )?;
-        salvage(&source, bound, &mut unreadable, &mut |record| {
+        salvage(&source, bound, &mut unreadable, &mut |row| {
             insert.execute(params![
-                record.seq,
-                record.ts_ms,
-                record.device,
-                record.body,
-                record.kind as i64
+                row.seq, row.ts_ms, row.device, row.body, row.kind, row.schema
             ])?;
             rows += 1;
-            last_seq = record.seq;
+            last_seq = row.seq;
             Ok(())
         })?;
+        // The schemas packed rows are read with; a row whose schema is lost
+        // is kept, and set aside as unreadable when it comes to be sent.
+        let mut insert =
+            tx.prepare("INSERT INTO schemas (id, device, points) VALUES (?1, ?2, ?3)")?;
+        if let Ok(mut schemas) = source.prepare("SELECT id, device, points FROM schemas") {
+            if let Ok(mut found) = schemas.query([]) {
+                while let Ok(Some(schema)) = found.next() {
+                    let columns: rusqlite::Result<(i64, String, Vec<u8>)> =
+                        (|| Ok((schema.get(0)?, schema.get(1)?, schema.get(2)?)))();
+                    if let Ok((id, device, points)) = columns {
+                        insert.execute(params![id, device, points])?;
+                    }
+                }
+            }
+        }
     }
     let dropped = read_counter(&source, "dropped").ok().flatten().unwrap_or(0);
     let set_aside = read_counter(&source, "set_aside")
@@ -203,22 +215,30 @@ fn salvage(
     source: &Connection,
     bound: Option<i64>,
     unreadable: &mut SeqRanges,
-    save: &mut dyn FnMut(Record) -> Result<(), BufferError>,
+    save: &mut dyn FnMut(StoredRow) -> Result<(), BufferError>,
 ) -> Result<(), BufferError> {
-    let has_kind = source.query_row(
-        "SELECT count(*) > 0 FROM pragma_table_info('messages') WHERE name = 'kind'",
-        [],
-        |r| r.get::<_, bool>(0),
-    );
-    // A version 1 file has no `kind`: its rows are all telemetry.
-    let kind = if let Ok(false) = has_kind {
+    let has = |column: &str| {
+        source.query_row(
+            "SELECT count(*) > 0 FROM pragma_table_info('messages') WHERE name = ?1",
+            [column],
+            |r| r.get::<_, bool>(0),
+        )
+    };
+    // A version 1 file has no `kind`: its rows are all telemetry; before
+    // version 5 none has a `schema`: their bodies are text.
+    let kind = if let Ok(false) = has("kind") {
         "0"
     } else {
         "kind"
     };
+    let schema = if let Ok(false) = has("schema") {
+        "NULL"
+    } else {
+        "schema"
+    };
     let statements = source
         .prepare(&format!(
-            "SELECT seq, ts, device, body, {kind} FROM messages WHERE seq > ?1 AND seq <= ?2 ORDER BY seq"
+            "SELECT seq, ts, device, body, {kind}, {schema} FROM messages WHERE seq > ?1 AND seq <= ?2 ORDER BY seq"
         ))
         .and_then(|scan| {
             let probe = source.prepare(
@@ -253,7 +273,7 @@ fn scan_from(
     scan: &mut Statement<'_>,
     after: &mut i64,
     last: i64,
-    save: &mut dyn FnMut(Record) -> Result<(), BufferError>,
+    save: &mut dyn FnMut(StoredRow) -> Result<(), BufferError>,
 ) -> Result<bool, BufferError> {
     let Ok(mut rows) = scan.query(params![*after, last]) else {
         return Ok(false);
@@ -261,7 +281,7 @@ fn scan_from(
     loop {
         let record = match rows.next() {
             Ok(None) => return Ok(true),
-            Ok(Some(row)) => match record_from_row(row) {
+            Ok(Some(row)) => match stored_row(row) {
                 // Out of order means a damaged page that still parsed.
                 Ok(record) if record.seq > *after && record.seq <= last => record,
                 _ => return Ok(false),
@@ -375,12 +395,14 @@ mod tests {
 
     use super::*;
     use crate::store::testing::{open, record};
-    use crate::store::{BufferReader, Kind, NewRecord, Stats};
+    use kite_core::{PointSample, Reading, Value};
+
+    use crate::store::{Body, BufferReader, Kind, NewRecord, Record, Stats};
 
     /// Fills a new buffer at `path` with `count` rows from two devices, with
     /// a size limit that drops the first ones; returns what it holds, closed.
     fn filled(path: &Path, count: usize) -> (Vec<Record>, Stats) {
-        let max_bytes = (count as u64 - count as u64 / 10) * 200;
+        let max_bytes = (count as u64 - count as u64 / 10) * 160;
         let mut buffer = open(path, max_bytes);
         let records: Vec<_> = (0..count)
             .map(|i| NewRecord {
@@ -391,7 +413,23 @@ mod tests {
                 },
                 ts_ms: 1_700_000_000_000 + i as i64,
                 device: if i % 2 == 0 { "boiler" } else { "meter" }.into(),
-                body: format!(r#"{{"i":{i},"pad":"{}"}}"#, "p".repeat(130)),
+                // Telemetry packed against its device's schema, events as text.
+                body: if i % 7 == 0 {
+                    Body::Text(format!(r#"{{"i":{i},"pad":"{}"}}"#, "p".repeat(130)))
+                } else {
+                    Body::Points(vec![
+                        PointSample {
+                            name: "i".into(),
+                            unit: Some("kWh".into()),
+                            reading: Reading::Good(Value::UInt(i as u64)),
+                        },
+                        PointSample {
+                            name: "pad".into(),
+                            unit: None,
+                            reading: Reading::Good(Value::Text("p".repeat(130))),
+                        },
+                    ])
+                },
             })
             .collect();
         for batch in records.chunks(100) {
@@ -432,7 +470,7 @@ mod tests {
         let path = dir.path().join("b.sqlite3");
         let (stored, stats) = filled(&path, 500);
         assert_eq!(check(&path).unwrap(), Vec::<String>::new());
-        let buffer = open(&path, 1 << 20);
+        let mut buffer = open(&path, 1 << 20);
         assert_eq!(buffer.read_after(0, 1000).unwrap(), stored);
         assert_eq!(buffer.stats().unwrap(), stats);
         assert_eq!(

@@ -1,16 +1,16 @@
 //! The compact JSON layout (`[mqtt] json = "compact"`), for metered links:
 //! `{"seq","ts","device","values":{name: value},"bad":{name: error}}`, and
 //! the units announced once in a retained `{device}/meta` message instead of
-//! in every message. Made at publish time from the rows the buffer holds in
-//! the full layout, so a backlog goes out in whichever layout is configured.
+//! in every message. Made at publish time from the readings the buffer
+//! holds, so a backlog goes out in whichever layout is configured.
 
 use std::collections::{BTreeMap, HashMap};
 
+use kite_core::{Reading, Value};
 use serde::ser::SerializeMap;
 use serde::{Serialize, Serializer};
-use serde_json::value::RawValue;
 
-use super::stored::StoredPoints;
+use super::stored::readings;
 use crate::store::Record;
 
 /// Name-value pairs serialized as a JSON object, in order.
@@ -37,7 +37,7 @@ struct CompactTelemetry<'a> {
     seq: i64,
     ts: i64,
     device: &'a str,
-    values: Entries<'a, &'a RawValue>,
+    values: Entries<'a, &'a Value>,
     #[serde(skip_serializing_if = "Entries::is_empty")]
     bad: Entries<'a, &'a str>,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
@@ -51,18 +51,20 @@ pub fn telemetry(
     record: &Record,
     historical: bool,
     announced: &mut Announced,
-) -> Result<(String, Option<String>), serde_json::Error> {
-    let points: StoredPoints<'_> = serde_json::from_str(&record.body)?;
+) -> Result<(String, Option<String>), String> {
+    let points = readings(&record.body)?;
     let mut values = Vec::new();
     let mut bad = Vec::new();
     let mut units = Vec::new();
-    for (name, point) in &points.0 {
-        match (point.quality.as_ref(), point.value) {
-            ("good", Some(value)) => values.push((name.as_ref(), value)),
-            (quality, _) => bad.push((name.as_ref(), point.error.as_deref().unwrap_or(quality))),
+    for point in points.iter() {
+        match &point.reading {
+            Reading::Good(value) => values.push((&*point.name, value)),
+            Reading::Bad(error) | Reading::Stale(_, error) => {
+                bad.push((&*point.name, error.as_str()))
+            }
         }
         if let Some(unit) = &point.unit {
-            units.push((name.as_ref(), unit.as_ref()));
+            units.push((&*point.name, &**unit));
         }
     }
     let meta = announced.meta(&record.device, &units);
@@ -73,7 +75,8 @@ pub fn telemetry(
         values: Entries(values),
         bad: Entries(bad),
         historical,
-    })?;
+    })
+    .map_err(|e| e.to_string())?;
     Ok((payload, meta))
 }
 
@@ -118,7 +121,7 @@ impl Announced {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::Kind;
+    use crate::store::{Body, Kind};
 
     fn row(body: &str) -> Record {
         Record {
@@ -126,7 +129,7 @@ mod tests {
             kind: Kind::Telemetry,
             ts_ms: 1000,
             device: "boiler-1".into(),
-            body: body.into(),
+            body: Body::Text(body.into()),
         }
     }
 

@@ -562,7 +562,7 @@ impl Uplink {
         session: &mut Session,
         outbox: &mut VecDeque<Queued>,
     ) -> RowFate {
-        let points: stored::StoredPoints<'_> = match serde_json::from_str(&record.body) {
+        let points = match stored::readings(&record.body) {
             Ok(points) => points,
             Err(e) => return RowFate::Refused(format!("row {}: {e}", record.seq)),
         };

@@ -5,11 +5,11 @@
 
 use std::collections::BTreeMap;
 
-use kite_core::{points_json, PointSample, Reading, Sample};
+use kite_core::{points_json, PointSample, Reading, Sample, Value};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use crate::store::{Kind, NewRecord, Record};
+use crate::store::{Body, Kind, NewRecord, Record};
 
 /// Bytes of a telemetry message besides its topic, device name and points:
 /// `{"seq":…,"ts":…,"device":…,"points":,"historical":true}` with 20-digit
@@ -390,11 +390,11 @@ pub fn offline() -> String {
 
 /// A stored row that cannot be made into a message.
 #[derive(Debug, thiserror::Error)]
-#[error("row {seq} is not a valid {kind:?} message: {source}")]
+#[error("row {seq} is not a valid {kind:?} message: {reason}")]
 pub struct BadRow {
     seq: i64,
     kind: Kind,
-    source: serde_json::Error,
+    reason: String,
 }
 
 /// The payload of one buffered row.
@@ -409,14 +409,27 @@ pub fn historical_message(record: &Record) -> Result<String, BadRow> {
 }
 
 fn encode(record: &Record, historical: bool) -> Result<String, BadRow> {
-    let bad = |source| BadRow {
+    let bad = |reason: String| BadRow {
         seq: record.seq,
         kind: record.kind,
-        source,
+        reason,
     };
+    let text = || match &record.body {
+        Body::Text(text) => Ok(text.as_str()),
+        Body::Unreadable(why) => Err(bad(why.clone())),
+        Body::Points(_) => Err(bad("readings where text was expected".into())),
+    };
+    let json = |e: serde_json::Error| bad(e.to_string());
     match record.kind {
         Kind::Telemetry => {
-            let points: &RawValue = serde_json::from_str(&record.body).map_err(bad)?;
+            let made;
+            let points: &RawValue = match &record.body {
+                Body::Points(points) => {
+                    made = RawValue::from_string(points_json(points)).map_err(json)?;
+                    &made
+                }
+                _ => serde_json::from_str(text()?).map_err(json)?,
+            };
             serde_json::to_string(&Telemetry {
                 seq: Some(record.seq),
                 ts: record.ts_ms,
@@ -424,20 +437,20 @@ fn encode(record: &Record, historical: bool) -> Result<String, BadRow> {
                 points,
                 historical,
             })
-            .map_err(bad)
+            .map_err(json)
         }
         Kind::Event => {
-            let event: Event = serde_json::from_str(&record.body).map_err(bad)?;
+            let event: Event = serde_json::from_str(text()?).map_err(json)?;
             serde_json::to_string(&Sequenced {
                 seq: record.seq,
                 body: &event,
                 historical,
             })
-            .map_err(bad)
+            .map_err(json)
         }
         Kind::WriteResult | Kind::Discovery | Kind::CommandResult => {
             // Stored whole, as published.
-            let result: &RawValue = serde_json::from_str(&record.body).map_err(bad)?;
+            let result: &RawValue = serde_json::from_str(text()?).map_err(json)?;
             Ok(result.get().to_string())
         }
     }
@@ -449,7 +462,7 @@ pub fn event_record(event: &Event) -> NewRecord {
         kind: Kind::Event,
         ts_ms: event.ts,
         device: event.plugin.clone(),
-        body: serde_json::to_string(event).expect("an event serializes"),
+        body: Body::Text(serde_json::to_string(event).expect("an event serializes")),
     }
 }
 
@@ -463,7 +476,7 @@ pub fn result_record(device: &str, ts_ms: i64, result: &Answer) -> NewRecord {
         kind,
         ts_ms,
         device: device.to_string(),
-        body: body.expect("a result serializes"),
+        body: Body::Text(body.expect("a result serializes")),
     }
 }
 
@@ -494,7 +507,7 @@ pub fn discovery_record(ts_ms: i64, found: &kite_ble::Discovered) -> NewRecord {
         kind: Kind::Discovery,
         ts_ms,
         device: message.address.clone(),
-        body: serde_json::to_string(&message).expect("a discovery serializes"),
+        body: Body::Text(serde_json::to_string(&message).expect("a discovery serializes")),
     }
 }
 
@@ -505,15 +518,14 @@ pub fn discovery_record(ts_ms: i64, found: &kite_ble::Discovered) -> NewRecord {
 /// for a message of its own is sent as a bad reading saying so; the second
 /// value is how many were.
 pub fn telemetry_records(sample: &Sample, budget: usize) -> (Vec<NewRecord>, u64) {
-    let record = |body| NewRecord {
+    let record = |points| NewRecord {
         kind: Kind::Telemetry,
         ts_ms: sample.ts_ms,
         device: sample.device.to_string(),
-        body,
+        body: Body::Points(points),
     };
-    let whole = points_json(&sample.points);
-    if whole.len() <= budget {
-        return (vec![record(whole)], 0);
+    if points_json_bound(&sample.points) <= budget {
+        return (vec![record(sample.points.clone())], 0);
     }
     let mut too_large = 0;
     let mut records = Vec::new();
@@ -532,23 +544,45 @@ pub fn telemetry_records(sample: &Sample, budget: usize) -> (Vec<NewRecord>, u64
         }
         let separator = usize::from(!chunk.is_empty());
         if !chunk.is_empty() && chunk_len + separator + len > budget {
-            records.push(record(points_json(&chunk)));
-            chunk.clear();
+            records.push(record(std::mem::take(&mut chunk)));
             chunk_len = 2;
         }
         chunk_len += usize::from(!chunk.is_empty()) + len;
         chunk.push(point);
     }
     if !chunk.is_empty() {
-        records.push(record(points_json(&chunk)));
+        records.push(record(chunk));
     }
     (records, too_large)
 }
 
+/// The length of the `points` object of `points` in JSON, at most, without
+/// making it: every value at its longest.
+fn points_json_bound(points: &[PointSample]) -> usize {
+    let text = |text: Option<&str>| text.map_or(0, json_string_len);
+    let value = |value: Option<&Value>| match value {
+        None => 0,
+        Some(Value::Bool(_)) => 5,
+        Some(Value::Int(_) | Value::UInt(_)) => 20,
+        Some(Value::Float(_)) => 24,
+        Some(Value::Text(text)) => json_string_len(text),
+    };
+    2 + points
+        .iter()
+        .map(|point| {
+            let (v, error) = match &point.reading {
+                Reading::Good(v) => (Some(v), None),
+                Reading::Bad(error) => (None, Some(error.as_str())),
+                Reading::Stale(v, error) => (Some(v), Some(error.as_str())),
+            };
+            // `"name":{"value":V,"quality":"stale","error":E,"unit":U},`
+            json_string_len(&point.name) + 47 + value(v) + text(error) + text(point.unit.as_deref())
+        })
+        .sum::<usize>()
+}
+
 #[cfg(test)]
 mod tests {
-    use kite_core::Value;
-
     use super::*;
 
     fn point(name: &str, reading: Reading) -> PointSample {
@@ -565,7 +599,16 @@ mod tests {
             kind,
             ts_ms: 1000,
             device: device.into(),
-            body: body.into(),
+            body: Body::Text(body.into()),
+        }
+    }
+
+    /// A row's body as the JSON it is published with.
+    fn json(body: &Body) -> String {
+        match body {
+            Body::Points(points) => points_json(points),
+            Body::Text(text) => text.clone(),
+            Body::Unreadable(why) => panic!("{why}"),
         }
     }
 
@@ -605,7 +648,7 @@ mod tests {
             point: None,
         };
         let stored = event_record(&event);
-        let published = message(&row(8, Kind::Event, &stored.device, &stored.body)).unwrap();
+        let published = message(&row(8, Kind::Event, &stored.device, &json(&stored.body))).unwrap();
         assert!(published.starts_with(r#"{"seq":8,"#), "{published}");
         let parsed: serde_json::Value = serde_json::from_str(&published).unwrap();
         assert_eq!(
@@ -618,7 +661,7 @@ mod tests {
             "k/g/events"
         );
         let replayed: serde_json::Value = serde_json::from_str(
-            &historical_message(&row(8, Kind::Event, &stored.device, &stored.body)).unwrap(),
+            &historical_message(&row(8, Kind::Event, &stored.device, &json(&stored.body))).unwrap(),
         )
         .unwrap();
         assert_eq!(replayed["historical"], true, "{replayed}");
@@ -633,7 +676,8 @@ mod tests {
             error: Some("busy".into()),
         };
         let stored = result_record("boiler-1", 5, &Answer::Write(result.clone()));
-        let published = message(&row(9, Kind::WriteResult, "boiler-1", &stored.body)).unwrap();
+        let published =
+            message(&row(9, Kind::WriteResult, "boiler-1", &json(&stored.body))).unwrap();
         assert_eq!(
             serde_json::from_str::<serde_json::Value>(&published).unwrap(),
             serde_json::json!({"id": "r-1", "point": "setpoint", "ok": false, "error": "busy"})
@@ -674,7 +718,7 @@ mod tests {
         let (rows, too_large) = telemetry_records(&sample, 1000);
         assert_eq!(too_large, 0);
         assert_eq!(rows.len(), 1);
-        assert_eq!(rows[0].body, sample.points_json());
+        assert_eq!(rows[0].body, Body::Points(sample.points.clone()));
         assert_eq!((rows[0].ts_ms, rows[0].device.as_str()), (42, "meter"));
     }
 
@@ -690,9 +734,10 @@ mod tests {
         assert!(rows.len() > 1);
         let mut names = Vec::new();
         for row in &rows {
-            assert!(row.body.len() <= budget, "{} > {budget}", row.body.len());
+            let body = json(&row.body);
+            assert!(body.len() <= budget, "{} > {budget}", body.len());
             let object: serde_json::Map<String, serde_json::Value> =
-                serde_json::from_str(&row.body).unwrap();
+                serde_json::from_str(&body).unwrap();
             names.extend(object.keys().cloned());
             assert_eq!(row.ts_ms, 42);
         }
@@ -710,13 +755,40 @@ mod tests {
         ]);
         let (rows, too_large) = telemetry_records(&sample, 1000);
         assert_eq!(too_large, 1);
-        let all: String = rows.iter().map(|r| r.body.as_str()).collect();
+        let all: String = rows.iter().map(|r| json(&r.body)).collect();
         assert!(all.contains(r#""small":{"value":1"#), "{all}");
         assert!(
             all.contains(r#""huge":{"quality":"bad","error":"value too large"#),
             "{all}"
         );
-        assert!(rows.iter().all(|r| r.body.len() <= 1000));
+        assert!(rows.iter().all(|r| json(&r.body).len() <= 1000));
+    }
+
+    #[test]
+    fn the_length_bound_of_a_points_object_is_never_short() {
+        let points = [
+            point(
+                "t\"emp",
+                Reading::Good(Value::Float(-1.234_567_890_123_456_7e-300)),
+            ),
+            point("n", Reading::Good(Value::Int(i64::MIN))),
+            point("u", Reading::Good(Value::UInt(u64::MAX))),
+            point("b", Reading::Good(Value::Bool(false))),
+            point(
+                "s",
+                Reading::Stale(Value::Text("a\u{1}\"b".into()), "not heard for 10m".into()),
+            ),
+            point("x", Reading::Bad("exception \"2\"".into())),
+            PointSample {
+                name: "with unit".into(),
+                unit: Some("°C\\".into()),
+                reading: Reading::Good(Value::Float(21.5)),
+            },
+        ];
+        for end in 0..=points.len() {
+            let json = points_json(&points[..end]);
+            assert!(points_json_bound(&points[..end]) >= json.len(), "{json}");
+        }
     }
 
     #[test]
@@ -739,7 +811,7 @@ mod tests {
             kind: Kind::Telemetry,
             ts_ms: i64::MIN,
             device: "meter".into(),
-            body,
+            body: Body::Text(body),
         })
         .unwrap();
         assert!(payload.ends_with(r#","historical":true}"#), "{payload}");

@@ -10,6 +10,7 @@ pub mod backoff;
 pub mod exception;
 pub mod freshness;
 pub mod health;
+pub mod packed;
 pub mod sample;
 pub mod serial;
 pub mod sink;

@@ -27,8 +27,9 @@ fn stdout(output: &Output) -> String {
     String::from_utf8(output.stdout.clone()).unwrap()
 }
 
-/// `(seq, ts, device, body)` of every row, read with SQLite directly.
-fn stored_rows(path: &Path) -> Vec<(i64, i64, String, String)> {
+/// `(seq, ts, device, body)` of every row, read with SQLite directly (the
+/// body is packed readings, or text).
+fn stored_rows(path: &Path) -> Vec<(i64, i64, String, rusqlite::types::Value)> {
     let conn =
         rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
             .unwrap();
@@ -60,12 +61,12 @@ async fn buffer_tools_inspect_export_verify_and_repair() {
     let mut devices = format!(
         "[[devices]]\nname = \"meter\"\nprotocol = \"modbus-tcp\"\naddress = \"127.0.0.1:{port}\"\npoll_interval = \"20ms\"\ntimeout = \"1s\"\n"
     );
-    for i in 0..20 {
+    for i in 0..100 {
         devices += &format!("[[devices.points]]\nname = \"register_{i}\"\naddress = {i}\n");
     }
     let config = kite_config(dir.path(), "gw-tools", broker_port, &devices);
     let mut kite = Kite::start(kite_bin(), dir.path(), &config);
-    wait_until("rows buffered with no broker", || kite.buffer().rows >= 400).await;
+    wait_until("rows buffered with no broker", || kite.buffer().rows >= 600).await;
     assert!(kite.terminate().await.success());
     let path = dir.path().join("data/buffer.sqlite3");
     let rows = stored_rows(&path);
@@ -82,7 +83,12 @@ async fn buffer_tools_inspect_export_verify_and_repair() {
     assert!(inspect.status.success(), "{inspect:?}");
     std::fs::write(Kite::config_path(dir.path()), &config).unwrap();
     let summary: Value = serde_json::from_str(&stdout(&inspect)).unwrap();
-    let bytes: usize = rows.iter().map(|r| r.2.len() + r.3.len() + 32).sum();
+    let body_len = |body: &rusqlite::types::Value| match body {
+        rusqlite::types::Value::Blob(bytes) => bytes.len(),
+        rusqlite::types::Value::Text(text) => text.len(),
+        other => panic!("a body of {other:?}"),
+    };
+    let bytes: usize = rows.iter().map(|r| r.2.len() + body_len(&r.3) + 32).sum();
     let oldest = rows.iter().map(|r| r.1).min().unwrap();
     let newest = rows.iter().map(|r| r.1).max().unwrap();
     assert_eq!(
@@ -119,14 +125,23 @@ async fn buffer_tools_inspect_export_verify_and_repair() {
         .lines()
         .map(|line| serde_json::from_str(line).unwrap())
         .collect();
+    // Every register of the pymodbus device reads 0.
+    let points: serde_json::Map<String, Value> = (0..100)
+        .map(|i| {
+            (
+                format!("register_{i}"),
+                json!({"value": 0, "quality": "good"}),
+            )
+        })
+        .collect();
     let published: Vec<Value> = rows
         .iter()
-        .map(|(seq, ts, device, body)| {
+        .map(|(seq, ts, device, _)| {
             json!({
                 "seq": seq,
                 "ts": ts,
                 "device": device,
-                "points": serde_json::from_str::<Value>(body).unwrap(),
+                "points": points,
             })
         })
         .collect();

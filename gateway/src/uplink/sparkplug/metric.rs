@@ -8,56 +8,28 @@
 //! take the low bits (Eclipse Tahu) and those that check the width
 //! (pysparkplug) both read them back; commands are read either way.
 
+use kite_core::Value;
 use kite_modbus::{DataType as RegisterType, PointSpec};
 
 use super::proto::payload::{metric, property_value, Metric, PropertySet, PropertyValue};
 use super::proto::DataType;
 
-/// A stored point's value, as its JSON says.
-#[derive(Debug, Clone, PartialEq)]
-pub(super) enum Value {
-    Bool(bool),
-    Int(i64),
-    UInt(u64),
-    Float(f64),
-    Text(String),
+/// The integer a value is, if it is one.
+fn as_i128(value: &Value) -> Option<i128> {
+    match *value {
+        Value::Int(v) => Some(v.into()),
+        Value::UInt(v) => Some(v.into()),
+        _ => None,
+    }
 }
 
-impl Value {
-    /// The value of a stored point's JSON; `None` for what no point holds
-    /// (arrays, objects, null).
-    pub(super) fn from_json(json: &str) -> Option<Value> {
-        match json.as_bytes().first()? {
-            b't' | b'f' => serde_json::from_str(json).ok().map(Value::Bool),
-            b'"' => serde_json::from_str(json).ok().map(Value::Text),
-            b'-' | b'0'..=b'9' => {
-                if let Ok(unsigned) = json.parse::<u64>() {
-                    Some(Value::UInt(unsigned))
-                } else if let Ok(signed) = json.parse::<i64>() {
-                    Some(Value::Int(signed))
-                } else {
-                    json.parse::<f64>().ok().map(Value::Float)
-                }
-            }
-            _ => None,
-        }
-    }
-
-    fn as_i128(&self) -> Option<i128> {
-        match *self {
-            Value::Int(v) => Some(v.into()),
-            Value::UInt(v) => Some(v.into()),
-            _ => None,
-        }
-    }
-
-    fn as_f64(&self) -> Option<f64> {
-        match *self {
-            Value::Int(v) => Some(v as f64),
-            Value::UInt(v) => Some(v as f64),
-            Value::Float(v) => Some(v),
-            _ => None,
-        }
+/// The number a value is, if it is one.
+fn as_f64(value: &Value) -> Option<f64> {
+    match *value {
+        Value::Int(v) => Some(v as f64),
+        Value::UInt(v) => Some(v as f64),
+        Value::Float(v) => Some(v),
+        _ => None,
     }
 }
 
@@ -95,7 +67,7 @@ pub(super) fn inferred(value: &Value) -> DataType {
 
 /// Whether `value` can be sent as `datatype` without changing it.
 pub(super) fn fits(datatype: DataType, value: &Value) -> bool {
-    let integer = |min: i128, max: i128| value.as_i128().is_some_and(|v| (min..=max).contains(&v));
+    let integer = |min: i128, max: i128| as_i128(value).is_some_and(|v| (min..=max).contains(&v));
     match datatype {
         DataType::Int8 => integer(i8::MIN.into(), i8::MAX.into()),
         DataType::Int16 => integer(i16::MIN.into(), i16::MAX.into()),
@@ -105,7 +77,7 @@ pub(super) fn fits(datatype: DataType, value: &Value) -> bool {
         DataType::UInt16 => integer(0, u16::MAX.into()),
         DataType::UInt32 => integer(0, u32::MAX.into()),
         DataType::UInt64 => integer(0, u64::MAX.into()),
-        DataType::Float | DataType::Double => value.as_f64().is_some(),
+        DataType::Float | DataType::Double => as_f64(value).is_some(),
         DataType::Boolean => matches!(value, Value::Bool(_)),
         DataType::String | DataType::Text => matches!(value, Value::Text(_)),
         DataType::Unknown | DataType::DateTime => false,
@@ -137,7 +109,7 @@ fn is_numeric(datatype: DataType) -> bool {
 /// `value` as `datatype` (which it [`fits`]).
 pub(super) fn encode(datatype: DataType, value: &Value) -> metric::Value {
     use metric::Value as M;
-    let signed = value.as_i128().unwrap_or_default();
+    let signed = as_i128(value).unwrap_or_default();
     match (datatype, value) {
         (DataType::Int8, _) => M::IntValue(u32::from(signed as i8 as u8)),
         (DataType::Int16, _) => M::IntValue(u32::from(signed as i16 as u16)),
@@ -145,8 +117,8 @@ pub(super) fn encode(datatype: DataType, value: &Value) -> metric::Value {
         (DataType::Int64, _) => M::LongValue(signed as i64 as u64),
         (DataType::UInt8 | DataType::UInt16 | DataType::UInt32, _) => M::IntValue(signed as u32),
         (DataType::UInt64, _) => M::LongValue(signed as u64),
-        (DataType::Float, _) => M::FloatValue(value.as_f64().unwrap_or_default() as f32),
-        (DataType::Double, _) => M::DoubleValue(value.as_f64().unwrap_or_default()),
+        (DataType::Float, _) => M::FloatValue(as_f64(value).unwrap_or_default() as f32),
+        (DataType::Double, _) => M::DoubleValue(as_f64(value).unwrap_or_default()),
         (_, Value::Bool(b)) => M::BooleanValue(*b),
         (_, Value::Text(text)) => M::StringValue(text.clone()),
         (_, other) => M::StringValue(format!("{other:?}")),
@@ -194,16 +166,6 @@ pub(super) enum Quality {
     Stale = 500,
 }
 
-impl Quality {
-    pub(super) fn of(stored: &str) -> Quality {
-        match stored {
-            "good" => Quality::Good,
-            "stale" => Quality::Stale,
-            _ => Quality::Bad,
-        }
-    }
-}
-
 /// The properties of a metric: its `Quality` (Int32) and, in births, its
 /// unit as `engUnit`.
 pub(super) fn properties(quality: Quality, unit: Option<&str>) -> PropertySet {
@@ -231,21 +193,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn stored_json_values_are_read_as_what_they_are() {
-        assert_eq!(Value::from_json("42"), Some(Value::UInt(42)));
-        assert_eq!(Value::from_json("-7"), Some(Value::Int(-7)));
-        assert_eq!(Value::from_json("21.5"), Some(Value::Float(21.5)));
-        assert_eq!(Value::from_json("1e3"), Some(Value::Float(1000.0)));
-        assert_eq!(Value::from_json("true"), Some(Value::Bool(true)));
-        assert_eq!(
-            Value::from_json(r#""on\"""#),
-            Some(Value::Text("on\"".into()))
-        );
-        assert_eq!(Value::from_json("[1]"), None);
-        assert_eq!(Value::from_json("null"), None);
-    }
-
-    #[test]
     fn narrow_signed_integers_go_as_their_own_width_and_come_back() {
         let cases = [
             (DataType::Int8, -1, 255),
@@ -264,7 +211,7 @@ mod tests {
                 value: Some(encoded),
                 ..Metric::default()
             };
-            let expected: serde_json::Value = value.as_i128().map(|v| v as i64).unwrap().into();
+            let expected: serde_json::Value = as_i128(&value).map(|v| v as i64).unwrap().into();
             assert_eq!(decode(datatype, &metric).unwrap(), expected);
         }
         let long = encode(DataType::Int64, &Value::Int(-2));

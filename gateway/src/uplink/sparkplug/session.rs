@@ -11,11 +11,12 @@ use std::collections::HashMap;
 
 use prost::Message;
 
-use super::metric::{self, properties, Quality, Value};
+use kite_core::{PointSample, Reading, Value};
+
+use super::metric::{self, properties, Quality};
 use super::proto::payload::{self, Metric};
 use super::proto::{DataType, Payload};
 use super::DeclaredTypes;
-use crate::uplink::stored::StoredPoints;
 
 /// The name of the node metric a host sets to ask for every birth again.
 pub const REBIRTH: &str = "Node Control/Rebirth";
@@ -216,7 +217,7 @@ impl Session {
         &mut self,
         device_name: &str,
         ts_ms: i64,
-        points: &StoredPoints<'_>,
+        points: &[PointSample],
         historical: bool,
         declared: &DeclaredTypes,
         now_ms: i64,
@@ -233,11 +234,15 @@ impl Session {
         let declared = declared.get(device_name);
         let mut next_alias = self.next_alias;
         let device = self.devices.entry(device_name.to_string()).or_default();
-        let mut readings = Vec::with_capacity(points.0.len());
+        let mut readings = Vec::with_capacity(points.len());
         let mut rebirth = false;
-        for (name, point) in &points.0 {
-            let quality = Quality::of(&point.quality);
-            let value = point.value.and_then(|raw| Value::from_json(raw.get()));
+        for point in points {
+            let name = &point.name;
+            let (quality, value) = match &point.reading {
+                Reading::Good(value) => (Quality::Good, Some(value.clone())),
+                Reading::Bad(_) => (Quality::Bad, None),
+                Reading::Stale(value, _) => (Quality::Stale, Some(value.clone())),
+            };
             let index = match device.by_name.get(name.as_ref()) {
                 Some(&index) => index,
                 None => {

@@ -3,7 +3,8 @@ use prost::Message;
 use super::proto::payload::{metric, Metric};
 use super::proto::{DataType, Payload};
 use super::*;
-use crate::uplink::stored::StoredPoints;
+use crate::store::Body;
+use crate::uplink::stored::readings;
 
 const NO_LIMIT: usize = usize::MAX;
 
@@ -18,7 +19,8 @@ fn declared() -> DeclaredTypes {
 }
 
 fn row(session: &mut Session, device: &str, ts: i64, json: &str, historical: bool) -> RowOutcome {
-    let points: StoredPoints<'_> = serde_json::from_str(json).unwrap();
+    let body = Body::Text(json.into());
+    let points = readings(&body).unwrap();
     session.telemetry(
         device,
         ts,
@@ -300,8 +302,8 @@ fn a_ddata_over_the_size_limit_is_refused_without_taking_a_seq() {
     let mut session = Session::default();
     session.connected(0);
     session.node_birth(0);
-    let points: StoredPoints<'_> =
-        serde_json::from_str(r#"{"temp":{"value":1,"quality":"good"}}"#).unwrap();
+    let body = Body::Text(r#"{"temp":{"value":1,"quality":"good"}}"#.into());
+    let points = readings(&body).unwrap();
     let refused = session.telemetry("boiler", 1, &points, false, &declared(), 0, 4);
     assert!(refused.refused.is_some());
     assert_eq!(refused.messages.len(), 1, "the birth still goes");
