@@ -215,10 +215,12 @@ pub async fn run(
         }
     };
     let mut stop = std::pin::pin!(stop);
+    let mut refused_plugins = tokio::time::interval(plugins::PLUGIN_WATCH_INTERVAL);
     // The uplink only returns early on a fatal error.
     let ended_early = loop {
         tokio::select! {
             _ = &mut stop => { info!("stopping"); break None; }
+            _ = refused_plugins.tick() => gateway.workload.retry_refused_plugins().await,
             result = &mut gateway.uplink_task => break Some(result),
             Some(()) = hangup_received(&mut hangup) => {
                 info!("SIGHUP: reloading the config");

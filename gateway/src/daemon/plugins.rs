@@ -1,5 +1,6 @@
 //! The running plug-ins, each on a thread of its own, and how a new config
-//! is applied to them; hot swapping when a plug-in's file changes.
+//! is applied to them; hot swapping when a plug-in's file changes, and
+//! another try at a refused one when its file (or signature) does.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -27,6 +28,8 @@ struct RunningPlugin {
     /// None when it was refused.
     handle: Option<Arc<PluginHandle>>,
     counters: Arc<PluginCounters>,
+    /// The version of its file that was refused: another is tried.
+    refused_as: Option<FileStamp>,
 }
 
 /// The running plug-ins, each on a thread of its own.
@@ -90,6 +93,8 @@ impl Plugins {
                 Step::Start(config) => (config, None),
             };
             let name = &config.name;
+            // Taken first, so that a file replaced while it loads is tried again.
+            let stamp = FileStamp::of(&config.path);
             let started = self.start(config, trust, sandbox).await;
             match (started, old) {
                 (Ok(handle), old) => {
@@ -105,6 +110,7 @@ impl Plugins {
                         trust: trust.clone(),
                         counters: handle.counters.clone(),
                         handle: Some(Arc::new(handle)),
+                        refused_as: None,
                     });
                 }
                 (Err(e), Some(old)) if old.handle.is_some() => {
@@ -122,17 +128,58 @@ impl Plugins {
                         trust: trust.clone(),
                         handle: None,
                         counters: Arc::new(PluginCounters::refused()),
+                        refused_as: Some(stamp),
                     });
                 }
             }
         }
+        self.publish_handles();
+        changes
+    }
+
+    fn publish_handles(&self) {
         self.handles.set(
             self.running
                 .iter()
                 .filter_map(|plugin| plugin.handle.clone())
                 .collect(),
         );
-        changes
+    }
+
+    /// Tries again each refused plug-in whose file or signature changed
+    /// since it was refused; whether one started.
+    pub async fn retry_refused(&mut self, sandbox: &mut SandboxSlot) -> bool {
+        let mut started = false;
+        for index in 0..self.running.len() {
+            let plugin = &self.running[index];
+            let Some(refused_as) = &plugin.refused_as else {
+                continue;
+            };
+            let stamp = FileStamp::of(&plugin.config.path);
+            if stamp == *refused_as {
+                continue;
+            }
+            let (config, trust) = (plugin.config.clone(), plugin.trust.clone());
+            let name = &config.name;
+            match self.start(&config, &trust, sandbox).await {
+                Ok(handle) => {
+                    info!(plugin = %name, path = %config.path.display(), "refused plug-in loaded after its file changed");
+                    let plugin = &mut self.running[index];
+                    plugin.counters = handle.counters.clone();
+                    plugin.handle = Some(Arc::new(handle));
+                    plugin.refused_as = None;
+                    started = true;
+                }
+                Err(e) => {
+                    error!(plugin = %name, path = %config.path.display(), error = %e, "plug-in REFUSED again after its file changed");
+                    self.running[index].refused_as = Some(stamp);
+                }
+            }
+        }
+        if started {
+            self.publish_handles();
+        }
+        started
     }
 
     /// Loads, verifies and compiles the plug-in and starts it on a thread of its own.
@@ -170,7 +217,7 @@ impl Plugins {
 }
 
 /// How often plug-in files are checked for a new version.
-const PLUGIN_WATCH_INTERVAL: Duration = Duration::from_secs(2);
+pub(super) const PLUGIN_WATCH_INTERVAL: Duration = Duration::from_secs(2);
 
 /// Hot swap: when a running plug-in's file (or its signature) changes, the
 /// new version is loaded beside the running one and swapped in only if it

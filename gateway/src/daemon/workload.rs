@@ -74,6 +74,14 @@ impl Workload {
         self.zigbee.set(self.field.zigbee_commands());
         changes
     }
+    /// Tries again the refused plug-ins whose files changed, and shows
+    /// those that started.
+    pub async fn retry_refused_plugins(&mut self) {
+        if self.plugins.retry_refused(&mut self.sandbox).await {
+            self.vitals.plugins.set(self.plugins.status());
+        }
+    }
+
     /// Stops every link and waits for it (what they read is handed to the
     /// sample channel); the plug-ins finish the batches they have, then end.
     pub async fn stop(self) {

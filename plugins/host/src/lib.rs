@@ -39,6 +39,8 @@ pub mod bindings {
 }
 
 pub mod bounds;
+#[cfg(feature = "compiler")]
+mod cache;
 mod clocks;
 pub mod codec;
 pub mod pattern;

@@ -124,19 +124,8 @@ fn interpreter_target() -> &'static str {
 }
 
 /// Engine settings; precompiled plug-ins must be built with the same ones.
-/// `cache_dir` keeps compiled code (only builds with a compiler compile).
-fn engine_config(target: Option<&str>, cache_dir: Option<&Path>) -> Result<Config, PluginError> {
+fn engine_config(target: Option<&str>) -> Result<Config, PluginError> {
     let mut config = Config::new();
-    #[cfg(not(feature = "compiler"))]
-    let _ = cache_dir;
-    #[cfg(feature = "compiler")]
-    if let Some(dir) = cache_dir {
-        let mut cache = wasmtime::CacheConfig::new();
-        cache.with_directory(dir);
-        let cache = wasmtime::Cache::new(cache)
-            .map_err(|e| PluginError::Load(format!("compile cache: {e}")))?;
-        config.cache(Some(cache));
-    }
     if let Some(target) = target {
         config
             .target(target)
@@ -154,7 +143,7 @@ fn engine_config(target: Option<&str>, cache_dir: Option<&Path>) -> Result<Confi
 /// when a trusted key signed it.
 #[cfg(feature = "compiler")]
 pub fn precompile(bytes: &[u8], target: &str) -> Result<Vec<u8>, PluginError> {
-    let engine = Engine::new(&engine_config(Some(target), None)?)
+    let engine = Engine::new(&engine_config(Some(target))?)
         .map_err(|e| PluginError::Load(format!("{e:#}")))?;
     engine
         .precompile_component(bytes)
@@ -175,6 +164,8 @@ pub struct Sandbox {
     engine: Engine,
     linker: Linker<HostState>,
     ticker: Arc<TickerHandle>,
+    #[cfg(feature = "compiler")]
+    cache: Option<crate::cache::CompileCache>,
 }
 
 #[derive(Default)]
@@ -200,7 +191,9 @@ impl Drop for TickerHandle {
 impl Sandbox {
     /// `cache_dir` keeps compiled code between runs, keyed by the hash of the
     /// plug-in file and the engine's settings, so a changed file is compiled
-    /// again and an unchanged one is not.
+    /// again and an unchanged one is not; each entry is authenticated before
+    /// it is loaded (see [`crate::cache`]). Only builds with a compiler
+    /// compile, so only they keep a cache.
     pub fn new(cache_dir: Option<&Path>) -> Result<Self, PluginError> {
         Self::with_execution(cache_dir, Execution::for_host())
     }
@@ -213,7 +206,13 @@ impl Sandbox {
             Execution::Native => None,
             Execution::Interpreter => Some(interpreter_target()),
         };
-        let config = engine_config(target, cache_dir)?;
+        let config = engine_config(target)?;
+        #[cfg(feature = "compiler")]
+        let cache = cache_dir
+            .map(crate::cache::CompileCache::open)
+            .transpose()?;
+        #[cfg(not(feature = "compiler"))]
+        let _ = cache_dir;
         let engine = Engine::new(&config).map_err(|e| PluginError::Load(e.to_string()))?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
@@ -235,6 +234,8 @@ impl Sandbox {
             engine,
             linker,
             ticker: Arc::new(TickerHandle { ticker, thread }),
+            #[cfg(feature = "compiler")]
+            cache,
         })
     }
 
@@ -257,10 +258,35 @@ impl Sandbox {
         component.map_err(|e| PluginError::Load(format!("{e:#}")))
     }
 
-    /// Compiles (or loads from the cache) a component.
+    /// Compiles a component, or loads what the cache holds for it once it
+    /// has proved authentic.
     #[cfg(feature = "compiler")]
     pub fn compile(&self, bytes: &[u8]) -> Result<Component, PluginError> {
-        Component::new(&self.engine, bytes).map_err(|e| PluginError::Load(format!("{e:#}")))
+        let failed = |e: wasmtime::Error| PluginError::Load(format!("{e:#}"));
+        let Some(cache) = &self.cache else {
+            return Component::new(&self.engine, bytes).map_err(failed);
+        };
+        if let Some(artifact) = cache.load(&self.engine, bytes) {
+            #[allow(unsafe_code)]
+            // SAFETY: wasmtime requires that deserialized bytes come from
+            // serializing a component of a compatible engine and were not
+            // altered. This entry's HMAC under this gateway's key checked
+            // out, so this gateway stored it, from `serialize` below, and
+            // nobody changed it since; its name covers the engine's settings,
+            // and wasmtime itself rejects artifacts of an incompatible engine.
+            match unsafe { Component::deserialize(&self.engine, &artifact) } {
+                Ok(component) => return Ok(component),
+                Err(e) => {
+                    tracing::warn!(error = %e, "a compile cache entry would not load; compiling the plug-in again")
+                }
+            }
+        }
+        let component = Component::new(&self.engine, bytes).map_err(failed)?;
+        match component.serialize() {
+            Ok(artifact) => cache.store(&self.engine, bytes, &artifact),
+            Err(e) => tracing::warn!(error = %e, "compiled plug-in code cannot be kept"),
+        }
+        Ok(component)
     }
 
     #[cfg(not(feature = "compiler"))]

@@ -429,3 +429,79 @@ fn a_plugin_that_keeps_failing_is_disabled_and_outputs_are_counted_lost() {
         skipped + 1
     );
 }
+
+/// How many outputs one batch through `wasm` gives, compiled by `sandbox`.
+fn outputs_of(sandbox: &Sandbox, wasm: &[u8]) -> usize {
+    let dir = tempfile::tempdir().unwrap();
+    let component = sandbox.compile(wasm).unwrap();
+    let state = StateStore::open(&dir.path().join("state.sqlite3"), "test", 1024).unwrap();
+    let mut instance = sandbox
+        .instantiate(&component, "test", limits(), state)
+        .unwrap();
+    instance.init("{}").unwrap();
+    let output = instance.process(&[reading()]).unwrap();
+    output.readings.len() + output.events.len()
+}
+
+fn cache_entries(dir: &Path) -> std::collections::BTreeSet<std::path::PathBuf> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|e| e == "cwasm"))
+        .collect()
+}
+
+#[test]
+fn compiled_code_in_the_cache_is_loaded_only_when_it_proves_authentic() {
+    use std::os::unix::fs::PermissionsExt;
+
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("plugin-cache");
+    let quiet = component(&module("", "i32.const 16"), "plugin");
+    let chatty = component(&one_derived(4, None, 4), "plugin");
+    let sandbox = Sandbox::new(Some(&cache)).unwrap();
+    assert_eq!(outputs_of(&sandbox, &quiet), 0);
+    let quiet_entry = cache_entries(&cache).into_iter().next().expect("kept");
+    assert_eq!(outputs_of(&sandbox, &chatty), 1);
+    let mut entries = cache_entries(&cache);
+    entries.remove(&quiet_entry);
+    let chatty_entry = entries.into_iter().next().expect("kept");
+    let key = std::fs::metadata(cache.join("key")).unwrap();
+    assert_eq!(
+        key.permissions().mode() & 0o777,
+        0o600,
+        "the key is the daemon's alone"
+    );
+    drop(sandbox);
+
+    // An intact entry stays as it is.
+    let kept = std::fs::read(&quiet_entry).unwrap();
+    let sandbox = Sandbox::new(Some(&cache)).unwrap();
+    assert_eq!(outputs_of(&sandbox, &quiet), 0);
+    assert_eq!(std::fs::read(&quiet_entry).unwrap(), kept);
+
+    // Whoever can write the cache puts other compiled code under the quiet
+    // plug-in's name, then garbage, then a flipped byte: none of it runs;
+    // the plug-in is compiled again and its entry replaced.
+    let chatty_code = std::fs::read(&chatty_entry).unwrap();
+    let mut flipped = kept.clone();
+    let middle = flipped.len() / 2;
+    flipped[middle] ^= 1;
+    for tampered in [chatty_code.clone(), b"not code".to_vec(), flipped] {
+        std::fs::write(&quiet_entry, &tampered).unwrap();
+        let sandbox = Sandbox::new(Some(&cache)).unwrap();
+        assert_eq!(
+            outputs_of(&sandbox, &quiet),
+            0,
+            "the quiet plug-in's own code runs"
+        );
+        let replaced = std::fs::read(&quiet_entry).unwrap();
+        assert_ne!(replaced, tampered, "compiled again and kept");
+    }
+
+    // A cache made under another gateway's key is compiled again too.
+    std::fs::write(cache.join("key"), [7u8; 32]).unwrap();
+    let sandbox = Sandbox::new(Some(&cache)).unwrap();
+    assert_eq!(outputs_of(&sandbox, &chatty), 1);
+    assert_ne!(std::fs::read(&chatty_entry).unwrap(), chatty_code);
+}

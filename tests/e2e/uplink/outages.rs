@@ -263,8 +263,12 @@ async fn a_full_buffer_that_downsamples_keeps_the_whole_outage_evenly() {
 async fn live_first_sends_live_data_at_once_and_the_backlog_behind_it() {
     let dir = tempfile::tempdir().unwrap();
     let broker_port = free_port();
+    // The gateway reaches the broker through a link that stays cut until
+    // the subscriber is in place, so that it sees the first replayed row.
+    let proxy = Proxy::start(broker_port).await;
+    proxy.cut();
     let (_device, devices) = fast_device(2, "50ms").await;
-    let config = kite_config(dir.path(), "gw-live", broker_port, &devices).replace(
+    let config = kite_config(dir.path(), "gw-live", proxy.port, &devices).replace(
         "[mqtt]\n",
         "[mqtt]\nreplay = \"live_first\"\nreplay_rate = 20\n",
     );
@@ -273,6 +277,7 @@ async fn live_first_sends_live_data_at_once_and_the_backlog_behind_it() {
 
     let broker = Mosquitto::start_on(dir.path(), broker_port, false).await;
     let mut sub = Subscriber::connect(broker.port, "kite/gw-live/meter", "live-test", false).await;
+    proxy.restore();
     // Arrival order: each message's seq and whether it was replayed.
     let mut arrivals: Vec<(u64, bool)> = Vec::new();
     let backlog_end = loop {
