@@ -35,7 +35,12 @@ fn urls_from_text() {
 /// Each broken config must fail with a message that contains `expected`
 /// at `line:column`.
 fn check_error(body: &str, line: usize, expected: &str) {
-    let text = format!("{MINIMAL}{body}");
+    check_error_after(MINIMAL, body, line, expected);
+}
+
+/// [`check_error`] for `body` after `base` instead of the minimal config.
+fn check_error_after(base: &str, body: &str, line: usize, expected: &str) {
+    let text = format!("{base}{body}");
     let error = from_text(&text, Path::new("kite.toml")).expect_err(body);
     let rendered = error.to_string();
     assert!(
@@ -46,6 +51,20 @@ fn check_error(body: &str, line: usize, expected: &str) {
         "wanted line {line} with {expected:?}, got:\n{rendered}"
     );
     assert!(rendered.starts_with("kite.toml:"), "{rendered}");
+}
+
+/// `settings` at the top of `[mqtt]` must fail with a message that
+/// contains `expected` on one of their lines.
+fn check_mqtt_error(settings: &str, expected: &str) {
+    let text = MINIMAL.replace("[mqtt]\n", &format!("[mqtt]\n{settings}"));
+    let error = from_text(&text, Path::new("kite.toml")).expect_err(settings);
+    assert!(
+        error
+            .problems
+            .iter()
+            .any(|p| p.line >= 5 && p.message.contains(expected)),
+        "{settings:?}: {error}"
+    );
 }
 
 #[test]
@@ -86,15 +105,7 @@ fn mistakes_are_named_with_their_line() {
         ),
         ("replay = \"newest\"\n", "unknown variant `newest`"),
     ] {
-        let text = MINIMAL.replace("[mqtt]\n", &format!("[mqtt]\n{settings}"));
-        let error = from_text(&text, Path::new("kite.toml")).expect_err(settings);
-        assert!(
-            error
-                .problems
-                .iter()
-                .any(|p| p.line >= 5 && p.message.contains(expected)),
-            "{settings:?}: {error}"
-        );
+        check_mqtt_error(settings, expected);
     }
     check_error(
         "[buffer]\non_full = \"thin\"\n",
@@ -636,45 +647,30 @@ fn secrets_come_from_files_credentials_or_the_environment_never_the_config() {
     std::fs::write(&cert_path, cert.pem()).unwrap();
     std::fs::write(dir.path().join("mqtt-key"), key_pair.serialize_pem()).unwrap();
     let tls = |keys: &str| {
-        MINIMAL.replace("mqtt://", "mqtts://")
-            + &format!("ca_file = {cert_path:?}\ncert_file = {cert_path:?}\n{keys}")
+        let text = MINIMAL.replace("mqtt://", "mqtts://")
+            + &format!("ca_file = {cert_path:?}\ncert_file = {cert_path:?}\n{keys}");
+        from_text(&text, Path::new("kite.toml"))
     };
+    let refusal = |keys: &str| tls(keys).unwrap_err().to_string();
     // The test process's environment is shared: a variable no other test reads.
     std::env::set_var("CREDENTIALS_DIRECTORY", dir.path());
     let config = from_text(&text, Path::new("kite.toml")).unwrap();
-    let with_key = from_text(
-        &tls("key_credential = \"mqtt-key\"\n"),
-        Path::new("kite.toml"),
-    );
-    let missing = from_text(
-        &tls("key_credential = \"no-such-key\"\n"),
-        Path::new("kite.toml"),
-    );
+    let with_key = tls("key_credential = \"mqtt-key\"\n");
+    let missing = refusal("key_credential = \"no-such-key\"\n");
     std::env::remove_var("CREDENTIALS_DIRECTORY");
     let with_key = with_key.unwrap();
     let client_auth = with_key.mqtt.tls.unwrap().files.client_auth.unwrap();
     assert_eq!(client_auth.1, dir.path().join("mqtt-key"));
-    let missing = missing.unwrap_err().to_string();
     assert!(
         missing.contains("mqtt.key_credential: no such file"),
         "{missing}"
     );
-    let unset = from_text(
-        &tls("key_credential = \"mqtt-key\"\n"),
-        Path::new("kite.toml"),
-    )
-    .unwrap_err()
-    .to_string();
+    let unset = refusal("key_credential = \"mqtt-key\"\n");
     assert!(
         unset.contains("mqtt.key_credential \"mqtt-key\": no systemd credentials here"),
         "{unset}"
     );
-    let both = from_text(
-        &tls("key_file = \"k.pem\"\nkey_credential = \"mqtt-key\"\n"),
-        Path::new("kite.toml"),
-    )
-    .unwrap_err()
-    .to_string();
+    let both = refusal("key_file = \"k.pem\"\nkey_credential = \"mqtt-key\"\n");
     assert!(
         both.contains("give one of mqtt.key_file and mqtt.key_credential"),
         "{both}"
@@ -782,23 +778,15 @@ fn sparkplug_needs_its_section_and_names_its_node() {
         ),
         ("[sparkplug]\ngroup = \"a\"\n", 8, "unknown field `group`"),
     ] {
-        let error =
-            from_text(&format!("{sparkplug}{body}"), Path::new("kite.toml")).expect_err(body);
-        assert!(
-            error
-                .problems
-                .iter()
-                .any(|p| p.line == line && p.message.contains(expected)),
-            "{body:?}: wanted line {line} with {expected:?}, got:\n{error}"
-        );
+        check_error_after(&sparkplug, body, line, expected);
     }
     let compact = sparkplug.replace("[mqtt]\n", "[mqtt]\njson = \"compact\"\n");
-    let error = from_text(
-        &format!("{compact}[sparkplug]\ngroup_id = \"a\"\n"),
-        Path::new("kite.toml"),
-    )
-    .expect_err("compact with sparkplug");
-    assert!(error.to_string().contains("is a JSON layout"), "{error}");
+    check_error_after(
+        &compact,
+        "[sparkplug]\ngroup_id = \"a\"\n",
+        5,
+        "is a JSON layout",
+    );
 }
 
 #[test]
@@ -835,14 +823,6 @@ fn mqtt5_is_chosen_by_version_and_its_properties_need_it() {
             "mqtt.message_expiry is an MQTT 5 property",
         ),
     ] {
-        let text = MINIMAL.replace("[mqtt]\n", &format!("[mqtt]\n{settings}"));
-        let error = from_text(&text, Path::new("kite.toml")).expect_err(settings);
-        assert!(
-            error
-                .problems
-                .iter()
-                .any(|p| p.line >= 5 && p.message.contains(expected)),
-            "{settings:?}: {error}"
-        );
+        check_mqtt_error(settings, expected);
     }
 }

@@ -173,10 +173,12 @@ impl Buffer {
                 "INSERT INTO messages (ts, device, body, kind, schema) VALUES (?1, ?2, ?3, ?4, ?5)",
             )?;
             for record in records {
-                let (body, schema) = match &record.body {
-                    Body::Text(text) | Body::Unreadable(text) => {
-                        (ToSqlOutput::Borrowed(ValueRef::Text(text.as_bytes())), None)
-                    }
+                let (body, body_len, schema) = match &record.body {
+                    Body::Text(text) | Body::Unreadable(text) => (
+                        ToSqlOutput::Borrowed(ValueRef::Text(text.as_bytes())),
+                        text.len(),
+                        None,
+                    ),
                     Body::Points(points) => {
                         let (id, schema, indices) = schema_for(
                             &tx,
@@ -186,13 +188,9 @@ impl Buffer {
                             points,
                         )?;
                         let packed = packed::encode(points, &indices, schema.points.len());
-                        (ToSqlOutput::from(packed), Some(id))
+                        let len = packed.len();
+                        (ToSqlOutput::from(packed), len, Some(id))
                     }
-                };
-                let body_len = match &body {
-                    ToSqlOutput::Borrowed(ValueRef::Text(text)) => text.len(),
-                    ToSqlOutput::Owned(rusqlite::types::Value::Blob(bytes)) => bytes.len(),
-                    _ => 0,
                 };
                 insert.execute(params![
                     record.ts_ms,

@@ -283,6 +283,9 @@ impl Uplink {
                     }
                 }
             }
+            // Set when rows may start to go: after the select, which holds
+            // the loop's borrows.
+            let mut start = false;
             tokio::select! {
                 _ = shutdown.cancelled(), if flush_deadline.is_none() => {
                     if !connected {
@@ -309,21 +312,8 @@ impl Uplink {
                         if let Err(e) = self.publish_status(&client, &mut delivery).await {
                             return lost(connected, e);
                         }
-                        let waits_for_host = self.sparkplug.as_ref().is_some_and(|node| node.primary_host_id.is_some());
-                        if !waits_for_host {
-                            let end = *last_seq.borrow();
-                            match self.start_delivery(session, &mut delivery, &mut outbox, end).await {
-                                Ok(started) => {
-                                    if started.is_some() {
-                                        replay_mark = (tokio::time::Instant::now(), self.counters.replayed.load(Ordering::Relaxed));
-                                    }
-                                    backlog = started;
-                                    historical_up_to = end;
-                                    ready = true;
-                                }
-                                Err(e) => return lost(connected, e),
-                            }
-                        }
+                        // With a primary host, once it says it is online.
+                        start = self.sparkplug.as_ref().is_none_or(|node| node.primary_host_id.is_none());
                     }
                     Ok(Heard::Sent(pkid)) => delivery.assigned(pkid),
                     Ok(Heard::PubAck { pkid, refused }) => {
@@ -355,18 +345,7 @@ impl Uplink {
                             }
                             Some(NodeEvent::HostOnline) if connected && !ready => {
                                 info!("the primary host application is online");
-                                let end = *last_seq.borrow();
-                                match self.start_delivery(session, &mut delivery, &mut outbox, end).await {
-                                    Ok(started) => {
-                                        if started.is_some() {
-                                            replay_mark = (tokio::time::Instant::now(), self.counters.replayed.load(Ordering::Relaxed));
-                                        }
-                                        backlog = started;
-                                        historical_up_to = end;
-                                        ready = true;
-                                    }
-                                    Err(e) => return lost(connected, e),
-                                }
+                                start = true;
                             }
                             Some(NodeEvent::HostOffline) if ready => {
                                 // The node dies with the host's session and is
@@ -490,6 +469,26 @@ impl Uplink {
                     if let Err(e) = self.publish_status(&client, &mut delivery).await {
                         return lost(connected, e);
                     }
+                }
+            }
+            if start {
+                let end = *last_seq.borrow();
+                match self
+                    .start_delivery(session, &mut delivery, &mut outbox, end)
+                    .await
+                {
+                    Ok(started) => {
+                        if started.is_some() {
+                            replay_mark = (
+                                tokio::time::Instant::now(),
+                                self.counters.replayed.load(Ordering::Relaxed),
+                            );
+                        }
+                        backlog = started;
+                        historical_up_to = end;
+                        ready = true;
+                    }
+                    Err(e) => return lost(connected, e),
                 }
             }
         }
@@ -681,26 +680,21 @@ impl Uplink {
         } else {
             warn!("stopping with messages still buffered; they are delivered after the next start");
         }
-        let mut farewell = vec![Publish {
+        let death = self.sparkplug.as_ref().map(|node| Publish {
+            topic: node.topics.node("NDEATH"),
+            payload: session.node_death(kite_core::now_ms()),
+            retain: false,
+            content: Content::Sparkplug,
+            telemetry: false,
+        });
+        let offline = Publish {
             topic: self.topics.status(),
             payload: wire::offline().into_bytes(),
             retain: true,
             content: Content::Json,
             telemetry: false,
-        }];
-        if let Some(node) = &self.sparkplug {
-            farewell.insert(
-                0,
-                Publish {
-                    topic: node.topics.node("NDEATH"),
-                    payload: session.node_death(kite_core::now_ms()),
-                    retain: false,
-                    content: Content::Sparkplug,
-                    telemetry: false,
-                },
-            );
-        }
-        for publish in farewell {
+        };
+        for publish in death.into_iter().chain([offline]) {
             if client.publish(publish).is_err() {
                 return;
             }

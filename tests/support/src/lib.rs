@@ -33,16 +33,22 @@ pub fn repo_root() -> PathBuf {
         .to_path_buf()
 }
 
-fn python() -> PathBuf {
-    let python = std::env::var_os("KITE_TEST_PYTHON")
+/// The Python of the venv `venv` that `.ci/install-peers` makes (holding
+/// `what`), or the one the environment variable `variable` names.
+pub(crate) fn venv_python(variable: &str, venv: &str, what: &str) -> PathBuf {
+    let python = std::env::var_os(variable)
         .map(PathBuf::from)
-        .unwrap_or_else(|| repo_root().join(".venv-peers/bin/python"));
+        .unwrap_or_else(|| repo_root().join(venv).join("bin/python"));
     assert!(
         python.exists(),
-        "{} not found: install the test peers with `.ci/install-peers` (or set KITE_TEST_PYTHON)",
+        "{} not found: install the test peers with `.ci/install-peers` ({what}), or set {variable}",
         python.display()
     );
     python
+}
+
+fn python() -> PathBuf {
+    venv_python("KITE_TEST_PYTHON", ".venv-peers", "pymodbus and pyserial")
 }
 
 pub fn free_port() -> u16 {

@@ -13,16 +13,11 @@ use tokio::sync::mpsc;
 use crate::{repo_root, PATIENCE};
 
 fn sparkplug_python() -> PathBuf {
-    let python = std::env::var_os("KITE_SPARKPLUG_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo_root().join(".venv-sparkplug/bin/python"));
-    assert!(
-        python.exists(),
-        "{} not found: install the Sparkplug test peer with `.ci/install-peers` \
-         (a venv with pysparkplug==0.6.1), or set KITE_SPARKPLUG_PYTHON",
-        python.display()
-    );
-    python
+    crate::venv_python(
+        "KITE_SPARKPLUG_PYTHON",
+        ".venv-sparkplug",
+        "pysparkplug==0.6.1",
+    )
 }
 
 /// The host application, killed when dropped.

@@ -117,18 +117,9 @@ const SOCKET: &str = "znp-stick.sock";
 /// The simulator's NV memory, kept across restarts.
 pub const NV_FILE: &str = "znp-nv.json";
 
-/// The venv with zigpy-znp 1.1.1 (`.ci/install-peers` makes it).
+/// The venv with zigpy-znp 1.1.1.
 fn zigbee_python() -> PathBuf {
-    let python = std::env::var_os("KITE_ZIGBEE_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo_root().join(".venv-zigbee/bin/python"));
-    assert!(
-        python.exists(),
-        "{} not found: install the Zigbee test peers with `.ci/install-peers` \
-         (a venv with zigpy-znp==1.1.1), or set KITE_ZIGBEE_PYTHON",
-        python.display()
-    );
-    python
+    crate::venv_python("KITE_ZIGBEE_PYTHON", ".venv-zigbee", "zigpy-znp==1.1.1")
 }
 
 /// A Zigbee end device the simulator plays; it joins with [`ZnpStick::join`].

@@ -19,6 +19,18 @@ fn declared() -> DeclaredTypes {
 }
 
 fn row(session: &mut Session, device: &str, ts: i64, json: &str, historical: bool) -> RowOutcome {
+    row_within(session, device, ts, json, historical, NO_LIMIT)
+}
+
+/// A row of `json` read at `ts`, its DDATA at most `max_payload` bytes.
+fn row_within(
+    session: &mut Session,
+    device: &str,
+    ts: i64,
+    json: &str,
+    historical: bool,
+    max_payload: usize,
+) -> RowOutcome {
     let body = Body::Text(json.into());
     let points = readings(&body).unwrap();
     session.telemetry(
@@ -28,8 +40,16 @@ fn row(session: &mut Session, device: &str, ts: i64, json: &str, historical: boo
         historical,
         &declared(),
         5_000,
-        NO_LIMIT,
+        max_payload,
     )
+}
+
+/// A session on a new connection, after its NBIRTH.
+fn born() -> Session {
+    let mut session = Session::default();
+    session.connected(0);
+    session.node_birth(0);
+    session
 }
 
 fn decoded(out: &Out) -> Payload {
@@ -119,9 +139,7 @@ fn a_device_is_born_with_every_metric_before_its_first_ddata() {
 
 #[test]
 fn a_bad_reading_is_null_with_its_quality_and_good_again_says_so() {
-    let mut session = Session::default();
-    session.connected(0);
-    session.node_birth(0);
+    let mut session = born();
     row(
         &mut session,
         "boiler",
@@ -163,9 +181,7 @@ fn a_bad_reading_is_null_with_its_quality_and_good_again_says_so() {
 
 #[test]
 fn a_device_found_down_dies_once_and_is_born_again_when_it_answers() {
-    let mut session = Session::default();
-    session.connected(0);
-    session.node_birth(0);
+    let mut session = born();
     row(
         &mut session,
         "boiler",
@@ -225,9 +241,7 @@ fn a_device_found_down_dies_once_and_is_born_again_when_it_answers() {
 
 #[test]
 fn a_new_metric_or_a_value_of_another_type_births_the_device_again_with_the_same_aliases() {
-    let mut session = Session::default();
-    session.connected(0);
-    session.node_birth(0);
+    let mut session = born();
     let first = row(
         &mut session,
         "pump",
@@ -264,9 +278,7 @@ fn a_new_metric_or_a_value_of_another_type_births_the_device_again_with_the_same
 
 #[test]
 fn seq_wraps_after_255_and_every_connection_starts_at_the_nbirth() {
-    let mut session = Session::default();
-    session.connected(0);
-    session.node_birth(0);
+    let mut session = born();
     let mut seqs = Vec::new();
     for ts in 0..300 {
         let outcome = row(
@@ -299,12 +311,15 @@ fn seq_wraps_after_255_and_every_connection_starts_at_the_nbirth() {
 
 #[test]
 fn a_ddata_over_the_size_limit_is_refused_without_taking_a_seq() {
-    let mut session = Session::default();
-    session.connected(0);
-    session.node_birth(0);
-    let body = Body::Text(r#"{"temp":{"value":1,"quality":"good"}}"#.into());
-    let points = readings(&body).unwrap();
-    let refused = session.telemetry("boiler", 1, &points, false, &declared(), 0, 4);
+    let mut session = born();
+    let refused = row_within(
+        &mut session,
+        "boiler",
+        1,
+        r#"{"temp":{"value":1,"quality":"good"}}"#,
+        false,
+        4,
+    );
     assert!(refused.refused.is_some());
     assert_eq!(refused.messages.len(), 1, "the birth still goes");
     let next = row(
@@ -319,9 +334,7 @@ fn a_ddata_over_the_size_limit_is_refused_without_taking_a_seq() {
 
 #[test]
 fn commands_name_metrics_or_address_them_by_alias() {
-    let mut session = Session::default();
-    session.connected(0);
-    session.node_birth(0);
+    let mut session = born();
     let born = row(
         &mut session,
         "boiler",
